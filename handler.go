@@ -1,0 +1,449 @@
+package chiws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/zap"
+)
+
+// AcceptOptions overrides the middleware's Options for one socket. A nil
+// *AcceptOptions, and every zero field, means "as the middleware says".
+type AcceptOptions struct {
+	// Subprotocols replaces Options.Subprotocols: the server's supported
+	// subprotocols in order of preference. Accept selects the first one the
+	// client requested (see RequestedProtocols); when none matches, the
+	// socket has no subprotocol (Conn.Subprotocol returns "").
+	Subprotocols []string
+
+	// KeepAliveInterval and KeepAliveTimeout replace the Options fields of
+	// the same names: zero inherits, negative disables.
+	KeepAliveInterval time.Duration
+	KeepAliveTimeout  time.Duration
+
+	// CompressionMode, when not websocket.CompressionDisabled, replaces
+	// Options.CompressionMode. See the CRIME/BREACH warning there.
+	CompressionMode websocket.CompressionMode
+
+	// DisableCompression turns compression off for this socket even when
+	// Options.CompressionMode enables it.
+	DisableCompression bool
+
+	// ReadLimit, when positive, replaces Options.ReadLimit.
+	ReadLimit int64
+
+	// OnPingReceived and OnPongReceived are passed to coder/websocket. They
+	// run synchronously in the goroutine reading the socket and must not
+	// block. Keep-alive works whether or not they are set.
+	OnPingReceived func(ctx context.Context, payload []byte) bool
+	OnPongReceived func(ctx context.Context, payload []byte)
+}
+
+var defaultAcceptOptions AcceptOptions // read-only
+
+// Accept upgrades r to a WebSocket. The middleware must be mounted in front
+// of the handler that calls it (ErrMiddlewareMissing otherwise). On error,
+// Accept has already written the HTTP response: 400 for ErrNotWebSocket,
+// 500 for ErrMiddlewareMissing, 503 for ErrShuttingDown; the caller just
+// returns.
+//
+// The handler must not return until it is done with the socket: read until
+// an error, or hand the Conn to another goroutine and call Conn.Wait. If it
+// returns while the socket is open, the middleware closes the socket with
+// 1011 and logs a warning.
+//
+// Accept clears the connection's read and write deadlines first, so that a
+// slow handler (authentication, say) that outlived http.Server.WriteTimeout
+// still gets its 101 Switching Protocols to the client.
+func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn, error) {
+	s := socketFrom(r.Context())
+	if s == nil {
+		// Ordinary requests are not marked (that would cost an allocation
+		// on every request), so tell the two cases apart here.
+		if hs := checkHandshake(r); hs.attempt && hs.status == 0 {
+			httpError(w, http.StatusInternalServerError)
+			return nil, fmt.Errorf("chiws: accept: %w", ErrMiddlewareMissing)
+		}
+		httpError(w, http.StatusBadRequest)
+		return nil, fmt.Errorf("chiws: accept: %w", ErrNotWebSocket)
+	}
+	return s.accept(w, r, opts)
+}
+
+// Conn is an accepted WebSocket. It embeds *websocket.Conn, so all of
+// coder/websocket's API works on it (and c.Conn can be passed to wsjson),
+// and adds the socket's lifecycle: Done, Wait and Context.
+//
+// Read, Reader, Write and Writer are wrapped only to count messages for
+// the close log; calls made on the embedded c.Conn work the same but are
+// counted in bytes only.
+type Conn struct {
+	*websocket.Conn
+	s *socket
+}
+
+// Done returns a channel closed once the socket's network connection is
+// closed, whoever closed it: the handler, the peer, a protocol error, the
+// keep-alive or Shutdown.
+func (c *Conn) Done() <-chan struct{} { return c.s.done }
+
+// Wait blocks until the socket is closed (it returns nil) or ctx is done (it
+// returns ctx.Err() and leaves the socket open). It is the Go form of
+// ASP.NET Core's TaskCompletionSource pattern: a handler that gives the
+// socket to a background goroutine must wait for it, because the socket is
+// closed when the handler returns.
+//
+// Do not pass a context that expires with the request (chi's Timeout
+// middleware sets one): use context.Background() or c.Context().
+func (c *Conn) Wait(ctx context.Context) error {
+	select {
+	case <-c.s.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Context returns a context that carries the request's values (chi's route
+// context, request ID, authentication...) but not its deadline or
+// cancellation, so chi's Timeout middleware does not kill sockets. It is
+// cancelled when the socket closes, which includes Middleware.Shutdown.
+func (c *Conn) Context() context.Context { return (*connContext)(c.s) }
+
+// Close performs the WebSocket close handshake with code and reason and
+// closes the connection. See websocket.Conn.Close.
+func (c *Conn) Close(code websocket.StatusCode, reason string) error {
+	c.s.setClose(code, reason, closedByServer)
+	err := c.Conn.Close(code, reason)
+	c.s.markClosed()
+	return err
+}
+
+// CloseNow closes the connection without a close handshake.
+func (c *Conn) CloseNow() error {
+	c.s.setClose(websocket.StatusAbnormalClosure, "", closedByServer)
+	err := c.Conn.CloseNow()
+	c.s.markClosed()
+	return err
+}
+
+// Read reads a whole message; see websocket.Conn.Read.
+func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
+	typ, p, err := c.Conn.Read(ctx)
+	c.s.countRead(err)
+	return typ, p, err
+}
+
+// Reader returns a reader for the next message; see websocket.Conn.Reader.
+func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, error) {
+	typ, rd, err := c.Conn.Reader(ctx)
+	c.s.countRead(err)
+	return typ, rd, err
+}
+
+// Write writes a whole message; see websocket.Conn.Write.
+func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	err := c.Conn.Write(ctx, typ, p)
+	if err == nil {
+		c.s.msgsOut.Add(1)
+	}
+	return err
+}
+
+// Writer returns a writer for the next message; see websocket.Conn.Writer.
+func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteCloser, error) {
+	wr, err := c.Conn.Writer(ctx, typ)
+	if err == nil {
+		c.s.msgsOut.Add(1)
+	}
+	return wr, err
+}
+
+// Who closed a socket, for the close log.
+const (
+	closedByServer    = "server"
+	closedByClient    = "client"
+	closedByKeepAlive = "keepalive"
+	closedByShutdown  = "shutdown"
+	closedByReturn    = "handler-return"
+	closedByPanic     = "panic"
+	closedByError     = "connection-lost"
+)
+
+// Socket states.
+const (
+	stateNew int32 = iota
+	stateAccepting
+	stateAccepted
+)
+
+// socket is everything chiws keeps for one upgrade request, in a single
+// allocation: it is the request's context (so marking the request costs no
+// extra context), the ResponseWriter wrapper, the hijacked connection
+// wrapper, and the Conn returned by Accept.
+type socket struct {
+	context.Context // the request's context; see Value
+
+	m      *Middleware
+	w      upgradeWriter
+	nc     netConn
+	conn   Conn
+	state  atomic.Int32
+	closed atomic.Bool
+	done   chan struct{}
+
+	// Set by accept, read-only afterwards.
+	reqCtx            context.Context
+	req               *http.Request
+	start             time.Time
+	interval, timeout time.Duration
+
+	prev, next *socket // Middleware.sockets, under Middleware.mu
+
+	msgsIn, msgsOut atomic.Uint64
+
+	mu          sync.Mutex // guards the fields below
+	timer       *time.Timer
+	end         time.Time
+	closeCode   websocket.StatusCode
+	closeReason string
+	closedBy    string
+}
+
+type ctxKey struct{ name string }
+
+func (k *ctxKey) String() string { return "chiws context key " + k.name }
+
+// socketKey finds the *socket in a request context.
+var socketKey = &ctxKey{"socket"}
+
+func newSocket(m *Middleware, w http.ResponseWriter, r *http.Request) *socket {
+	s := &socket{Context: r.Context(), m: m, done: make(chan struct{})}
+	s.w = upgradeWriter{ResponseWriter: w, s: s}
+	s.nc.s = s
+	s.closeCode = -1
+	return s
+}
+
+// Value makes the socket findable from the request context without a
+// context.WithValue allocation.
+func (s *socket) Value(key any) any {
+	if key == socketKey {
+		return s
+	}
+	return s.Context.Value(key)
+}
+
+func socketFrom(ctx context.Context) *socket {
+	s, _ := ctx.Value(socketKey).(*socket)
+	return s
+}
+
+func (s *socket) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn, error) {
+	m := s.m
+	if !s.state.CompareAndSwap(stateNew, stateAccepting) {
+		return nil, fmt.Errorf("chiws: accept: %w", ErrAlreadyAccepted)
+	}
+	if opts == nil {
+		opts = &defaultAcceptOptions
+	}
+	cfg := &m.cfg
+	wsOpts := websocket.AcceptOptions{
+		Subprotocols:         cfg.subprotocols,
+		InsecureSkipVerify:   true, // the middleware applied the origin policy
+		CompressionMode:      cfg.compression,
+		CompressionThreshold: cfg.compressionThreshold,
+		OnPingReceived:       opts.OnPingReceived,
+		OnPongReceived:       opts.OnPongReceived,
+	}
+	if opts.Subprotocols != nil {
+		wsOpts.Subprotocols = opts.Subprotocols
+	}
+	if opts.CompressionMode != websocket.CompressionDisabled {
+		wsOpts.CompressionMode = opts.CompressionMode
+	}
+	if opts.DisableCompression {
+		wsOpts.CompressionMode = websocket.CompressionDisabled
+	}
+	s.interval = pick(opts.KeepAliveInterval, cfg.keepAlive)
+	s.timeout = pick(opts.KeepAliveTimeout, cfg.keepAliveTimeout)
+	readLimit := cfg.readLimit
+	if opts.ReadLimit > 0 {
+		readLimit = opts.ReadLimit
+	}
+
+	// The 101 response is written with the connection's write deadline,
+	// which http.Server.WriteTimeout set when the request arrived.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.SetReadDeadline(time.Time{})
+
+	wc, err := websocket.Accept(w, r, &wsOpts)
+	if err != nil {
+		s.state.Store(stateNew)
+		m.logReject(zap.DebugLevel, r, "accept failed", err.Error())
+		return nil, fmt.Errorf("chiws: accept: %w", err)
+	}
+	wc.SetReadLimit(readLimit)
+	s.conn = Conn{Conn: wc, s: s}
+	s.reqCtx = r.Context()
+	s.req = r
+	s.start = time.Now()
+	if !s.nc.hijacked() {
+		// A ResponseWriter between the middleware and Accept hijacked the
+		// connection without going through ours: Done then only fires
+		// when the socket is closed through Conn or the keep-alive.
+		m.cfg.log.Warn("hijack bypassed the middleware's ResponseWriter; Conn.Done will not see peer closes",
+			zap.String(keyRoute, routeOf(r)))
+	}
+	s.state.Store(stateAccepted)
+	m.stats.accepted.Add(1)
+
+	if !m.register(s) {
+		s.closeWith(websocket.StatusGoingAway, "server shutting down", closedByShutdown)
+		return nil, fmt.Errorf("chiws: accept: %w", ErrShuttingDown)
+	}
+	s.startKeepAlive()
+
+	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket accepted"); ce != nil {
+		ce.Write(append(requestFields(r),
+			zap.String(keySubprotocol, wc.Subprotocol()),
+			zap.Bool(keyCompression, w.Header().Get("Sec-WebSocket-Extensions") != ""),
+			zap.Duration(keyKeepAlive, s.interval),
+			zap.Duration(keyKeepAliveTimeout, s.timeout),
+			zap.Int64(keyReadLimit, readLimit),
+		)...)
+	}
+	return &s.conn, nil
+}
+
+// pick resolves a per-socket duration override: zero inherits, negative
+// disables (0).
+func pick(override, inherited time.Duration) time.Duration {
+	switch {
+	case override == 0:
+		return inherited
+	case override < 0:
+		return 0
+	}
+	return override
+}
+
+// setClose records why the socket closed; the first caller wins and gets
+// true.
+func (s *socket) setClose(code websocket.StatusCode, reason, by string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closedBy != "" {
+		return false
+	}
+	s.closeCode, s.closeReason, s.closedBy = code, reason, by
+	return true
+}
+
+func (s *socket) countRead(err error) {
+	if err == nil {
+		s.msgsIn.Add(1)
+		return
+	}
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		s.setClose(ce.Code, ce.Reason, closedByClient)
+	}
+}
+
+// closeWith closes the socket with a close handshake, unless it is closed.
+func (s *socket) closeWith(code websocket.StatusCode, reason, by string) {
+	if s.closed.Load() {
+		return
+	}
+	s.setClose(code, reason, by)
+	_ = s.conn.Conn.Close(code, reason)
+	s.markClosed()
+}
+
+// abort closes the connection without a handshake.
+func (s *socket) abort() {
+	_ = s.conn.Conn.CloseNow()
+	s.markClosed()
+}
+
+// markClosed runs once, when the network connection closes (see netConn)
+// or when Conn's own close methods return.
+func (s *socket) markClosed() {
+	if !s.closed.CompareAndSwap(false, true) {
+		return
+	}
+	s.mu.Lock()
+	s.end = time.Now()
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	s.mu.Unlock()
+	s.m.unregister(s)
+	close(s.done)
+}
+
+// finish runs when the route handler returns (it is deferred by the
+// middleware). It enforces the rule that a handler owns its socket until the
+// socket is closed, and turns a panic after Accept into a 1011 close.
+func (s *socket) finish(r *http.Request) {
+	if s.state.Load() != stateAccepted {
+		return // not accepted: a panic is the caller's Recoverer's business
+	}
+	m := s.m
+	if p := recover(); p != nil {
+		m.stats.panics.Add(1)
+		m.cfg.log.Error("websocket handler panicked; closing with 1011",
+			append(requestFields(r), zap.Any(keyPanic, p), zap.Stack(keyStack))...)
+		s.closeWith(websocket.StatusInternalError, "internal error", closedByPanic)
+	} else if !s.closed.Load() {
+		m.stats.earlyReturns.Add(1)
+		m.cfg.log.Warn("websocket handler returned with the socket open; closing with 1011 "+
+			"(call Conn.Wait to hand the socket to another goroutine)", requestFields(r)...)
+		s.closeWith(websocket.StatusInternalError, "handler returned", closedByReturn)
+	}
+	s.abort() // no-op unless a close above failed half-way
+	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket closed"); ce != nil {
+		s.mu.Lock()
+		code, reason, by, end := s.closeCode, s.closeReason, s.closedBy, s.end
+		s.mu.Unlock()
+		if by == "" {
+			code, by = websocket.StatusAbnormalClosure, closedByError
+		}
+		ce.Write(append(requestFields(r),
+			zap.Int(keyCloseCode, int(code)),
+			zap.String(keyCloseReason, clip(reason)),
+			zap.String(keyClosedBy, by),
+			zap.Duration(keyDuration, end.Sub(s.start)),
+			zap.Uint64(keyMessagesIn, s.msgsIn.Load()),
+			zap.Uint64(keyMessagesOut, s.msgsOut.Load()),
+			zap.Int64(keyBytesIn, s.nc.bytesIn.Load()),
+			zap.Int64(keyBytesOut, s.nc.bytesOut.Load()),
+		)...)
+	}
+}
+
+// connContext is the context returned by Conn.Context: the socket's
+// lifetime with the request's values.
+type connContext socket
+
+func (c *connContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *connContext) Done() <-chan struct{}       { return c.done }
+func (c *connContext) Value(key any) any           { return c.reqCtx.Value(key) }
+func (c *connContext) Err() error {
+	select {
+	case <-c.done:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
+func (c *connContext) String() string { return "chiws.Conn.Context" }

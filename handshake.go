@@ -1,0 +1,104 @@
+package chiws
+
+import (
+	"encoding/base64"
+	"net/http"
+	"strings"
+)
+
+// This file recognises WebSocket upgrade requests (RFC 6455 section 4.2.1).
+// Everything here runs on the request path and must not allocate for
+// ordinary HTTP requests.
+
+// handshakeResult classifies a request.
+type handshakeResult struct {
+	// attempt is true when the request asks for a WebSocket upgrade at all
+	// (its Upgrade header lists "websocket"). Other requests pass through the
+	// middleware untouched.
+	attempt bool
+	// status is 0 for a valid handshake, else the HTTP status to answer.
+	status int
+	// reason says what is wrong, for logs and error bodies. It never holds
+	// request data.
+	reason string
+}
+
+// checkHandshake applies the same rules as ASP.NET Core's
+// IsWebSocketRequest, and answers the ones it breaks with a status:
+// GET, HTTP/1.1 or later, Connection lists "upgrade", Upgrade lists
+// "websocket", Sec-WebSocket-Version is 13 (else 426 per RFC 6455 4.4), one
+// Sec-WebSocket-Key that decodes to 16 bytes, and no body.
+func checkHandshake(r *http.Request) handshakeResult {
+	up, ok := r.Header["Upgrade"]
+	if !ok || !hasToken(up, "websocket") {
+		return handshakeResult{}
+	}
+	bad := func(status int, reason string) handshakeResult {
+		return handshakeResult{attempt: true, status: status, reason: reason}
+	}
+	switch {
+	case r.Method != http.MethodGet:
+		return bad(http.StatusMethodNotAllowed, "method must be GET")
+	case !r.ProtoAtLeast(1, 1):
+		return bad(http.StatusBadRequest, "HTTP/1.1 or later required")
+	case !hasToken(r.Header["Connection"], "upgrade"):
+		return bad(http.StatusBadRequest, "Connection header lacks the upgrade token (is a proxy dropping it?)")
+	case !hasToken(r.Header["Sec-Websocket-Version"], "13"):
+		return bad(http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13")
+	case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
+		return bad(http.StatusBadRequest, "handshake must not have a body")
+	}
+	keys := r.Header["Sec-Websocket-Key"]
+	switch {
+	case len(keys) == 0:
+		return bad(http.StatusBadRequest, "missing Sec-WebSocket-Key")
+	case len(keys) > 1:
+		return bad(http.StatusBadRequest, "several Sec-WebSocket-Key headers")
+	case !validKey(keys[0]):
+		return bad(http.StatusBadRequest, "Sec-WebSocket-Key is not 16 bytes of base64")
+	}
+	return handshakeResult{attempt: true}
+}
+
+// validKey reports whether k is the base64 encoding of exactly 16 bytes.
+func validKey(k string) bool {
+	k = strings.TrimSpace(k)
+	if len(k) != 24 {
+		return false
+	}
+	var buf [18]byte // DecodedLen(24)
+	n, err := base64.StdEncoding.Decode(buf[:], []byte(k))
+	return err == nil && n == 16
+}
+
+// hasToken reports whether any of the comma-separated lists in values
+// contains token, compared case-insensitively (RFC 9110 section 5.6.1).
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for v != "" {
+			var t string
+			if i := strings.IndexByte(v, ','); i >= 0 {
+				t, v = v[:i], v[i+1:]
+			} else {
+				t, v = v, ""
+			}
+			if strings.EqualFold(strings.Trim(t, " \t"), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// parseProtocols splits the Sec-WebSocket-Protocol lists in values.
+func parseProtocols(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.Trim(p, " \t"); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,381 @@
+package chiws
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/zap"
+)
+
+// Defaults for the zero values of Options.
+const (
+	// DefaultKeepAliveInterval is ASP.NET Core's default: a ping every two
+	// minutes keeps most proxies and NAT tables from dropping idle sockets.
+	DefaultKeepAliveInterval = 2 * time.Minute
+
+	// DefaultKeepAliveTimeout is how long a pong may take. Thirty seconds
+	// covers a congested mobile link and a long GC pause on either side,
+	// and bounds the detection of a vanished peer to 2m30s with the default
+	// interval. ASP.NET Core leaves it infinite, which is why dead clients
+	// went unnoticed there for years.
+	DefaultKeepAliveTimeout = 30 * time.Second
+
+	// DefaultReadLimit is coder/websocket's default: messages over 32 KiB
+	// close the socket with 1009 Message Too Big.
+	DefaultReadLimit = 32 << 10
+)
+
+// Options configures the middleware. The zero value is ready to use:
+// same-origin browsers only, keep-alive pings every two minutes, a 32 KiB
+// read limit, no compression, no connection limit, no logs.
+type Options struct {
+	// KeepAliveInterval is how often the server sends a ping frame on each
+	// socket. Zero means DefaultKeepAliveInterval (2 minutes); a negative
+	// value disables pings. Pongs are only seen while the handler reads the
+	// socket (Read, Reader or CloseRead): see "Keep-alive" in the package
+	// documentation.
+	KeepAliveInterval time.Duration
+
+	// KeepAliveTimeout is how long after a ping the pong may take before the
+	// peer is declared dead: the socket is then aborted (like ASP.NET Core)
+	// and the timeout is logged. Zero means DefaultKeepAliveTimeout (30 s);
+	// a negative value disables the deadline, leaving unsolicited pings that
+	// only keep proxies awake.
+	KeepAliveTimeout time.Duration
+
+	// AllowedOrigins lists the Origin values allowed to open a socket, as
+	// full origins ("https://client.com", "http://localhost:5000"),
+	// case-insensitive. A host may start with one wildcard label
+	// ("https://*.example.com" matches any subdomain, not example.com
+	// itself) and the port may be a wildcard ("http://localhost:*"). The
+	// entry "*" allows every origin, and "null" allows the opaque origin of
+	// sandboxed frames and file: pages.
+	//
+	// Empty means same origin only: the Origin's host and port must equal
+	// the request's Host. This is stricter than ASP.NET Core, whose empty
+	// list allows everything, because browsers apply no CORS to WebSockets:
+	// an allow-all policy lets any web site open sockets with your users'
+	// cookies (cross-site WebSocket hijacking).
+	//
+	// Requests without an Origin header come from non-browser clients and
+	// are always allowed: Origin protects browser users, it does not
+	// authenticate anyone.
+	AllowedOrigins []string
+
+	// AllowOriginFunc, when set, replaces AllowedOrigins: it receives the
+	// raw Origin header value and reports whether it is allowed. It is
+	// called synchronously on the request path and must not block. It is
+	// not called for requests without an Origin header.
+	AllowOriginFunc func(r *http.Request, origin string) bool
+
+	// Subprotocols lists the subprotocols the server speaks, in order of
+	// preference. Accept picks the first one the client also requested, or
+	// none. AcceptOptions.Subprotocols overrides it per socket.
+	Subprotocols []string
+
+	// CompressionMode enables permessage-deflate (RFC 7692) when the client
+	// offers it. The default is websocket.CompressionDisabled.
+	//
+	// Compressing secrets together with attacker-controlled data over TLS
+	// exposes the secrets to CRIME/BREACH-style attacks (ASP.NET Core calls
+	// its switch DangerousEnableCompression): do not enable it for sockets
+	// that mix the two.
+	CompressionMode websocket.CompressionMode
+
+	// CompressionThreshold is the smallest message that is compressed.
+	// Zero means coder/websocket's default (512 bytes without context
+	// takeover, 128 with).
+	CompressionThreshold int
+
+	// ReadLimit is the largest message, in bytes, a socket accepts; a larger
+	// one closes the socket with 1009 Message Too Big. Zero means
+	// DefaultReadLimit (32 KiB). Negative values are invalid.
+	ReadLimit int64
+
+	// MaxConnections caps the WebSocket requests in flight: accepted
+	// sockets plus upgrade requests whose handler is still running. Over
+	// it, the middleware answers 503 Service Unavailable with Retry-After
+	// before any route handler runs. Zero means unlimited.
+	MaxConnections int
+
+	// Logger receives structured logs of every decision. Nil means
+	// zap.NewNop(): chiws never logs through zap's global logger.
+	// Accepted and closed sockets are logged at Debug, rejected origins and
+	// keep-alive timeouts at Info, handlers that return early and
+	// connection limits at Warn, panics at Error. Nothing is logged per
+	// message.
+	Logger *zap.Logger
+}
+
+// Validate reports the first invalid option, naming the field. New panics
+// with the same message; call Validate first when options come from
+// configuration.
+func (o *Options) Validate() error {
+	_, err := newConfig(*o)
+	return err
+}
+
+// config is Options validated and normalised.
+type config struct {
+	keepAlive, keepAliveTimeout time.Duration // <= 0 means disabled
+	origins                     originPolicy
+	subprotocols                []string
+	compression                 websocket.CompressionMode
+	compressionThreshold        int
+	readLimit                   int64
+	maxConns                    int64
+	log                         *zap.Logger
+}
+
+func newConfig(o Options) (config, error) {
+	c := config{
+		keepAlive:            durationOr(o.KeepAliveInterval, DefaultKeepAliveInterval),
+		keepAliveTimeout:     durationOr(o.KeepAliveTimeout, DefaultKeepAliveTimeout),
+		subprotocols:         append([]string(nil), o.Subprotocols...),
+		compression:          o.CompressionMode,
+		compressionThreshold: o.CompressionThreshold,
+		readLimit:            o.ReadLimit,
+		maxConns:             int64(o.MaxConnections),
+		log:                  o.Logger,
+	}
+	var err error
+	c.origins, err = newOriginPolicy(o.AllowedOrigins, o.AllowOriginFunc)
+	switch {
+	case err != nil:
+		return c, err
+	case o.ReadLimit < 0:
+		return c, fmt.Errorf("ReadLimit must not be negative, got %d", o.ReadLimit)
+	case o.MaxConnections < 0:
+		return c, fmt.Errorf("MaxConnections must not be negative, got %d", o.MaxConnections)
+	case o.CompressionThreshold < 0:
+		return c, fmt.Errorf("CompressionThreshold must not be negative, got %d", o.CompressionThreshold)
+	case o.CompressionMode < websocket.CompressionDisabled || o.CompressionMode > websocket.CompressionNoContextTakeover:
+		return c, fmt.Errorf("CompressionMode %d is not a websocket.CompressionMode", o.CompressionMode)
+	}
+	for i, p := range c.subprotocols {
+		if p == "" || !isToken(p) {
+			return c, fmt.Errorf("Subprotocols[%d] %q is not an HTTP token", i, p)
+		}
+	}
+	if c.readLimit == 0 {
+		c.readLimit = DefaultReadLimit
+	}
+	if c.log == nil {
+		c.log = zap.NewNop()
+	}
+	return c, nil
+}
+
+// durationOr maps zero to def and negative values to "disabled" (0).
+func durationOr(d, def time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return def
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
+func isToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || containsByte(`()<>@,;:\"/[]?={}`, c) {
+			return false
+		}
+	}
+	return true
+}
+
+func containsByte(s string, c byte) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return true
+		}
+	}
+	return false
+}
+
+// Middleware is the WebSocket middleware: mount its Handler before the routes
+// that call Accept. A Middleware is safe for concurrent use; create it once
+// with New.
+type Middleware struct {
+	cfg config
+
+	// reserved counts WebSocket requests in flight, for MaxConnections.
+	reserved atomic.Int64
+
+	mu       sync.Mutex
+	inflight int           // upgrade requests inside Handler
+	sockets  socketList    // accepted, not yet finished
+	closing  bool          // Shutdown was called
+	drained  chan struct{} // closed when inflight drops to 0 while closing
+
+	stats struct {
+		accepted, rejectedOrigin, rejectedLimit, rejectedHandshake,
+		keepAliveTimeouts, pingsSent, earlyReturns, panics atomic.Uint64
+	}
+}
+
+// New returns a Middleware configured by opts. It panics with a message that
+// names the field when an option is invalid (see Options.Validate), like
+// chi's middleware constructors: a misconfigured server should not start.
+func New(opts Options) *Middleware {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		panic("chiws: Options." + err.Error())
+	}
+	return &Middleware{cfg: cfg}
+}
+
+// Handler is the middleware: it passes ordinary requests to next untouched
+// and without allocating. Upgrade requests are validated (a malformed
+// handshake gets 400, 405 or 426), checked against the origin policy (403)
+// and the connection limit (503), marked in the request context for
+// IsWebSocketRequest and Accept, and handed to next. When next returns, a
+// socket it accepted but left open is closed with 1011 and a warning is
+// logged; a panic after Accept closes the socket with 1011 and is logged
+// instead of crashing the connection's goroutine.
+func (m *Middleware) Handler(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hs := checkHandshake(r)
+		if !hs.attempt {
+			next.ServeHTTP(w, r)
+			return
+		}
+		m.serveUpgrade(w, r, hs, next)
+	})
+}
+
+func (m *Middleware) serveUpgrade(w http.ResponseWriter, r *http.Request, hs handshakeResult, next http.Handler) {
+	if hs.status != 0 {
+		m.stats.rejectedHandshake.Add(1)
+		m.logReject(zap.DebugLevel, r, "invalid handshake", hs.reason)
+		if hs.status == http.StatusUpgradeRequired {
+			w.Header().Set("Sec-WebSocket-Version", "13")
+		}
+		if hs.status == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", http.MethodGet)
+		}
+		httpError(w, hs.status)
+		return
+	}
+	if d := m.cfg.origins.check(r); !d.allowed {
+		m.stats.rejectedOrigin.Add(1)
+		m.logReject(zap.InfoLevel, r, "origin rejected", d.reason)
+		httpError(w, http.StatusForbidden)
+		return
+	}
+	if max := m.cfg.maxConns; max > 0 {
+		if m.reserved.Add(1) > max {
+			m.reserved.Add(-1)
+			m.stats.rejectedLimit.Add(1)
+			m.logReject(zap.WarnLevel, r, "connection limit reached", "MaxConnections="+strconv.FormatInt(max, 10))
+			w.Header().Set("Retry-After", "5")
+			httpError(w, http.StatusServiceUnavailable)
+			return
+		}
+		defer m.reserved.Add(-1)
+	}
+	if !m.enter() {
+		m.logReject(zap.InfoLevel, r, "shutting down", ErrShuttingDown.Error())
+		httpError(w, http.StatusServiceUnavailable)
+		return
+	}
+	s := newSocket(m, w, r)
+	defer m.leave()
+	defer s.finish(r) // recovers a panic after Accept; see finish
+	next.ServeHTTP(&s.w, r.WithContext(s))
+}
+
+// enter counts an upgrade request in flight; it fails once Shutdown began.
+func (m *Middleware) enter() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closing {
+		return false
+	}
+	m.inflight++
+	return true
+}
+
+func (m *Middleware) leave() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.inflight--
+	if m.inflight == 0 && m.drained != nil {
+		close(m.drained)
+		m.drained = nil
+	}
+}
+
+// httpError writes a status-text body: never internals or request data.
+func httpError(w http.ResponseWriter, status int) {
+	http.Error(w, http.StatusText(status), status)
+}
+
+// IsWebSocketRequest reports whether r is a valid WebSocket upgrade request
+// that passed through the middleware. It is false for every request when the
+// middleware is not mounted, as in ASP.NET Core.
+func IsWebSocketRequest(r *http.Request) bool {
+	return socketFrom(r.Context()) != nil
+}
+
+// RequestedProtocols returns the subprotocols the client listed in
+// Sec-WebSocket-Protocol, in its order, or nil when r is not a WebSocket
+// request (see IsWebSocketRequest).
+func RequestedProtocols(r *http.Request) []string {
+	if socketFrom(r.Context()) == nil {
+		return nil
+	}
+	return parseProtocols(r.Header["Sec-Websocket-Protocol"])
+}
+
+// Stats is a snapshot of the middleware's counters.
+type Stats struct {
+	Active            int    // sockets accepted and not yet closed
+	Accepted          uint64 // sockets accepted since New
+	RejectedOrigin    uint64 // upgrades refused by the origin policy (403)
+	RejectedLimit     uint64 // upgrades refused by MaxConnections (503)
+	RejectedHandshake uint64 // malformed upgrade requests (400, 405, 426)
+	KeepAliveTimeouts uint64 // sockets aborted because a pong was late
+	PingsSent         uint64 // keep-alive pings answered in time or not
+	EarlyReturns      uint64 // handlers that returned with the socket open
+	Panics            uint64 // handlers that panicked after Accept
+}
+
+// Stats returns the current counters. It is cheap enough to export as
+// metrics on every scrape.
+func (m *Middleware) Stats() Stats {
+	m.mu.Lock()
+	active := m.sockets.len
+	m.mu.Unlock()
+	return Stats{
+		Active:            active,
+		Accepted:          m.stats.accepted.Load(),
+		RejectedOrigin:    m.stats.rejectedOrigin.Load(),
+		RejectedLimit:     m.stats.rejectedLimit.Load(),
+		RejectedHandshake: m.stats.rejectedHandshake.Load(),
+		KeepAliveTimeouts: m.stats.keepAliveTimeouts.Load(),
+		PingsSent:         m.stats.pingsSent.Load(),
+		EarlyReturns:      m.stats.earlyReturns.Load(),
+		Panics:            m.stats.panics.Load(),
+	}
+}
+
+// CheckOrigin applies the origin policy to r and returns nil or an error
+// wrapping ErrOriginNotAllowed with the reason. The middleware already
+// calls it for every upgrade request; it is exported for tests and for
+// servers that upgrade without the middleware.
+func (m *Middleware) CheckOrigin(r *http.Request) error {
+	if d := m.cfg.origins.check(r); !d.allowed {
+		return fmt.Errorf("chiws: %w: %s", ErrOriginNotAllowed, d.reason)
+	}
+	return nil
+}
+
