@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
@@ -50,9 +53,10 @@ var defaultAcceptOptions AcceptOptions // read-only
 
 // Accept upgrades r to a WebSocket. The middleware must be mounted in front
 // of the handler that calls it (ErrMiddlewareMissing otherwise). On error,
-// Accept has already written the HTTP response: 400 for ErrNotWebSocket,
-// 500 for ErrMiddlewareMissing, 503 for ErrShuttingDown; the caller just
-// returns.
+// Accept has already answered the request: 400 for ErrNotWebSocket, 500
+// for ErrMiddlewareMissing. ErrShuttingDown means Shutdown began while the
+// handler ran: the upgrade went through and the socket was then closed
+// with 1001 Going Away. The caller just returns.
 //
 // The handler must not return until it is done with the socket: read until
 // an error, or hand the Conn to another goroutine and call Conn.Wait. If it
@@ -134,18 +138,51 @@ func (c *Conn) CloseNow() error {
 	return err
 }
 
-// Read reads a whole message; see websocket.Conn.Read.
+// Read reads a whole message; see websocket.Conn.Read. A text message that
+// is not valid UTF-8 closes the socket with 1007 Invalid Frame Payload Data
+// (RFC 6455 section 8.1: coder/websocket leaves the check to the caller) and
+// returns an error.
 func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
 	typ, p, err := c.Conn.Read(ctx)
+	if err == nil && typ == websocket.MessageText && !utf8.Valid(p) {
+		c.s.readFailed.Store(true)
+		c.s.closeWith(websocket.StatusInvalidFramePayloadData, "invalid UTF-8", closedByServer)
+		return typ, nil, errInvalidUTF8
+	}
 	c.s.countRead(err)
 	return typ, p, err
 }
 
+// errInvalidUTF8 is returned by Read for a text message that is not UTF-8.
+var errInvalidUTF8 = errors.New("chiws: read: text message is not valid UTF-8; closed with 1007")
+
 // Reader returns a reader for the next message; see websocket.Conn.Reader.
+// Text messages read this way are not checked for UTF-8.
 func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, error) {
 	typ, rd, err := c.Conn.Reader(ctx)
 	c.s.countRead(err)
-	return typ, rd, err
+	if err != nil {
+		return typ, rd, err
+	}
+	// One reader at a time per socket (coder/websocket's rule), so the
+	// wrapper is reused: no allocation per message.
+	c.s.rd.r = rd
+	return typ, &c.s.rd, nil
+}
+
+// msgReader sees the errors of a message read through Conn.Reader (a
+// message over ReadLimit fails there, not in Reader).
+type msgReader struct {
+	r io.Reader
+	s *socket
+}
+
+func (r *msgReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.s.countRead(err)
+	}
+	return n, err
 }
 
 // Write writes a whole message; see websocket.Conn.Write.
@@ -209,12 +246,23 @@ type socket struct {
 
 	msgsIn, msgsOut atomic.Uint64
 
+	// readFailed is set once a read failed: the socket is finished, and
+	// the handler returning is not an early return. rd wraps the
+	// io.Reader returned by Conn.Reader.
+	readFailed atomic.Bool
+	rd         msgReader
+
 	mu          sync.Mutex // guards the fields below
 	timer       *time.Timer
 	end         time.Time
 	closeCode   websocket.StatusCode
 	closeReason string
 	closedBy    string
+
+	// Callbacks registered by context.AfterFunc on Conn.Context; run once
+	// the socket is closed (afterFired), see connContext.AfterFunc.
+	afterFuncs map[*func()]struct{}
+	afterFired bool
 }
 
 type ctxKey struct{ name string }
@@ -228,6 +276,7 @@ func newSocket(m *Middleware, w http.ResponseWriter, r *http.Request) *socket {
 	s := &socket{Context: r.Context(), m: m, done: make(chan struct{})}
 	s.w = upgradeWriter{ResponseWriter: w, s: s}
 	s.nc.s = s
+	s.rd.s = s
 	s.closeCode = -1
 	return s
 }
@@ -356,6 +405,26 @@ func (s *socket) countRead(err error) {
 	var ce websocket.CloseError
 	if errors.As(err, &ce) {
 		s.setClose(ce.Code, ce.Reason, closedByClient)
+		return
+	}
+	// The socket failed under the handler's read: a handler that returns
+	// now is not returning early (see finish).
+	s.readFailed.Store(true)
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, net.ErrClosed), errors.Is(err, context.Canceled),
+		errors.Is(err, context.DeadlineExceeded):
+		// Connection lost or closed, or the handler's own deadline.
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		// coder/websocket has sent 1009.
+		s.setClose(websocket.StatusMessageTooBig, "message too big", closedByServer)
+	case strings.Contains(err.Error(), "received unmasked frame from client"):
+		// coder/websocket reports this one without a close frame (the
+		// other protocol errors get one): send the 1002 RFC 6455 asks for.
+		s.closeWith(websocket.StatusProtocolError, "unmasked frame", closedByServer)
+	default:
+		// A protocol error: coder/websocket has sent 1002.
+		s.setClose(websocket.StatusProtocolError, "protocol error", closedByServer)
 	}
 }
 
@@ -369,8 +438,14 @@ func (s *socket) closeWith(code websocket.StatusCode, reason, by string) {
 	s.markClosed()
 }
 
-// abort closes the connection without a handshake.
+// abort closes the connection without a handshake. It closes the network
+// connection itself first: coder/websocket's CloseNow does nothing while a
+// Close is in progress, and a peer that never answers the close frame
+// would hold that Close (and Shutdown) for ten seconds.
 func (s *socket) abort() {
+	if s.nc.hijacked() {
+		_ = s.nc.Close()
+	}
 	_ = s.conn.Conn.CloseNow()
 	s.markClosed()
 }
@@ -389,6 +464,13 @@ func (s *socket) markClosed() {
 	s.mu.Unlock()
 	s.m.unregister(s)
 	close(s.done)
+	s.mu.Lock()
+	fs := s.afterFuncs
+	s.afterFuncs, s.afterFired = nil, true
+	s.mu.Unlock()
+	for f := range fs {
+		(*f)()
+	}
 }
 
 // finish runs when the route handler returns (it is deferred by the
@@ -404,13 +486,20 @@ func (s *socket) finish(r *http.Request) {
 		m.cfg.log.Error("websocket handler panicked; closing with 1011",
 			append(requestFields(r), zap.Any(keyPanic, p), zap.Stack(keyStack))...)
 		s.closeWith(websocket.StatusInternalError, "internal error", closedByPanic)
-	} else if !s.closed.Load() {
+	} else if !s.closed.Load() && !s.nc.connClosed.Load() && !s.readFailed.Load() {
+		// connClosed: the connection is being closed (a write deadline,
+		// the keep-alive) and markClosed has not run yet.
 		m.stats.earlyReturns.Add(1)
 		m.cfg.log.Warn("websocket handler returned with the socket open; closing with 1011 "+
 			"(call Conn.Wait to hand the socket to another goroutine)", requestFields(r)...)
 		s.closeWith(websocket.StatusInternalError, "handler returned", closedByReturn)
 	}
-	s.abort() // no-op unless a close above failed half-way
+	if !s.nc.connClosed.Load() {
+		// A close above failed half-way, or the hijack bypassed netConn.
+		// Skipped otherwise: a second CloseNow costs coder/websocket a
+		// 15 s timer and a wrapped error, five allocations per socket.
+		s.abort()
+	}
 	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket closed"); ce != nil {
 		s.mu.Lock()
 		code, reason, by, end := s.closeCode, s.closeReason, s.closedBy, s.end
@@ -447,3 +536,32 @@ func (c *connContext) Err() error {
 	}
 }
 func (c *connContext) String() string { return "chiws.Conn.Context" }
+
+// AfterFunc is the method context.AfterFunc and context.WithCancel look
+// for on a parent context they do not know. Without it, each of them
+// starts a goroutine that waits for Done, and coder/websocket calls
+// context.AfterFunc on every Read and Write: one goroutine per message.
+// f runs synchronously when the socket closes, after Done is closed; the
+// context package only registers functions that return quickly.
+func (c *connContext) AfterFunc(f func()) (stop func() bool) {
+	s := (*socket)(c)
+	key := &f
+	s.mu.Lock()
+	if s.afterFired {
+		s.mu.Unlock()
+		go f() // as context.AfterFunc does for a done context
+		return func() bool { return false }
+	}
+	if s.afterFuncs == nil {
+		s.afterFuncs = make(map[*func()]struct{})
+	}
+	s.afterFuncs[key] = struct{}{}
+	s.mu.Unlock()
+	return func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		_, ok := s.afterFuncs[key]
+		delete(s.afterFuncs, key)
+		return ok
+	}
+}

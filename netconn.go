@@ -67,6 +67,7 @@ type netConn struct {
 	net.Conn
 	s                 *socket
 	bytesIn, bytesOut atomic.Int64
+	connClosed        atomic.Bool // Close was called
 }
 
 func (c *netConn) hijacked() bool { return c.Conn != nil }
@@ -74,18 +75,28 @@ func (c *netConn) hijacked() bool { return c.Conn != nil }
 func (c *netConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.bytesIn.Add(int64(n))
+	if err != nil {
+		// EOF or reset: the peer is gone, and a handler that reads
+		// through the embedded *websocket.Conn (wsjson) returns now
+		// without being taken for an early return.
+		c.s.readFailed.Store(true)
+	}
 	return n, err
 }
 
 func (c *netConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.bytesOut.Add(int64(n))
+	if err != nil {
+		c.s.readFailed.Store(true) // the connection is broken
+	}
 	return n, err
 }
 
 // Close closes the connection and marks the socket closed: coder/websocket
 // closes it on every path that ends a socket.
 func (c *netConn) Close() error {
+	c.connClosed.Store(true)
 	err := c.Conn.Close()
 	c.s.markClosed()
 	return err

@@ -146,8 +146,12 @@ func (pt *originPattern) match(o origin) bool {
 
 // sameOrigin reports whether o names the host the request was sent to. The
 // scheme is not compared: behind a TLS-terminating proxy the server cannot
-// know it.
+// know it. Only http and https origins can be the same origin as an HTTP
+// server.
 func sameOrigin(o origin, r *http.Request) bool {
+	if o.scheme != "http" && o.scheme != "https" {
+		return false // a web page's origin; the server speaks HTTP
+	}
 	host, port := splitHostPort(r.Host)
 	if !strings.EqualFold(host, o.host) {
 		return false
