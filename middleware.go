@@ -378,4 +378,3 @@ func (m *Middleware) CheckOrigin(r *http.Request) error {
 	}
 	return nil
 }
-
