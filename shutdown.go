@@ -70,11 +70,16 @@ func (m *Middleware) unregister(s *socket) {
 // Shutdown returns ctx.Err().
 //
 // http.Server.Shutdown neither closes nor waits for hijacked connections,
-// WebSockets included, so call both:
+// WebSockets included, so call both, the server first:
 //
-//	srv.RegisterOnShutdown(func() { go ws.Shutdown(ctx) }) // or
-//	err := srv.Shutdown(ctx)          // stops new requests
-//	err = errors.Join(err, ws.Shutdown(ctx)) // drains the sockets
+//	err := srv.Shutdown(ctx)                 // no new requests
+//	err = errors.Join(err, ws.Shutdown(ctx)) // drain the sockets
+//
+// http.Server.RegisterOnShutdown also works for starting the drain at the
+// same moment, but the server does not wait for what it registers: keep
+// the returned error and the wait with a direct call, as above.
+//
+//	srv.RegisterOnShutdown(func() { drained <- ws.Shutdown(ctx) })
 //
 // Shutdown may be called more than once; ordinary requests keep flowing
 // through the middleware.
