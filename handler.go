@@ -15,6 +15,7 @@ import (
 
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // AcceptOptions overrides the middleware's Options for one socket. A nil
@@ -362,15 +363,23 @@ func (s *socket) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpti
 	s.startKeepAlive()
 
 	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket accepted"); ce != nil {
-		ce.Write(append(requestFields(r),
-			zap.String(keySubprotocol, wc.Subprotocol()),
-			zap.Bool(keyCompression, w.Header().Get("Sec-WebSocket-Extensions") != ""),
-			zap.Duration(keyKeepAlive, s.interval),
-			zap.Duration(keyKeepAliveTimeout, s.timeout),
-			zap.Int64(keyReadLimit, readLimit),
-		)...)
+		s.logAccepted(ce, w, readLimit)
 	}
 	return &s.conn, nil
+}
+
+// logAccepted writes the accept log. It is a separate function so that
+// its zap fields do not enlarge accept's stack frame: the handler's
+// goroutine would otherwise grow its stack on every upgrade and keep it
+// for the life of the socket (see docs/benchmarks.md, idle footprint).
+func (s *socket) logAccepted(ce *zapcore.CheckedEntry, w http.ResponseWriter, readLimit int64) {
+	ce.Write(append(requestFields(s.req),
+		zap.String(keySubprotocol, s.conn.Subprotocol()),
+		zap.Bool(keyCompression, w.Header().Get("Sec-WebSocket-Extensions") != ""),
+		zap.Duration(keyKeepAlive, s.interval),
+		zap.Duration(keyKeepAliveTimeout, s.timeout),
+		zap.Int64(keyReadLimit, readLimit),
+	)...)
 }
 
 // pick resolves a per-socket duration override: zero inherits, negative

@@ -657,8 +657,9 @@ func TestShutdown(t *testing.T) {
 			t.Fatalf("client got %v, want 1001", err)
 		}
 	}
-	if got := dialStatus(t, wsURL(srv, "/echo"), nil); got != http.StatusServiceUnavailable {
-		t.Fatalf("upgrade after Shutdown: %d, want 503", got)
+	_, resp, err := websocket.Dial(testCtx(t), wsURL(srv, "/echo"), nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("upgrade after Shutdown: %v %v, want 503 with Retry-After", resp, err)
 	}
 	if ws.Stats().Active != 0 || logs.FilterMessage("websocket shutdown: closing sockets").Len() != 1 {
 		t.Fatalf("stats %+v", ws.Stats())

@@ -1,0 +1,117 @@
+package snippets
+
+import (
+	"context"
+	"errors"
+	"expvar"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/chiws/chiws"
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"go.uber.org/zap"
+)
+
+// Chat is the Accept example of docs/lifecycle.md.
+func Chat(logger *zap.Logger) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c, err := chiws.Accept(w, r, nil)
+		if err != nil {
+			// Accept has answered the request (400, 500, ...): only log.
+			if errors.Is(err, chiws.ErrMiddlewareMissing) {
+				logger.Error("chiws middleware not mounted", zap.Error(err))
+			}
+			return
+		}
+		ctx := c.Context()
+		for {
+			var msg Message
+			if err := wsjson.Read(ctx, c.Conn, &msg); err != nil {
+				return
+			}
+			msg.Text = strings.ToUpper(msg.Text)
+			if err := wsjson.Write(ctx, c.Conn, msg); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// Message is a JSON chat message.
+type Message struct {
+	Text string `json:"text"`
+}
+
+// Progress is the background-service example of docs/lifecycle.md: the
+// handler hands the socket to a worker goroutine and waits until the worker
+// closes it, like ASP.NET Core's TaskCompletionSource pattern.
+func Progress(jobs chan<- *chiws.Conn) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c, err := chiws.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		c.CloseRead(c.Context()) // process pongs and the client's close
+		select {
+		case jobs <- c: // the worker owns the socket now
+		case <-c.Done():
+			return // the client left before a worker was free
+		}
+		_ = c.Wait(context.Background()) // like await tcs.Task
+	}
+}
+
+// Worker sends three progress updates on each socket it receives, then
+// closes it, which ends the handler's Wait (like tcs.TrySetResult).
+func Worker(jobs <-chan *chiws.Conn) {
+	for c := range jobs {
+		ctx := c.Context()
+		for step := 1; step <= 3; step++ {
+			if err := wsjson.Write(ctx, c.Conn, map[string]int{"step": step}); err != nil {
+				break
+			}
+		}
+		c.Close(websocket.StatusNormalClosure, "done")
+	}
+}
+
+// Broken returns as soon as it has started a goroutine: the middleware then
+// closes the socket with 1011 and logs a warning. Do not copy it.
+func Broken(w http.ResponseWriter, r *http.Request) {
+	c, err := chiws.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	go func() {
+		_ = c.Write(context.Background(), websocket.MessageText, []byte("hello"))
+	}()
+	// BUG: missing c.Wait(ctx): the socket is closed when we return.
+}
+
+// TimeoutRouter is the chi Timeout example of docs/lifecycle.md.
+func TimeoutRouter(ws *chiws.Middleware, timeout time.Duration, echo http.HandlerFunc) http.Handler {
+	r := chi.NewRouter()
+	r.Use(ws.Handler)                  // first: it wraps the writer Timeout writes to
+	r.Use(middleware.Timeout(timeout)) // bounds ordinary requests
+	r.Get("/ws", echo)                 // reads with c.Context(): no deadline
+	return r
+}
+
+// ShutdownOnServer is the RegisterOnShutdown example of docs/lifecycle.md.
+func ShutdownOnServer(srv *http.Server, ws *chiws.Middleware) {
+	srv.RegisterOnShutdown(func() {
+		// net/http runs this in its own goroutine and does not wait for it.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = ws.Shutdown(ctx) // an incomplete shutdown is logged at Warn
+	})
+}
+
+// PublishStats is the expvar example of docs/lifecycle.md.
+func PublishStats(ws *chiws.Middleware) {
+	expvar.Publish("websockets", expvar.Func(func() any { return ws.Stats() }))
+}
