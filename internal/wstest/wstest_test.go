@@ -1,0 +1,89 @@
+package wstest
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestFrameRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		give Frame
+	}{
+		{"small masked", Frame{Fin: true, Opcode: OpText, Masked: true, Payload: []byte("hello")}},
+		{"medium unmasked", Frame{Fin: true, Opcode: OpBinary, Payload: bytes.Repeat([]byte{7}, 300)}},
+		{"large masked fragment", Frame{Opcode: OpBinary, Masked: true, Payload: bytes.Repeat([]byte{9}, 70000)}},
+		{"close", Frame{Fin: true, Opcode: OpClose, Masked: true, Payload: ClosePayload(1001, "bye")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := net.Pipe()
+			defer a.Close()
+			defer b.Close()
+			go func() { (&Conn{Conn: a}).WriteFrame(tt.give) }()
+			got, err := (&Conn{Conn: b, R: newReader(b)}).ReadFrame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Fin != tt.give.Fin || got.Opcode != tt.give.Opcode || got.Masked != tt.give.Masked ||
+				!bytes.Equal(got.Payload, tt.give.Payload) {
+				t.Fatalf("got %+v", got)
+			}
+		})
+	}
+	if c := (Frame{Payload: ClosePayload(1002, "")}).CloseCode(); c != 1002 {
+		t.Fatalf("CloseCode = %d", c)
+	}
+}
+
+func TestProxyStall(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	p, err := NewProxy(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := <-accepted
+	defer s.Close()
+
+	buf := make([]byte, 4)
+	c.Write([]byte("ping"))
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := s.Read(buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("forwarded %q, %v", buf, err)
+	}
+	p.Stall()
+	c.Write([]byte("lost"))
+	s.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := s.Read(buf); n != 0 || err == nil {
+		t.Fatalf("stalled proxy forwarded %q", buf[:n])
+	}
+}
+
+func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

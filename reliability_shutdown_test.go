@@ -1,0 +1,135 @@
+package chiws_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chiws/chiws"
+	"github.com/coder/websocket"
+	"github.com/go-chi/chi/v5"
+	"go.uber.org/goleak"
+)
+
+// TestShutdownUnderLoad opens 1,000 sockets that echo continuously, calls
+// Shutdown mid-traffic, and checks every client gets 1001, every handler
+// returns, Shutdown beats its deadline, and no goroutine or file descriptor
+// is left behind.
+func TestShutdownUnderLoad(t *testing.T) {
+	n := 1000
+	if testing.Short() {
+		n = 100
+	}
+	ignore := goleak.IgnoreCurrent()
+	fdsBefore := openFDs(t)
+
+	calls := newCalls()
+	logger, _ := observedLogger()
+	ws := chiws.New(chiws.Options{Logger: logger, KeepAliveInterval: -1})
+	r := chi.NewRouter()
+	r.Use(ws.Handler)
+	r.HandleFunc("/ws", calls.wrap(echoErr))
+	srv := httptest.NewServer(r)
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var (
+		clients   sync.WaitGroup
+		ready     sync.WaitGroup
+		echoed    atomic.Int64
+		mu        sync.Mutex
+		codes     = map[websocket.StatusCode]int{}
+		dialErrs  atomic.Int64
+		wrongEcho atomic.Int64
+	)
+	ready.Add(n)
+	dialSem := make(chan struct{}, 64) // bounded dial concurrency: no SYN floods
+	for i := 0; i < n; i++ {
+		clients.Add(1)
+		go func() {
+			defer clients.Done()
+			dialSem <- struct{}{}
+			c, _, err := websocket.Dial(ctx, wsURL(srv, "/ws"), nil)
+			<-dialSem
+			if err != nil {
+				dialErrs.Add(1)
+				ready.Done()
+				return
+			}
+			defer c.CloseNow()
+			for seq := 0; ; seq++ {
+				msg := strconv.Itoa(i) + ":" + strconv.Itoa(seq)
+				err := c.Write(ctx, websocket.MessageText, []byte(msg))
+				if err == nil {
+					var p []byte
+					_, p, err = c.Read(ctx)
+					if err == nil && string(p) != msg {
+						wrongEcho.Add(1)
+					}
+				}
+				if err != nil {
+					mu.Lock()
+					codes[closeStatus(err)]++
+					mu.Unlock()
+					if seq == 0 {
+						ready.Done()
+					}
+					return
+				}
+				if seq == 0 {
+					echoed.Add(1)
+					ready.Done()
+				}
+			}
+		}()
+	}
+	ready.Wait()
+	if e := dialErrs.Load(); e != 0 {
+		t.Fatalf("%d dials failed", e)
+	}
+	if got := ws.Stats().Active; got != n {
+		t.Fatalf("Active = %d, want %d", got, n)
+	}
+	peakFDs := openFDs(t)
+
+	sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+	defer scancel()
+	start := time.Now()
+	if err := ws.Shutdown(sctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	took := time.Since(start)
+	clients.Wait()
+	errs := calls.await(t, n)
+	t.Logf("Shutdown of %d sockets mid-echo took %v; fds before %d, peak %d", n, took, fdsBefore, peakFDs)
+
+	if codes[websocket.StatusGoingAway] != n {
+		t.Errorf("client close codes %v, want %d x 1001", codes, n)
+	}
+	if w := wrongEcho.Load(); w != 0 {
+		t.Errorf("%d wrong echoes", w)
+	}
+	for _, err := range errs {
+		if err == nil {
+			t.Fatal("a handler returned without an error")
+		}
+	}
+	if st := ws.Stats(); st.Active != 0 || st.EarlyReturns != 0 || st.Panics != 0 {
+		t.Errorf("stats: %+v", st)
+	}
+	// New sockets are refused once shut down.
+	if got := dialStatus(t, wsURL(srv, "/ws"), nil); got != http.StatusServiceUnavailable {
+		t.Errorf("dial after Shutdown: %d, want 503", got)
+	}
+
+	srv.Close()
+	http.DefaultClient.CloseIdleConnections()
+	waitFor(t, "file descriptors released", func() bool { return openFDs(t) <= fdsBefore })
+	goleak.VerifyNone(t, ignore)
+}
