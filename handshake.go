@@ -23,14 +23,21 @@ type handshakeResult struct {
 	reason string
 }
 
+// isUpgradeAttempt reports whether r asks for a WebSocket upgrade at all:
+// its Upgrade header lists "websocket". It is the only check ordinary
+// requests pay for.
+func isUpgradeAttempt(r *http.Request) bool {
+	up, ok := r.Header["Upgrade"]
+	return ok && hasToken(up, "websocket")
+}
+
 // checkHandshake applies the same rules as ASP.NET Core's
 // IsWebSocketRequest, and answers the ones it breaks with a status:
 // GET, HTTP/1.1 or later, Connection lists "upgrade", Upgrade lists
 // "websocket", Sec-WebSocket-Version is 13 (else 426 per RFC 6455 4.4), one
 // Sec-WebSocket-Key that decodes to 16 bytes, and no body.
 func checkHandshake(r *http.Request) handshakeResult {
-	up, ok := r.Header["Upgrade"]
-	if !ok || !hasToken(up, "websocket") {
+	if !isUpgradeAttempt(r) {
 		return handshakeResult{}
 	}
 	bad := func(status int, reason string) handshakeResult {
