@@ -411,14 +411,16 @@ func (s *socket) countRead(err error) {
 		s.msgsIn.Add(1)
 		return
 	}
+	// The socket is finished for the handler (a close frame arrived, or
+	// the read failed): a handler that returns now is not returning early,
+	// even while a close handshake started elsewhere (Shutdown) has not
+	// closed the connection yet (see finish).
+	s.readFailed.Store(true)
 	var ce websocket.CloseError
 	if errors.As(err, &ce) {
 		s.setClose(ce.Code, ce.Reason, closedByClient)
 		return
 	}
-	// The socket failed under the handler's read: a handler that returns
-	// now is not returning early (see finish).
-	s.readFailed.Store(true)
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, net.ErrClosed), errors.Is(err, context.Canceled),
