@@ -191,6 +191,8 @@ func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) e
 	err := c.Conn.Write(ctx, typ, p)
 	if err == nil {
 		c.s.msgsOut.Add(1)
+	} else {
+		c.s.readFailed.Store(true) // the socket is finished; see finish
 	}
 	return err
 }
@@ -200,6 +202,8 @@ func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteC
 	wr, err := c.Conn.Writer(ctx, typ)
 	if err == nil {
 		c.s.msgsOut.Add(1)
+	} else {
+		c.s.readFailed.Store(true)
 	}
 	return wr, err
 }
