@@ -1,0 +1,167 @@
+// Package app is the chiws example application: the echo page and echo
+// endpoint of ASP.NET Core's WebSockets sample, and a broadcast room that
+// shows how a background goroutine owns sockets while their handlers wait.
+//
+// It is a package, not just a main, so that its tests and the browser tests
+// in e2e/ exercise exactly the handler that `go run ./example` serves.
+package app
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/chiws/chiws"
+	"github.com/coder/websocket"
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"go.uber.org/zap"
+)
+
+// Config configures the example application. The zero value serves
+// same-origin browsers with chiws's defaults.
+type Config struct {
+	// AllowedOrigins, KeepAliveInterval, KeepAliveTimeout, ReadLimit and
+	// MaxConnections are passed to chiws.Options unchanged.
+	AllowedOrigins    []string
+	KeepAliveInterval time.Duration
+	KeepAliveTimeout  time.Duration
+	ReadLimit         int64
+	MaxConnections    int
+
+	// MemberQueue is how many broadcast messages may wait for one slow
+	// member of the broadcast room before the member is dropped. Zero
+	// means DefaultMemberQueue.
+	MemberQueue int
+
+	// WriteTimeout bounds one write to a broadcast member. A member whose
+	// write takes longer is disconnected. Zero means DefaultWriteTimeout.
+	WriteTimeout time.Duration
+
+	// Logger receives the application's and the middleware's logs. Nil
+	// means no logs.
+	Logger *zap.Logger
+}
+
+// App is the example application. Create it with New, serve Handler, and
+// call Shutdown when the server stops.
+type App struct {
+	// Handler serves the echo page (/), the echo socket (/ws) and the
+	// broadcast room (/broadcast).
+	Handler http.Handler
+
+	// WS is the WebSocket middleware mounted in Handler.
+	WS *chiws.Middleware
+
+	// Hub runs the broadcast room.
+	Hub *Hub
+
+	log *zap.Logger
+}
+
+// New validates cfg and builds the application. It starts the broadcast
+// hub's goroutine, which Shutdown stops.
+func New(cfg Config) (*App, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	opts := chiws.Options{
+		AllowedOrigins:    cfg.AllowedOrigins,
+		KeepAliveInterval: cfg.KeepAliveInterval,
+		KeepAliveTimeout:  cfg.KeepAliveTimeout,
+		ReadLimit:         cfg.ReadLimit,
+		MaxConnections:    cfg.MaxConnections,
+		Logger:            log.Named("chiws"),
+	}
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MemberQueue < 0 {
+		return nil, errors.New("MemberQueue must not be negative")
+	}
+	if cfg.WriteTimeout < 0 {
+		return nil, errors.New("WriteTimeout must not be negative")
+	}
+
+	a := &App{
+		WS:  chiws.New(opts),
+		log: log,
+	}
+	a.Hub = NewHub(HubOptions{
+		Queue:        cfg.MemberQueue,
+		WriteTimeout: cfg.WriteTimeout,
+		Logger:       log.Named("hub"),
+	})
+	// The hub goroutine is owned by the App: Shutdown stops it and waits.
+	go a.Hub.Run()
+
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer)
+	r.Use(a.WS.Handler)
+	r.Get("/ws", a.echo)
+	r.Get("/broadcast", a.broadcast)
+	r.Mount("/", Page())
+	a.Handler = r
+	return a, nil
+}
+
+// echo is the reference sample's Echo endpoint: every message comes back
+// with its type (text stays text, binary stays binary) until the client
+// closes. coder/websocket answers the client's close frame with the same
+// code, which is the sample's CloseAsync(result.CloseStatus).
+func (a *App) echo(w http.ResponseWriter, r *http.Request) {
+	if !chiws.IsWebSocketRequest(r) {
+		http.Error(w, "this endpoint expects a WebSocket request", http.StatusBadRequest)
+		return
+	}
+	c, err := chiws.Accept(w, r, nil)
+	if err != nil {
+		a.log.Debug("accept failed", zap.Error(err))
+		return
+	}
+	// c.Context is cancelled when the socket closes, including on
+	// Shutdown; it never expires with the request.
+	ctx := c.Context()
+	for {
+		typ, p, err := c.Read(ctx)
+		if err != nil {
+			return // closed: by the client (code echoed), the keep-alive or Shutdown
+		}
+		if err := c.Write(ctx, typ, p); err != nil {
+			return
+		}
+	}
+}
+
+// broadcast hands the socket to the hub, which reads it and writes to it
+// from its own goroutines, and waits until the socket is closed: the
+// handler must not return while the socket is in use (the reference's
+// TaskCompletionSource pattern).
+func (a *App) broadcast(w http.ResponseWriter, r *http.Request) {
+	if !chiws.IsWebSocketRequest(r) {
+		http.Error(w, "this endpoint expects a WebSocket request", http.StatusBadRequest)
+		return
+	}
+	c, err := chiws.Accept(w, r, nil)
+	if err != nil {
+		a.log.Debug("accept failed", zap.Error(err))
+		return
+	}
+	if err := a.Hub.Join(c); err != nil {
+		_ = c.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	_ = c.Wait(context.Background())
+}
+
+// Shutdown closes every socket with 1001 Going Away, waits for the
+// WebSocket handlers to return, then stops the broadcast hub and waits for
+// its goroutines. It honours ctx and may be called more than once. Call it
+// together with http.Server.Shutdown, which does not see hijacked
+// connections.
+func (a *App) Shutdown(ctx context.Context) error {
+	err := a.WS.Shutdown(ctx)
+	return errors.Join(err, a.Hub.Stop(ctx))
+}

@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const testTimeout = 60 * time.Second
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		give    []string
+		wantErr bool
+		check   func(t *testing.T, c config)
+	}{
+		{name: "defaults", check: func(t *testing.T, c config) {
+			if c.addr != "localhost:5000" || c.logLevel != "info" || c.logFormat != "console" {
+				t.Errorf("defaults = %+v", c)
+			}
+			if c.app.KeepAliveInterval != 2*time.Minute || c.app.KeepAliveTimeout != 30*time.Second {
+				t.Errorf("keep-alive defaults = %v, %v", c.app.KeepAliveInterval, c.app.KeepAliveTimeout)
+			}
+		}},
+		{name: "origins", give: []string{"-allowed-origins", " https://a.example, http://localhost:* ,"},
+			check: func(t *testing.T, c config) {
+				want := []string{"https://a.example", "http://localhost:*"}
+				if strings.Join(c.app.AllowedOrigins, "|") != strings.Join(want, "|") {
+					t.Errorf("AllowedOrigins = %q, want %q", c.app.AllowedOrigins, want)
+				}
+			}},
+		{name: "keep-alive off", give: []string{"-keepalive", "-1s"}, check: func(t *testing.T, c config) {
+			if c.app.KeepAliveInterval >= 0 {
+				t.Errorf("KeepAliveInterval = %v", c.app.KeepAliveInterval)
+			}
+		}},
+		{name: "stray argument", give: []string{"extra"}, wantErr: true},
+		{name: "unknown flag", give: []string{"-nope"}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parseFlags(tt.give, io.Discard)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			if tt.check != nil {
+				tt.check(t, c)
+			}
+		})
+	}
+}
+
+func TestRunHelp(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"-h"}, &out, nil)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("run -h = %v, want flag.ErrHelp", err)
+	}
+	for _, f := range []string{"-addr", "-allowed-origins", "-keepalive", "-keepalive-timeout",
+		"-read-limit", "-max-connections", "-log-level", "-log-format"} {
+		if !strings.Contains(out.String(), f+" ") {
+			t.Errorf("help lacks %s:\n%s", f, out.String())
+		}
+	}
+}
+
+func TestRunInvalid(t *testing.T) {
+	tests := [][]string{
+		{"-log-level", "trace"},
+		{"-log-format", "xml"},
+		{"-allowed-origins", "https://a.example/path"},
+		{"-read-limit", "-5"},
+		{"-addr", "256.0.0.1:bad"},
+	}
+	// A cancelled context makes run return at once if it does start.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, give := range tests {
+		t.Run(strings.Join(give, " "), func(t *testing.T) {
+			if err := run(ctx, append([]string{"-addr", "127.0.0.1:0"}, give...), io.Discard, nil); err == nil {
+				t.Error("run accepted invalid flags")
+			}
+		})
+	}
+}
+
+// TestRunGracefulStop runs the command in-process: cancelling its context
+// (what SIGINT does in main) closes open sockets with 1001 and run returns
+// nil.
+func TestRunGracefulStop(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs syncBuffer
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { // ends when ctx is cancelled
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-log-level", "debug", "-keepalive", "1s"}, &logs,
+			func(addr string) { ready <- addr })
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	}
+	observeGoingAway(t, addr, cancel)
+	if err := <-done; err != nil {
+		t.Fatalf("run = %v, want nil; logs:\n%s", err, logs.String())
+	}
+	for _, want := range []string{"listening", "shutting down", "stopped"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, logs.String())
+		}
+	}
+}
+
+// observeGoingAway connects an echo and a broadcast client to addr, checks
+// the echo works, calls stop and asserts both clients see 1001.
+func observeGoingAway(t *testing.T, addr string, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	var conns []*websocket.Conn
+	for _, path := range []string{"/ws", "/broadcast"} {
+		c, _, err := websocket.Dial(ctx, "ws://"+addr+path, nil)
+		if err != nil {
+			t.Fatalf("dial %s: %v", path, err)
+		}
+		defer c.CloseNow()
+		conns = append(conns, c)
+	}
+	if err := conns[0].Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, p, err := conns[0].Read(ctx); err != nil || string(p) != "ping" {
+		t.Fatalf("echo = %q, %v", p, err)
+	}
+	stop()
+	for _, c := range conns {
+		_, _, err := c.Read(ctx)
+		if got := websocket.CloseStatus(err); got != websocket.StatusGoingAway {
+			t.Errorf("client saw %v, want close 1001", err)
+		}
+	}
+}
+
+// TestBinarySignal builds the command and stops it with SIGINT and SIGTERM,
+// as an operator or a container runtime would: open sockets get 1001 and
+// the process exits 0.
+func TestBinarySignal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary; skipped with -short")
+	}
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "example")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, gobin, "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			cmd := exec.CommandContext(ctx, bin, "-addr", "127.0.0.1:0", "-log-format", "json")
+			stderr, err := cmd.StderrPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+
+			// The first log line says where it listens.
+			lines := bufio.NewScanner(stderr)
+			var addr string
+			var logs strings.Builder
+			for addr == "" && lines.Scan() {
+				logs.WriteString(lines.Text() + "\n")
+				var entry struct{ Msg, Addr string }
+				if json.Unmarshal(lines.Bytes(), &entry) == nil && entry.Msg == "listening" {
+					addr = entry.Addr
+				}
+			}
+			if addr == "" {
+				t.Fatalf("no listening line; output:\n%s", logs.String())
+			}
+			rest := make(chan string, 1)
+			go func() { // ends at the process's EOF
+				b, _ := io.ReadAll(stderr)
+				rest <- string(b)
+			}()
+			observeGoingAway(t, addr, func() {
+				if err := cmd.Process.Signal(sig); err != nil {
+					t.Fatal(err)
+				}
+			})
+			tail := <-rest
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("exit: %v; logs:\n%s%s", err, logs.String(), tail)
+			}
+			if !strings.Contains(tail, `"stopped"`) {
+				t.Errorf("no stopped line; logs:\n%s", tail)
+			}
+		})
+	}
+}
