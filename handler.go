@@ -341,10 +341,23 @@ func (s *socket) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpti
 
 	wc, err := websocket.Accept(w, r, &wsOpts)
 	if err != nil {
-		s.state.Store(stateNew)
-		m.logReject(zap.DebugLevel, r, "accept failed", err.Error())
-		return nil, fmt.Errorf("chiws: accept: %w", err)
+		return nil, s.acceptFailed(r, err)
 	}
+	return s.accepted(w, r, wc, readLimit)
+}
+
+// acceptFailed and accepted are apart from accept to keep accept's stack
+// frame small: it is on the stack while coder/websocket upgrades and the
+// 101 is written, the deepest point of a socket's life (see
+// upgradeWriter.WriteHeader and handler.ServeHTTP).
+func (s *socket) acceptFailed(r *http.Request, err error) error {
+	s.state.Store(stateNew)
+	s.m.logReject(zap.DebugLevel, r, "accept failed", err.Error())
+	return fmt.Errorf("chiws: accept: %w", err)
+}
+
+func (s *socket) accepted(w http.ResponseWriter, r *http.Request, wc *websocket.Conn, readLimit int64) (*Conn, error) {
+	m := s.m
 	wc.SetReadLimit(readLimit)
 	s.conn = Conn{Conn: wc, s: s}
 	s.reqCtx = r.Context()

@@ -242,43 +242,44 @@ func New(opts Options) *Middleware {
 // logged; a panic after Accept closes the socket with 1011 and is logged
 // instead of crashing the connection's goroutine.
 func (m *Middleware) Handler(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !isUpgradeAttempt(r) {
-			next.ServeHTTP(w, r)
-			return
-		}
-		m.serveUpgrade(w, r, next)
-	})
+	return &handler{m: m, next: next}
 }
 
-// serveUpgrade runs below the route handler for the socket's whole life,
-// so its frame (and Handler's) is kept small: the checks and their logs
-// live in admit, whose frame is gone by then. Every byte here counts:
-// a goroutine parked in Read with more than 4 KiB of stack in use keeps
-// the 16 KiB stack that the upgrade grew, instead of shrinking back to
-// 8 KiB at the next GC (see docs/benchmarks.md, idle footprint).
-func (m *Middleware) serveUpgrade(w http.ResponseWriter, r *http.Request, next http.Handler) {
+// handler is the http.Handler returned by Middleware.Handler.
+//
+// On an upgrade, ServeHTTP stays below the route handler for the socket's
+// whole life, so it is a method rather than an http.HandlerFunc closure
+// (one frame, not two) and the checks and their logs live in admit, whose
+// frame is gone by then. Stack depth is memory here: a socket goroutine
+// whose stack grows past 8 KiB during the upgrade keeps 16 KiB for its
+// whole life, because Go shrinks a parked goroutine's stack only when
+// under a quarter of it is in use, and net/http's and coder/websocket's
+// frames under a Read already use more (see docs/benchmarks.md, idle
+// footprint, and upgradeWriter.WriteHeader).
+type handler struct {
+	m    *Middleware
+	next http.Handler
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !isUpgradeAttempt(r) {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	m := h.m
 	if !m.admit(w, r) {
 		return
 	}
-	if m.cfg.maxConns > 0 {
-		defer m.reserved.Add(-1)
-	}
-	if !m.enter() {
-		m.logReject(zap.InfoLevel, r, "shutting down", ErrShuttingDown.Error())
-		w.Header().Set("Retry-After", "5") // another instance may take it
-		httpError(w, http.StatusServiceUnavailable)
-		return
-	}
+	defer m.release()
 	s := newSocket(m, w, r)
-	defer m.leave()
 	defer s.finish(r) // recovers a panic after Accept; see finish
-	next.ServeHTTP(&s.w, r.WithContext(s))
+	h.next.ServeHTTP(&s.w, r.WithContext(s))
 }
 
-// admit validates an upgrade request and applies the origin policy and
-// the connection limit, answering the request when it fails. When it
-// succeeds with MaxConnections set, the caller owns a reservation.
+// admit validates an upgrade request, applies the origin policy and the
+// connection limit, and counts the request in flight (enter), answering
+// the request when any of it fails. When it succeeds, the caller must
+// call release.
 func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	hs := checkHandshake(r)
 	if hs.status != 0 {
@@ -309,7 +310,24 @@ func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 			return false
 		}
 	}
+	if !m.enter() {
+		if m.cfg.maxConns > 0 {
+			m.reserved.Add(-1)
+		}
+		m.logReject(zap.InfoLevel, r, "shutting down", ErrShuttingDown.Error())
+		w.Header().Set("Retry-After", "5") // another instance may take it
+		httpError(w, http.StatusServiceUnavailable)
+		return false
+	}
 	return true
+}
+
+// release ends what a successful admit began.
+func (m *Middleware) release() {
+	m.leave()
+	if m.cfg.maxConns > 0 {
+		m.reserved.Add(-1)
+	}
 }
 
 // enter counts an upgrade request in flight; it fails once Shutdown began.

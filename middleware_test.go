@@ -392,33 +392,49 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 }
 
 // TestWriteTimeoutBeforeAccept: a handler that authenticates slowly, past
-// http.Server.WriteTimeout, must still get the 101 to the client.
+// http.Server.WriteTimeout, must still get the 101 to the client, whether
+// net/http writes the 101 (under a wrapping middleware) or chiws does.
 func TestWriteTimeoutBeforeAccept(t *testing.T) {
 	const writeTimeout = 100 * time.Millisecond
-	ws := chiws.New(chiws.Options{})
-	r := chi.NewRouter()
-	r.Use(ws.Handler)
-	r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
-		// The slow authentication under test: the write deadline passes.
-		time.Sleep(3 * writeTimeout)
-		echo(w, r)
-	})
-	srv := httptest.NewUnstartedServer(r)
-	srv.Config.WriteTimeout = writeTimeout
-	srv.Config.ReadTimeout = writeTimeout
-	srv.Start()
-	defer srv.Close()
-	defer ws.Shutdown(context.Background())
+	tests := []struct {
+		name    string
+		wrapper func(http.Handler) http.Handler
+	}{
+		{"server writer", func(h http.Handler) http.Handler { return h }},
+		{"behind a wrapping middleware", func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				h.ServeHTTP(middleware.NewWrapResponseWriter(w, r.ProtoMajor), r)
+			})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ws := chiws.New(chiws.Options{})
+			r := chi.NewRouter()
+			r.Use(tt.wrapper, ws.Handler)
+			r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+				// The slow authentication under test: the write deadline passes.
+				time.Sleep(3 * writeTimeout)
+				echo(w, r)
+			})
+			srv := httptest.NewUnstartedServer(r)
+			srv.Config.WriteTimeout = writeTimeout
+			srv.Config.ReadTimeout = writeTimeout
+			srv.Start()
+			defer srv.Close()
+			defer ws.Shutdown(context.Background())
 
-	c := dial(t, wsURL(srv, "/ws"), nil)
-	ctx := testCtx(t)
-	if err := c.Write(ctx, websocket.MessageText, []byte("late")); err != nil {
-		t.Fatal(err)
+			c := dial(t, wsURL(srv, "/ws"), nil)
+			ctx := testCtx(t)
+			if err := c.Write(ctx, websocket.MessageText, []byte("late")); err != nil {
+				t.Fatal(err)
+			}
+			if _, p, err := c.Read(ctx); err != nil || string(p) != "late" {
+				t.Fatalf("echo after slow accept: %q %v", p, err)
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+		})
 	}
-	if _, p, err := c.Read(ctx); err != nil || string(p) != "late" {
-		t.Fatalf("echo after slow accept: %q %v", p, err)
-	}
-	c.Close(websocket.StatusNormalClosure, "")
 }
 
 // TestChiMiddlewareStack mounts chiws behind chi's own middleware.
@@ -500,6 +516,11 @@ func TestChiMiddlewareStack(t *testing.T) {
 		defer accessMu.Unlock()
 		return strings.Contains(access.String(), "/ws/lobby")
 	})
+	accessMu.Lock()
+	defer accessMu.Unlock()
+	if !strings.Contains(access.String(), " - 101 ") {
+		t.Errorf("chi's Logger did not record the 101: %q", access.String())
+	}
 }
 
 func TestMaxConnections(t *testing.T) {

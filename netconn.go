@@ -17,14 +17,50 @@ type upgradeWriter struct {
 	http.ResponseWriter
 	s        *socket
 	hijacked bool
+	// switching is set by WriteHeader(101): Hijack writes the 101 itself.
+	switching bool
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.
 func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// WriteHeader passes status on, except 101 Switching Protocols: Hijack
+// writes that one itself, as gorilla/websocket does, instead of letting
+// net/http write it inside Hijack. net/http's path (chunkWriter.writeHeader
+// has a 2.8 KiB frame) is the deepest point of a socket's life, about
+// 7.5 KiB below the connection goroutine's entry: under chi and chiws it
+// doubled the goroutine's stack from 8 to 16 KiB, and Go never shrinks it
+// back while the socket waits in Read with over a quarter of it in use.
+// Writing the status line and headers here needs a few hundred bytes of
+// stack and skips what a 101 does not need (the Date header).
 func (w *upgradeWriter) WriteHeader(status int) {
-	if !w.hijacked {
+	switch {
+	case w.hijacked || w.switching:
+	case status == http.StatusSwitchingProtocols && isServerWriter(w.ResponseWriter):
+		w.switching = true
+	default:
 		w.ResponseWriter.WriteHeader(status)
+	}
+}
+
+// isServerWriter reports whether w is net/http's own writer: it hijacks and
+// wraps nothing. Under a wrapper (chi's Logger, say), the 101 goes through
+// the wrapper as usual, so that access logs record it; the stack saving is
+// then lost, which table 5b of docs/benchmarks.md measures.
+func isServerWriter(w http.ResponseWriter) bool {
+	if _, ok := w.(interface{ Unwrap() http.ResponseWriter }); ok {
+		return false
+	}
+	_, ok := w.(http.Hijacker)
+	return ok
+}
+
+// flushSwitching hands a pending 101 to net/http, for a handler that writes
+// or flushes after WriteHeader(101) instead of hijacking.
+func (w *upgradeWriter) flushSwitching() {
+	if w.switching {
+		w.switching = false
+		w.ResponseWriter.WriteHeader(http.StatusSwitchingProtocols)
 	}
 }
 
@@ -32,28 +68,46 @@ func (w *upgradeWriter) Write(p []byte) (int, error) {
 	if w.hijacked {
 		return 0, http.ErrHijacked
 	}
+	w.flushSwitching()
 	return w.ResponseWriter.Write(p)
 }
 
 // Flush implements http.Flusher for handlers that stream before upgrading.
 func (w *upgradeWriter) Flush() {
 	if !w.hijacked {
+		w.flushSwitching()
 		_ = http.NewResponseController(w.ResponseWriter).Flush()
 	}
 }
 
 // Hijack implements http.Hijacker.
 func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
+	var (
+		c   net.Conn
+		brw *bufio.ReadWriter
+		err error
+	)
+	if w.switching {
+		w.switching = false // on error, let the caller's error status through
+		c, brw, err = w.ResponseWriter.(http.Hijacker).Hijack()
+		if err != nil {
+			return nil, nil, err
+		}
+		bw := brw.Writer
+		_, _ = bw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+		_ = w.ResponseWriter.Header().Write(bw)
+		_, _ = bw.WriteString("\r\n")
+	} else {
+		c, brw, err = http.NewResponseController(w.ResponseWriter).Hijack()
+		if err != nil {
+			return nil, nil, err
+		}
 	}
 	w.hijacked = true
 	nc := &w.s.nc
 	nc.Conn = c
 	// net/http's hijacked writer targets the raw connection; point it at
-	// ours so written bytes are counted. It is empty here (the 101 was
-	// flushed by WriteHeader), but flush first to be safe.
+	// ours so written bytes are counted, after flushing the 101.
 	if err := brw.Writer.Flush(); err != nil {
 		_ = c.Close()
 		return nil, nil, err

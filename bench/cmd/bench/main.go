@@ -1,0 +1,385 @@
+// Command bench runs the side-by-side benchmarks of chiws, raw
+// coder/websocket and gorilla/websocket and writes a Markdown report:
+//
+//	go run ./bench/cmd/bench -out docs/benchmarks.md
+//
+// In-process parts (pass-through, upgrade) run in this process with
+// testing.Benchmark; the network parts run a benchserver and a
+// benchclient process, built into a temporary directory, over loopback.
+// Candidates alternate within each round and the report gives medians of
+// the rounds and the median per-round ratio to raw coder/websocket.
+// -smoke runs everything with tiny counts in a few seconds.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chiws/chiws/bench"
+)
+
+// plan holds the counts of a run.
+type plan struct {
+	rounds, idleRounds                int
+	benchtime                         string
+	connectFor                        time.Duration
+	connectWorkers                    int
+	echoConns                         int
+	echoSizes                         []int
+	echoWarmup, echoWindow            time.Duration
+	idleConns                         int
+	idleSettle, idleWindow, keepAlive time.Duration
+	churnOpen, churnCycles            int
+	headroomConns                     int
+	sources                           int
+}
+
+var fullPlan = plan{
+	rounds: 7, idleRounds: 3, benchtime: "300ms",
+	connectFor: 3 * time.Second, connectWorkers: 16,
+	echoConns: 1000, echoSizes: []int{128, 4096},
+	echoWarmup: time.Second, echoWindow: 2 * time.Second,
+	idleConns: 19000, idleSettle: time.Second, idleWindow: 3 * time.Second,
+	keepAlive: time.Second,
+	churnOpen: 5000, churnCycles: 100000,
+	headroomConns: 2000,
+	sources:       8,
+}
+
+var smokePlan = plan{
+	rounds: 1, idleRounds: 1, benchtime: "20ms",
+	connectFor: 500 * time.Millisecond, connectWorkers: 4,
+	echoConns: 20, echoSizes: []int{128},
+	echoWarmup: 100 * time.Millisecond, echoWindow: 300 * time.Millisecond,
+	idleConns: 200, idleSettle: 200 * time.Millisecond, idleWindow: 1200 * time.Millisecond,
+	keepAlive: time.Second,
+	churnOpen: 50, churnCycles: 300,
+	headroomConns: 50,
+	sources:       2,
+}
+
+func main() {
+	testing.Init()
+	out := flag.String("out", "-", "write the Markdown report here (- for stdout)")
+	smoke := flag.Bool("smoke", false, "tiny counts: checks that the harness works")
+	only := flag.String("only", "", "comma-separated sections to run (passthrough,upgrade,connect,echo,idle,churn); empty = all")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+	log.SetPrefix("bench: ")
+
+	p := fullPlan
+	if *smoke {
+		p = smokePlan
+	}
+	if err := flag.Set("test.benchtime", p.benchtime); err != nil {
+		log.Fatal(err)
+	}
+	want := func(s string) bool { return *only == "" || strings.Contains(","+*only+",", ","+s+",") }
+
+	started := time.Now()
+	tmp, err := os.MkdirTemp("", "chiws-bench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	h := &harness{plan: p, tmp: tmp}
+	rep := &report{plan: p, smoke: *smoke}
+
+	if want("passthrough") {
+		log.Print("pass-through")
+		rep.passThrough = h.inProcess(bench.PassThroughHandlers(), bench.BenchPassThrough)
+	}
+	if want("upgrade") {
+		log.Print("upgrade")
+		rep.upgrade = h.inProcess(bench.UpgradeHandlers(), bench.BenchUpgrade)
+	}
+	if want("connect") || want("echo") || want("idle") || want("churn") {
+		if err := h.build(); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if want("connect") {
+		log.Print("connect rate")
+		rep.connect, err = h.connect()
+		check(err)
+	}
+	if want("echo") {
+		for _, size := range p.echoSizes {
+			log.Printf("echo %d B", size)
+			r, err := h.echo(size)
+			check(err)
+			rep.echo = append(rep.echo, r)
+		}
+	}
+	if want("idle") {
+		log.Print("idle footprint and keep-alive")
+		rep.idle, err = h.idle()
+		check(err)
+	}
+	if want("idle") {
+		log.Print("stack headroom")
+		rep.headroom, err = h.headroom()
+		check(err)
+	}
+	if want("churn") {
+		log.Print("churn")
+		rep.churn, err = h.churnRun()
+		check(err)
+	}
+	rep.elapsed = time.Since(started)
+
+	var buf bytes.Buffer
+	rep.render(&buf)
+	if *out == "-" {
+		_, _ = os.Stdout.Write(buf.Bytes())
+	} else if err := os.WriteFile(*out, buf.Bytes(), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("done in %v", rep.elapsed.Round(time.Second))
+	if rep.broken {
+		log.Fatal("a section produced no result")
+	}
+}
+
+func check(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+type harness struct {
+	plan                plan
+	tmp                 string
+	serverBin, clientBn string
+}
+
+// --- in-process -------------------------------------------------------
+
+// benchRow is one candidate's per-round results.
+type benchRow struct {
+	name              string
+	ns, bytes, allocs []float64
+}
+
+func (h *harness) inProcess(hs []bench.NamedHandler, fn func(*testing.B, http.Handler)) []benchRow {
+	rows := make([]benchRow, len(hs))
+	for i, c := range hs {
+		rows[i].name = c.Name
+	}
+	for round := range h.plan.rounds {
+		for k := range hs {
+			i := (k + round) % len(hs) // rotate the order each round
+			r := testing.Benchmark(func(b *testing.B) { fn(b, hs[i].Handler) })
+			rows[i].ns = append(rows[i].ns, float64(r.NsPerOp()))
+			rows[i].bytes = append(rows[i].bytes, float64(r.AllocedBytesPerOp()))
+			rows[i].allocs = append(rows[i].allocs, float64(r.AllocsPerOp()))
+		}
+	}
+	return rows
+}
+
+// --- processes ----------------------------------------------------------
+
+func (h *harness) build() error {
+	h.serverBin = filepath.Join(h.tmp, "benchserver")
+	h.clientBn = filepath.Join(h.tmp, "benchclient")
+	cmd := exec.Command("go", "build", "-o", h.tmp+string(os.PathSeparator),
+		"github.com/chiws/chiws/bench/cmd/benchserver", "github.com/chiws/chiws/bench/cmd/benchclient")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("building the benchmark binaries: %w", err)
+	}
+	return nil
+}
+
+// server is a running benchserver.
+type server struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	addr   string
+	ctl    string
+	stderr bytes.Buffer
+}
+
+func (h *harness) startServer(candidate string, keepAlive time.Duration, pad int) (*server, error) {
+	s := &server{}
+	s.cmd = exec.Command(h.serverBin, "-candidate", candidate, "-keepalive", keepAlive.String(),
+		"-pad", fmt.Sprint(pad), "-max", "10m")
+	s.cmd.Stderr = &s.stderr
+	var err error
+	if s.stdin, err = s.cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
+	stdout, err := s.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if addrs, ok := strings.CutPrefix(strings.TrimSpace(line), "LISTEN "); ok && err == nil {
+		if s.addr, s.ctl, ok = strings.Cut(addrs, " "); ok {
+			return s, nil
+		}
+	}
+	s.stop()
+	return nil, fmt.Errorf("benchserver %s did not start: %v %q %s", candidate, err, line, s.stderr.String())
+}
+
+// stop closes the server's stdin (it exits) and kills it if it lingers.
+func (s *server) stop() {
+	_ = s.stdin.Close()
+	done := make(chan struct{})
+	go func() { // owned by stop, which waits for it
+		_ = s.cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// runClient runs benchclient against a fresh server for candidate and
+// decodes its JSON result into res.
+func (h *harness) runClient(candidate string, keepAlive time.Duration, res any, args ...string) error {
+	return h.runClientPad(candidate, keepAlive, 0, res, args...)
+}
+
+// runClientPad is runClient with the candidate under pad extra stack
+// frames (bench.Pad).
+func (h *harness) runClientPad(candidate string, keepAlive time.Duration, pad int, res any, args ...string) error {
+	s, err := h.startServer(candidate, keepAlive, pad)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	args = append([]string{"-addr", s.addr, "-ctl", s.ctl, "-sources", fmt.Sprint(h.plan.sources)}, args...)
+	cmd := exec.CommandContext(ctx, h.clientBn, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("benchclient %s %v: %w\n%s\nserver: %s", candidate, args, err, stderr.String(), s.stderr.String())
+	}
+	return json.Unmarshal(stdout.Bytes(), res)
+}
+
+// rounds runs fn for every candidate in every round, rotating the order.
+func rounds[T any](n int, candidates []string, fn func(c string) (T, error)) (map[string][]T, error) {
+	out := make(map[string][]T)
+	for round := range n {
+		for k := range candidates {
+			c := candidates[(k+round)%len(candidates)]
+			r, err := fn(c)
+			if err != nil {
+				return nil, err
+			}
+			out[c] = append(out[c], r)
+		}
+	}
+	return out, nil
+}
+
+var (
+	connectCandidates = []string{bench.Coder, bench.ChiCoder, bench.Chiws, bench.Gorilla}
+	echoCandidates    = []string{bench.Coder, bench.Chiws, bench.Gorilla}
+	idleCandidates    = []string{bench.Coder, bench.CoderPing, bench.Chiws, bench.Gorilla}
+)
+
+func (h *harness) connect() (map[string][]bench.ConnectResult, error) {
+	p := h.plan
+	return rounds(p.rounds, connectCandidates, func(c string) (bench.ConnectResult, error) {
+		var r bench.ConnectResult
+		err := h.runClient(c, 0, &r, "-mode", "connect",
+			"-workers", fmt.Sprint(p.connectWorkers), "-duration", p.connectFor.String())
+		return r, err
+	})
+}
+
+func (h *harness) echo(size int) (map[string][]bench.EchoResult, error) {
+	p := h.plan
+	return rounds(p.rounds, echoCandidates, func(c string) (bench.EchoResult, error) {
+		var r bench.EchoResult
+		err := h.runClient(c, 0, &r, "-mode", "echo", "-conns", fmt.Sprint(p.echoConns),
+			"-size", fmt.Sprint(size), "-warmup", p.echoWarmup.String(), "-window", p.echoWindow.String())
+		return r, err
+	})
+}
+
+func (h *harness) keepAliveFor(c string) time.Duration {
+	switch c {
+	case bench.Chiws, bench.CoderPing:
+		return h.plan.keepAlive
+	}
+	return -1
+}
+
+func (h *harness) idle() (map[string][]bench.IdleResult, error) {
+	p := h.plan
+	return rounds(p.idleRounds, idleCandidates, func(c string) (bench.IdleResult, error) {
+		var r bench.IdleResult
+		err := h.runClient(c, h.keepAliveFor(c), &r, "-mode", "idle", "-conns", fmt.Sprint(p.idleConns),
+			"-settle", p.idleSettle.String(), "-window", p.idleWindow.String())
+		return r, err
+	})
+}
+
+// headroomCandidates and headroomPads: the idle stack per connection
+// under a growing stand-in for the application's middleware.
+var (
+	headroomCandidates = []string{bench.Coder, bench.ChiCoder, bench.Chiws}
+	headroomPads       = []int{0, 2, 8, 16}
+)
+
+// headroom measures stack per idle connection for each candidate under
+// each pad depth (one run each: stack sizes are powers of two, not noisy).
+func (h *harness) headroom() (map[string]map[int]bench.IdleResult, error) {
+	p := h.plan
+	out := map[string]map[int]bench.IdleResult{}
+	for _, c := range headroomCandidates {
+		out[c] = map[int]bench.IdleResult{}
+		for _, pad := range headroomPads {
+			var r bench.IdleResult
+			ka := time.Duration(-1)
+			if c == bench.Chiws {
+				ka = 0 // the default, 2 minutes: armed, never fires here
+			}
+			err := h.runClientPad(c, ka, pad, &r, "-mode", "idle", "-conns", fmt.Sprint(p.headroomConns),
+				"-settle", "0s", "-window", "100ms")
+			if err != nil {
+				return nil, err
+			}
+			out[c][pad] = r
+		}
+	}
+	return out, nil
+}
+
+func (h *harness) churnRun() (*bench.ChurnResult, error) {
+	p := h.plan
+	var r bench.ChurnResult
+	err := h.runClient(bench.Chiws, p.keepAlive, &r, "-mode", "churn",
+		"-open", fmt.Sprint(p.churnOpen), "-cycles", fmt.Sprint(p.churnCycles), "-workers", "16")
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
+}

@@ -1,0 +1,398 @@
+package main
+
+import (
+	_ "embed"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/chiws/chiws/bench"
+)
+
+//go:embed notes.md
+var notes string
+
+type report struct {
+	plan        plan
+	smoke       bool
+	elapsed     time.Duration
+	passThrough []benchRow
+	upgrade     []benchRow
+	connect     map[string][]bench.ConnectResult
+	echo        []map[string][]bench.EchoResult
+	idle        map[string][]bench.IdleResult
+	headroom    map[string]map[int]bench.IdleResult
+	churn       *bench.ChurnResult
+	goals       []goal
+	broken      bool
+}
+
+type goal struct {
+	name, measured string
+	met            bool
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// ratio is the median of the per-round ratios a[i]/b[i].
+func ratio(a, b []float64) float64 {
+	var r []float64
+	for i := range min(len(a), len(b)) {
+		if b[i] != 0 {
+			r = append(r, a[i]/b[i])
+		}
+	}
+	return median(r)
+}
+
+func each[T any](v []T, f func(T) float64) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = f(x)
+	}
+	return out
+}
+
+func metStr(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+func kib(b float64) string { return fmt.Sprintf("%.2f KiB", b/1024) }
+
+func (r *report) addGoal(name string, met bool, format string, args ...any) {
+	r.goals = append(r.goals, goal{name, fmt.Sprintf(format, args...), met})
+}
+
+func osRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return runtime.GOOS
+	}
+	return "Linux " + strings.TrimSpace(string(b))
+}
+
+func (r *report) render(w io.Writer) {
+	var body strings.Builder
+	r.renderBody(&body)
+
+	fmt.Fprintln(w, "# Benchmarks")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "chiws against raw coder/websocket (the library it wraps) and gorilla/websocket v1.5.3,")
+	fmt.Fprintln(w, "side by side on loopback. Regenerate this file with one command (about 8 minutes):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "```sh")
+	fmt.Fprintln(w, "go run ./bench/cmd/bench -out docs/benchmarks.md")
+	fmt.Fprintln(w, "```")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "The in-process benchmarks also run under `go test -bench . ./bench/`.")
+	fmt.Fprintln(w, "Everything below the goals table is generated; numbers are never typed by hand.")
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Machine: %d CPUs (GOMAXPROCS %d), %s, %s/%s, %s. Run on %s, took %v",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH,
+		osRelease(), time.Now().UTC().Format("2006-01-02 15:04 MST"), r.elapsed.Round(time.Second))
+	if r.smoke {
+		fmt.Fprint(w, " (**smoke run: tiny counts, numbers meaningless**)")
+	}
+	fmt.Fprintln(w, ".")
+	fmt.Fprintln(w, "The machine is shared and noisy: read the ratios (median of per-round ratios, candidates")
+	fmt.Fprintln(w, "alternating within each round), not the absolute times.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "## Goals")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| Goal | Measured | Result |")
+	fmt.Fprintln(w, "| --- | --- | --- |")
+	// By section number; the order of the checks within a section is kept.
+	slices.SortStableFunc(r.goals, func(a, b goal) int {
+		return strings.Compare(strings.SplitN(a.name, ".", 2)[0], strings.SplitN(b.name, ".", 2)[0])
+	})
+	for _, g := range r.goals {
+		fmt.Fprintf(w, "| %s | %s | %s |\n", g.name, g.measured, metStr(g.met))
+	}
+	fmt.Fprintln(w)
+	io.WriteString(w, body.String())
+	fmt.Fprintln(w)
+	io.WriteString(w, notes)
+}
+
+func (r *report) renderBody(w io.Writer) {
+	p := r.plan
+	if r.passThrough != nil {
+		fmt.Fprintf(w, "## 1. Pass-through (in process, %d rounds of %s)\n\n", p.rounds, p.benchtime)
+		fmt.Fprintln(w, "An ordinary `GET /` (no upgrade) through each stack to a handler that writes 204.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| Stack | ns/op | B/op | allocs/op | time vs same stack without chiws |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: |")
+		byName := map[string]benchRow{}
+		for _, row := range r.passThrough {
+			byName[row.name] = row
+		}
+		base := map[string]string{"chiws(bare)": "bare", "chi+chiws": "chi"}
+		for _, row := range r.passThrough {
+			rel := "(baseline)"
+			if b, ok := base[row.name]; ok {
+				rel = fmt.Sprintf("%.2fx", ratio(row.ns, byName[b].ns))
+			}
+			fmt.Fprintf(w, "| %s | %.1f | %.0f | %.0f | %s |\n", row.name, median(row.ns), median(row.bytes), median(row.allocs), rel)
+		}
+		fmt.Fprintln(w)
+		extra := median(byName["chiws(bare)"].allocs) - median(byName["bare"].allocs)
+		extraChi := median(byName["chi+chiws"].allocs) - median(byName["chi"].allocs)
+		rChi := ratio(byName["chi+chiws"].ns, byName["chi"].ns)
+		rBare := ratio(byName["chiws(bare)"].ns, byName["bare"].ns)
+		r.addGoal("1. Pass-through: +0 allocations", extra == 0 && extraChi == 0, "%+.0f allocs (bare), %+.0f (chi)", extra, extraChi)
+		r.addGoal("1. Pass-through: under 5% extra time (behind chi)", rChi <= 1.05,
+			"%.3fx behind chi; %.2fx against an empty handler (%+.1f ns)", rChi, rBare,
+			median(byName["chiws(bare)"].ns)-median(byName["bare"].ns))
+	}
+	if r.upgrade != nil {
+		fmt.Fprintf(w, "## 2. Upgrade (in process, %d rounds of %s)\n\n", p.rounds, p.benchtime)
+		fmt.Fprintln(w, "One upgrade request, accepted and closed at once (no close handshake), on the same fake")
+		fmt.Fprintln(w, "hijackable connection for every candidate (bench.HijackWriter behaves like net/http's).")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| Candidate | ns/op | B/op | allocs/op | time vs coder | allocs vs coder |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: |")
+		var coder, chiws, chiCoder benchRow
+		for _, row := range r.upgrade {
+			switch row.name {
+			case bench.Coder:
+				coder = row
+			case bench.Chiws:
+				chiws = row
+			case bench.ChiCoder:
+				chiCoder = row
+			}
+		}
+		for _, row := range r.upgrade {
+			fmt.Fprintf(w, "| %s | %.0f | %.0f | %.0f | %.2fx | %+.0f |\n", row.name, median(row.ns), median(row.bytes),
+				median(row.allocs), ratio(row.ns, coder.ns), median(row.allocs)-median(coder.allocs))
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "chiws against chi-coder (the same chi router without the middleware): %.2fx time, %+.0f allocs, %+.0f B.\n\n",
+			ratio(chiws.ns, chiCoder.ns), median(chiws.allocs)-median(chiCoder.allocs), median(chiws.bytes)-median(chiCoder.bytes))
+		extra := median(chiws.allocs) - median(coder.allocs)
+		rt := ratio(chiws.ns, coder.ns)
+		r.addGoal("2. Upgrade: at most 1 extra allocation over bare Accept", extra <= 1,
+			"%+.0f allocs (%+.0f from chi, %+.0f from chiws)", extra,
+			median(chiCoder.allocs)-median(coder.allocs), median(chiws.allocs)-median(chiCoder.allocs))
+		r.addGoal("2. Upgrade: at most 5% extra time over bare Accept", rt <= 1.05,
+			"%.2fx (%.2fx over chi + bare Accept)", rt, ratio(chiws.ns, chiCoder.ns))
+	}
+	if r.connect != nil {
+		fmt.Fprintf(w, "## 3. Connect rate (benchclient process, %d workers, %v per run, %d rounds)\n\n",
+			p.connectWorkers, p.connectFor, p.rounds)
+		fmt.Fprintln(w, "Each worker loops: dial, upgrade, close handshake. Handshake latency is dial to upgraded.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| Candidate | conns/s | p50 handshake | p99 handshake | rate vs coder | p99 vs coder | errors |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+		rate := func(c string) []float64 {
+			return each(r.connect[c], func(x bench.ConnectResult) float64 { return x.PerSecond })
+		}
+		p99 := func(c string) []float64 {
+			return each(r.connect[c], func(x bench.ConnectResult) float64 { return x.Handshake.P99 })
+		}
+		for _, c := range connectCandidates {
+			p50 := each(r.connect[c], func(x bench.ConnectResult) float64 { return x.Handshake.P50 })
+			errs := each(r.connect[c], func(x bench.ConnectResult) float64 { return float64(x.Errors) })
+			fmt.Fprintf(w, "| %s | %.0f | %.0f µs | %.0f µs | %.3fx | %.2fx | %.0f |\n", c, median(rate(c)), median(p50),
+				median(p99(c)), ratio(rate(c), rate(bench.Coder)), ratio(p99(c), p99(bench.Coder)), median(errs))
+		}
+		fmt.Fprintln(w)
+		rr, pr := ratio(rate(bench.Chiws), rate(bench.Coder)), ratio(p99(bench.Chiws), p99(bench.Coder))
+		r.addGoal("3. Connect rate at least 0.95x coder", rr >= 0.95, "%.3fx", rr)
+		r.addGoal("3. p99 handshake at most 1.1x coder", pr <= 1.1, "%.2fx", pr)
+	}
+	for _, e := range r.echo {
+		var size int
+		for _, v := range e {
+			size = v[0].Size
+		}
+		fmt.Fprintf(w, "## 4. Echo, %d B messages (%d connections, %v window, %d rounds)\n\n",
+			size, p.echoConns, p.echoWindow, p.rounds)
+		fmt.Fprintln(w, "Every connection sends a message and waits for its echo, in a loop. CPU is the server")
+		fmt.Fprintln(w, "process's user+system time (getrusage) over the window.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| Candidate | msgs/s | p50 | p99 | p99.9 | server CPU s / M msgs | msgs/s vs coder | CPU/msg vs coder |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		f := func(c string, g func(bench.EchoResult) float64) []float64 { return each(e[c], g) }
+		rate := func(x bench.EchoResult) float64 { return x.PerSecond }
+		cpu := func(x bench.EchoResult) float64 { return x.CPUPerMsgM }
+		for _, c := range echoCandidates {
+			fmt.Fprintf(w, "| %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %.1f | %.3fx | %.2fx |\n", c, median(f(c, rate)),
+				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P50 }))/1e3,
+				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P99 }))/1e3,
+				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P999 }))/1e3,
+				median(f(c, cpu)), ratio(f(c, rate), f(bench.Coder, rate)), ratio(f(c, cpu), f(bench.Coder, cpu)))
+		}
+		fmt.Fprintln(w)
+		rr := ratio(f(bench.Chiws, rate), f(bench.Coder, rate))
+		r.addGoal(fmt.Sprintf("4. Echo %d B: at least 0.97x coder msgs/s", size), rr >= 0.97, "%.3fx (CPU per message %.2fx)",
+			rr, ratio(f(bench.Chiws, cpu), f(bench.Coder, cpu)))
+	}
+	if r.idle != nil {
+		r.renderIdle(w)
+	}
+	if r.headroom != nil {
+		r.renderHeadroom(w)
+	}
+	if c := r.churn; c != nil {
+		fmt.Fprintf(w, "## 7. Churn (chiws, keep-alive %v)\n\n", p.keepAlive)
+		fmt.Fprintf(w, "%d connect/close cycles (16 workers, %.1f s, %d errors) while %d sockets stay open.\n",
+			c.Cycles, c.Seconds, c.Errors, c.Open)
+		fmt.Fprintln(w, "Snapshots after two GCs.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| Stage | open sockets | goroutines | live heap | stacks | RSS |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: |")
+		for _, st := range []struct {
+			name string
+			s    bench.ServerStats
+		}{{"start", c.Base}, {"long-lived sockets open", c.WithOpen}, {"after half the cycles", c.Half},
+			{"after all the cycles", c.After}, {"all closed", c.Final}} {
+			fmt.Fprintf(w, "| %s | %d | %d | %.2f MiB | %.2f MiB | %.1f MiB |\n", st.name, st.s.Active, st.s.Goroutines,
+				float64(st.s.HeapLive)/(1<<20), float64(st.s.StackInuse)/(1<<20), float64(st.s.RSS)/(1<<20))
+		}
+		fmt.Fprintln(w)
+		// The baseline is the idle server plus one goroutine per
+		// long-lived socket: the WithOpen snapshot may catch pings in
+		// flight.
+		dg := c.After.Goroutines - (c.Base.Goroutines + c.Open)
+		dFinal := c.Final.Goroutines - c.Base.Goroutines
+		dh := float64(c.After.HeapLive) - float64(c.WithOpen.HeapLive)
+		second := float64(c.After.HeapLive) - float64(c.Half.HeapLive)
+		perCycle := second / float64(c.Cycles-c.Cycles/2)
+		ok := dg <= 2 && dFinal <= 2 && c.After.Active == int64(c.Open) &&
+			second < 0.05*float64(c.WithOpen.HeapLive)
+		r.addGoal("7. Churn: goroutines back to baseline; heap growth in the second half under 5%", ok,
+			"%+d goroutines with the long-lived sockets open, %+d after closing all; heap %+.2f MiB over all "+
+				"%d cycles, %+.2f MiB (%+.1f B/cycle) in the second half",
+			dg, dFinal, dh/(1<<20), c.Cycles, second/(1<<20), perCycle)
+	}
+}
+
+func (r *report) renderIdle(w io.Writer) {
+	p := r.plan
+	type per struct{ heap, stack, gor, rss, mem []float64 }
+	m := map[string]*per{}
+	for _, c := range idleCandidates {
+		x := &per{}
+		for _, ir := range r.idle[c] {
+			n := float64(ir.Conns)
+			d := func(f func(bench.ServerStats) float64) float64 { return (f(ir.Loaded) - f(ir.Base)) / n }
+			x.heap = append(x.heap, d(func(s bench.ServerStats) float64 { return float64(s.HeapLive) }))
+			x.stack = append(x.stack, d(func(s bench.ServerStats) float64 { return float64(s.StackInuse) }))
+			x.gor = append(x.gor, d(func(s bench.ServerStats) float64 { return float64(s.Goroutines) }))
+			x.rss = append(x.rss, d(func(s bench.ServerStats) float64 { return float64(s.RSS) }))
+			x.mem = append(x.mem, x.heap[len(x.heap)-1]+x.stack[len(x.stack)-1])
+		}
+		m[c] = x
+	}
+	fmt.Fprintf(w, "## 5. Idle footprint (%d connections, %d rounds)\n\n", p.idleConns, p.idleRounds)
+	fmt.Fprintf(w, "Server in one process, clients in another (every client reads, so pings are answered).\n")
+	fmt.Fprintf(w, "Per connection: (snapshot with the sockets open - snapshot before any) / connections, both after\n")
+	fmt.Fprintf(w, "two GCs. chiws and coder-ping ping every %v; coder and gorilla never ping.\n\n", p.keepAlive)
+	fmt.Fprintln(w, "| Candidate | heap/conn | stack/conn | heap+stack/conn | vs coder | goroutines/conn | RSS/conn |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, c := range idleCandidates {
+		x := m[c]
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %+.2f KiB | %.3f | %s |\n", c, kib(median(x.heap)), kib(median(x.stack)),
+			kib(median(x.mem)), (median(x.mem)-median(m[bench.Coder].mem))/1024, median(x.gor), kib(median(x.rss)))
+	}
+	fmt.Fprintln(w)
+	gc, gr := median(m[bench.Chiws].gor), median(m[bench.Coder].gor)
+	r.addGoal("5. Idle: goroutines/conn with keep-alive <= coder without (+0.1 for pings in flight)", gc <= gr+0.1,
+		"%.3f vs %.3f", gc, gr)
+	dm := median(m[bench.Chiws].mem) - median(m[bench.Coder].mem)
+	r.addGoal("5. Idle: at most 1 KiB more memory/conn than coder", dm <= 1024, "%+.2f KiB (heap+stack)", dm/1024)
+	dg := median(m[bench.Chiws].mem) - median(m[bench.Gorilla].mem)
+	r.addGoal("5. Idle (stretch): gorilla's footprint", dg <= 0, "%+.2f KiB vs gorilla", dg/1024)
+
+	fmt.Fprintf(w, "## 6. Keep-alive cost (%d idle connections, %v window after %v settling)\n\n",
+		p.idleConns, p.idleWindow, p.idleSettle)
+	fmt.Fprintln(w, "Server CPU over the window divided by the pings sent in it (chiws's Stats().PingsSent,")
+	fmt.Fprintln(w, "coder-ping's counter). Extrapolation: CPU per ping x 100,000 connections / 30 s.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| Candidate | pings/s | server CPU (% of a core) | CPU per ping | vs coder-ping | 100k conns @ 30 s |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: |")
+	perPing := map[string][]float64{}
+	for _, c := range idleCandidates {
+		var pps, load, cpp []float64
+		for _, ir := range r.idle[c] {
+			cpu := ir.WindowEnd.CPU - ir.WindowStart.CPU
+			pings := float64(ir.WindowEnd.PingsSent - ir.WindowStart.PingsSent)
+			pps = append(pps, pings/ir.Seconds)
+			load = append(load, 100*cpu/ir.Seconds)
+			if pings > 0 {
+				cpp = append(cpp, cpu/pings)
+			}
+		}
+		perPing[c] = cpp
+		if len(cpp) == 0 {
+			fmt.Fprintf(w, "| %s | 0 | %.1f%% | - | - | - |\n", c, median(load))
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %.0f | %.1f%% | %.1f µs | %.2fx | %.2f%% of a core |\n", c, median(pps), median(load),
+			median(cpp)*1e6, ratio(cpp, perPing[bench.CoderPing]), 100*median(cpp)*100000/30)
+	}
+	fmt.Fprintln(w)
+	rc := ratio(perPing[bench.Chiws], perPing[bench.CoderPing])
+	r.addGoal("6. Keep-alive: CPU per ping at most 0.5x a ping goroutine per connection", rc <= 0.5, "%.2fx", rc)
+	ext := 100 * median(perPing[bench.Chiws]) * 100000 / 30
+	r.addGoal("6. Keep-alive: under 5% of a core at 100k connections / 30 s", ext < 5 && len(perPing[bench.Chiws]) > 0,
+		"%.2f%% (extrapolated)", ext)
+}
+
+func (r *report) renderHeadroom(w io.Writer) {
+	fmt.Fprintf(w, "## 5b. Stack per idle connection under application middleware (%d connections, no ping in flight)\n\n",
+		r.plan.headroomConns)
+	fmt.Fprintln(w, "chiws runs with its default keep-alive (a ping every 2 minutes: the timer is armed, no ping is")
+	fmt.Fprintln(w, "sent during the run), coder and chi-coder without. This is the steady state of section 5")
+	fmt.Fprintln(w, "between pings.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "The candidate runs under N extra nested calls of about 100 bytes of stack each (bench.Pad), a")
+	fmt.Fprintln(w, "stand-in for the application's own middleware (chi's RequestID, RealIP, Logger and Recoverer")
+	fmt.Fprintln(w, "take a few hundred bytes). Goroutine stacks are powers of two: 8 KiB or 16 KiB here.")
+	fmt.Fprintln(w)
+	fmt.Fprint(w, "| Candidate |")
+	for _, p := range headroomPads {
+		fmt.Fprintf(w, " stack/conn, +%d frames |", p)
+	}
+	fmt.Fprintln(w, " heap/conn |")
+	fmt.Fprint(w, "| --- |")
+	for range headroomPads {
+		fmt.Fprint(w, " ---: |")
+	}
+	fmt.Fprintln(w, " ---: |")
+	for _, c := range headroomCandidates {
+		fmt.Fprintf(w, "| %s |", c)
+		for _, p := range headroomPads {
+			ir := r.headroom[c][p]
+			fmt.Fprintf(w, " %s |", kib((float64(ir.Loaded.StackInuse)-float64(ir.Base.StackInuse))/float64(ir.Conns)))
+		}
+		ir := r.headroom[c][0]
+		fmt.Fprintf(w, " %s |\n", kib((float64(ir.Loaded.HeapLive)-float64(ir.Base.HeapLive))/float64(ir.Conns)))
+	}
+	fmt.Fprintln(w)
+	coder, chiws := r.headroom[bench.Coder][0], r.headroom[bench.Chiws][0]
+	mem := func(ir bench.IdleResult) float64 {
+		return (float64(ir.Loaded.HeapLive+ir.Loaded.StackInuse) - float64(ir.Base.HeapLive+ir.Base.StackInuse)) / float64(ir.Conns)
+	}
+	d := mem(chiws) - mem(coder)
+	r.addGoal("5. Idle between pings (keep-alive armed, none in flight): at most 1 KiB more memory/conn than coder",
+		d <= 1024, "%+.2f KiB (heap+stack, table 5b)", d/1024)
+}
