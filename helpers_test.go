@@ -3,6 +3,7 @@ package chiws_test
 import (
 	"context"
 	"errors"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -57,10 +58,26 @@ func echo(w http.ResponseWriter, r *http.Request) {
 func server(t *testing.T, opts chiws.Options, setup func(r chi.Router)) (*chiws.Middleware, *httptest.Server) {
 	t.Helper()
 	ws := chiws.New(opts)
+	return ws, startServer(t, ws, nil, setup)
+}
+
+// startServer serves a chi router with ws mounted and the routes added by
+// setup on a loopback httptest server; configure, when set, adjusts the
+// http.Server (timeouts, limits) before it starts. At the end of the test it
+// shuts ws and the server down, and fails the test if net/http logged a
+// panic (one that escaped the middleware would show there).
+func startServer(t *testing.T, ws *chiws.Middleware, configure func(*http.Server), setup func(r chi.Router)) *httptest.Server {
+	t.Helper()
 	r := chi.NewRouter()
 	r.Use(ws.Handler)
 	setup(r)
-	srv := httptest.NewServer(r)
+	srv := httptest.NewUnstartedServer(r)
+	errLog := &syncBuffer{}
+	srv.Config.ErrorLog = log.New(errLog, "", 0)
+	if configure != nil {
+		configure(srv.Config)
+	}
+	srv.Start()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 		defer cancel()
@@ -68,8 +85,11 @@ func server(t *testing.T, opts chiws.Options, setup func(r chi.Router)) (*chiws.
 			t.Errorf("Shutdown: %v", err)
 		}
 		srv.Close()
+		if s := errLog.String(); strings.Contains(s, "panic") {
+			t.Errorf("net/http logged a panic:\n%s", s)
+		}
 	})
-	return ws, srv
+	return srv
 }
 
 func wsURL(srv *httptest.Server, path string) string {

@@ -2,8 +2,6 @@ package chiws_test
 
 import (
 	"bytes"
-	"context"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,37 +15,14 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// relServer is like server, with an observed logger, a hook to configure the
-// http.Server (timeouts, limits) before it starts, and a check that net/http
-// logged nothing (a handler panic that escaped the middleware would show
-// there).
+// relServer is like server, with an observed logger and a hook to
+// configure the http.Server (see startServer).
 func relServer(t *testing.T, opts chiws.Options, configure func(*http.Server), setup func(r chi.Router)) (*chiws.Middleware, *httptest.Server, *observer.ObservedLogs) {
 	t.Helper()
 	logger, logs := observedLogger()
 	opts.Logger = logger
 	ws := chiws.New(opts)
-	r := chi.NewRouter()
-	r.Use(ws.Handler)
-	setup(r)
-	srv := httptest.NewUnstartedServer(r)
-	errLog := &syncBuffer{}
-	srv.Config.ErrorLog = log.New(errLog, "", 0)
-	if configure != nil {
-		configure(srv.Config)
-	}
-	srv.Start()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		defer cancel()
-		if err := ws.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		srv.Close()
-		if s := errLog.String(); strings.Contains(s, "panic") {
-			t.Errorf("net/http logged a panic:\n%s", s)
-		}
-	})
-	return ws, srv, logs
+	return ws, startServer(t, ws, configure, setup), logs
 }
 
 // hostOf returns the test server's host:port.
