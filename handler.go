@@ -335,6 +335,7 @@ func (s *socket) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpti
 
 	// The 101 response is written with the connection's write deadline,
 	// which http.Server.WriteTimeout set when the request arrived.
+	s.w.direct = w == http.ResponseWriter(&s.w)
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.SetReadDeadline(time.Time{})
@@ -360,7 +361,9 @@ func (s *socket) accepted(w http.ResponseWriter, r *http.Request, wc *websocket.
 	m := s.m
 	wc.SetReadLimit(readLimit)
 	s.conn = Conn{Conn: wc, s: s}
-	s.reqCtx = r.Context()
+	// WithoutCancel hides the request's cancelCtx, so context.Cause on
+	// Conn.Context reports the socket's end, not the request's.
+	s.reqCtx = context.WithoutCancel(r.Context())
 	s.req = r
 	s.start = time.Now()
 	if !s.nc.hijacked() {
@@ -467,9 +470,9 @@ func (s *socket) closeWith(code websocket.StatusCode, reason, by string) {
 }
 
 // abort closes the connection without a handshake. It closes the network
-// connection itself first: coder/websocket's CloseNow does nothing while a
-// Close is in progress, and a peer that never answers the close frame
-// would hold that Close (and Shutdown) for ten seconds.
+// connection itself first: coder/websocket's CloseNow only waits (up to
+// 15 s) while a Close is in progress, and a peer that never answers the
+// close frame would hold that Close (and Shutdown) for ten seconds.
 func (s *socket) abort() {
 	if s.nc.hijacked() {
 		_ = s.nc.Close()
@@ -514,7 +517,7 @@ func (s *socket) finish(r *http.Request) {
 		m.cfg.log.Error("websocket handler panicked; closing with 1011",
 			append(requestFields(r), zap.Any(keyPanic, p), zap.Stack(keyStack))...)
 		s.closeWith(websocket.StatusInternalError, "internal error", closedByPanic)
-	} else if !s.closed.Load() && !s.nc.connClosed.Load() && !s.readFailed.Load() {
+	} else if !s.closed.Load() && !s.nc.connClosed.Load() && !s.readFailed.Load() && !s.closeFrameSent() {
 		// connClosed: the connection is being closed (a write deadline,
 		// the keep-alive) and markClosed has not run yet.
 		m.stats.earlyReturns.Add(1)
@@ -546,6 +549,20 @@ func (s *socket) finish(r *http.Request) {
 			zap.Int64(keyBytesOut, s.nc.bytesOut.Load()),
 		)...)
 	}
+}
+
+// closeFrameSent reports whether coder/websocket has sent a close frame on
+// the socket. It does so on a protocol error or a message over ReadLimit,
+// also for reads made through the embedded *websocket.Conn (wsjson), which
+// chiws does not see, so the handler that returns then is not returning
+// early. coder/websocket writes nothing after a close frame, so a ping
+// tells: net.ErrClosed means sent; on a socket still open, the probe is a
+// harmless ping. It runs only when a handler returned with the socket
+// apparently open.
+func (s *socket) closeFrameSent() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	return errors.Is(s.conn.Conn.Ping(ctx), net.ErrClosed)
 }
 
 // connContext is the context returned by Conn.Context: the socket's

@@ -50,7 +50,7 @@ func checkHandshake(r *http.Request) handshakeResult {
 		return bad(http.StatusBadRequest, "HTTP/1.1 or later required")
 	case !hasToken(r.Header["Connection"], "upgrade"):
 		return bad(http.StatusBadRequest, "Connection header lacks the upgrade token (is a proxy dropping it?)")
-	case !hasToken(r.Header["Sec-Websocket-Version"], "13"):
+	case !isVersion13(r.Header["Sec-Websocket-Version"]):
 		return bad(http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13")
 	case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
 		return bad(http.StatusBadRequest, "handshake must not have a body")
@@ -65,6 +65,13 @@ func checkHandshake(r *http.Request) handshakeResult {
 		return bad(http.StatusBadRequest, "Sec-WebSocket-Key is not 16 bytes of base64")
 	}
 	return handshakeResult{attempt: true}
+}
+
+// isVersion13 reports whether the request names version 13 and only it:
+// coder/websocket, which performs the upgrade, accepts nothing else, so a
+// list such as "13, 8" gets the 426 here rather than a 400 from Accept.
+func isVersion13(values []string) bool {
+	return len(values) == 1 && strings.Trim(values[0], " \t") == "13"
 }
 
 // validKey reports whether k is the base64 encoding of exactly 16 bytes.

@@ -42,7 +42,6 @@ var handshakeTests = []struct {
 	}, true, 0},
 	{"upgrade case", set("Upgrade", "WebSocket"), true, 0},
 	{"upgrade list", set("Upgrade", "h2c, websocket"), true, 0},
-	{"version list", set("Sec-WebSocket-Version", "8, 13"), true, 0},
 
 	{"plain request", func(r *http.Request) {
 		r.Header = http.Header{}
@@ -59,6 +58,9 @@ var handshakeTests = []struct {
 	{"version 8", set("Sec-WebSocket-Version", "8"), false, http.StatusUpgradeRequired},
 	{"version missing", func(r *http.Request) { r.Header.Del("Sec-WebSocket-Version") }, false, http.StatusUpgradeRequired},
 	{"version 130", set("Sec-WebSocket-Version", "130"), false, http.StatusUpgradeRequired},
+	// coder/websocket, which upgrades, takes exactly "13".
+	{"version list", set("Sec-WebSocket-Version", "8, 13"), false, http.StatusUpgradeRequired},
+	{"two version headers", func(r *http.Request) { r.Header.Add("Sec-WebSocket-Version", "8") }, false, http.StatusUpgradeRequired},
 	{"key missing", func(r *http.Request) { r.Header.Del("Sec-WebSocket-Key") }, false, http.StatusBadRequest},
 	{"key duplicated", func(r *http.Request) { r.Header.Add("Sec-WebSocket-Key", validKey) }, false, http.StatusBadRequest},
 	{"key not base64", set("Sec-WebSocket-Key", "!!!!!!!!!!!!!!!!!!!!!!=="), false, http.StatusBadRequest},
@@ -139,7 +141,8 @@ func TestRequestedProtocols(t *testing.T) {
 // "websocket" in Upgrade always reaches the handler unmarked.
 func FuzzIsWebSocketRequest(f *testing.F) {
 	f.Add("GET", "Upgrade", "websocket", "13", validKey, int64(0))
-	f.Add("GET", "keep-alive, Upgrade", "WebSocket", "8, 13", validKey, int64(0))
+	f.Add("GET", "keep-alive, Upgrade", "WebSocket", "13", validKey, int64(0))
+	f.Add("GET", "Upgrade", "websocket", "8, 13", validKey, int64(0))
 	f.Add("POST", "Upgrade", "websocket", "13", validKey, int64(0))
 	f.Add("GET", "keep-alive", "websocket", "13", validKey, int64(0))
 	f.Add("GET", "Upgrade", "websocket", "8", "short", int64(3))
@@ -164,7 +167,7 @@ func FuzzIsWebSocketRequest(f *testing.F) {
 
 		asks := tokenIn(upgrade, "websocket")
 		valid := asks && method == http.MethodGet && tokenIn(connection, "upgrade") &&
-			tokenIn(version, "13") && length == 0 && len(strings.TrimSpace(key)) == 24
+			strings.Trim(version, " \t") == "13" && length == 0 && len(strings.TrimSpace(key)) == 24
 		switch {
 		case !asks && (!ran || ws):
 			t.Fatalf("non-upgrade request: ran %v, marked %v", ran, ws)

@@ -60,10 +60,20 @@ func (s *socket) keepAlive() {
 		s.rearm()
 		wait = s.interval
 	}
+	sentBefore := s.nc.bytesOut.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	err := s.conn.Conn.Ping(ctx)
 	cancel()
-	s.m.stats.pingsSent.Add(1)
+	// coder/websocket gives a ping five seconds to get the write lock and
+	// be written. A large message written to a slow reader can hold the
+	// lock longer: when a write is in progress and bytes went out during
+	// the ping's wait, the peer is reading, slowly; the ping waits for the
+	// next interval and that write's own context bounds it. A peer that
+	// reads nothing makes no progress, and is declared dead below.
+	moved := s.nc.bytesOut.Load() != sentBefore
+	if err == nil || moved || !s.nc.hijacked() {
+		s.m.stats.pingsSent.Add(1)
+	}
 	switch {
 	case s.timeout <= 0:
 		return
@@ -72,6 +82,12 @@ func (s *socket) keepAlive() {
 		return
 	case !errors.Is(err, context.DeadlineExceeded):
 		return // closed meanwhile; whoever closed it said why
+	case moved && s.nc.writes.Load() > 0 && !s.nc.connClosed.Load():
+		if ce := s.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive ping deferred: a slow write is in progress"); ce != nil {
+			ce.Write(zap.String(keyRoute, routeOf(s.req)), zap.String(keyRemoteAddr, clip(s.req.RemoteAddr)))
+		}
+		s.rearm()
+		return
 	}
 	// The pong is late, or the ping could not even be written in time (a
 	// peer that stopped reading). Either way the peer is gone.

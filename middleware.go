@@ -43,7 +43,9 @@ type Options struct {
 
 	// KeepAliveTimeout is how long after a ping the pong may take before the
 	// peer is declared dead: the socket is then aborted (like ASP.NET Core)
-	// and the timeout is logged. Zero means DefaultKeepAliveTimeout (30 s);
+	// and the timeout is logged. coder/websocket gives the ping itself at
+	// most five seconds to be written; a ping held up by a large message
+	// that the peer is still receiving waits for the next interval. Zero means DefaultKeepAliveTimeout (30 s);
 	// a negative value disables the deadline, leaving unsolicited pings that
 	// only keep proxies awake.
 	KeepAliveTimeout time.Duration
@@ -381,7 +383,7 @@ type Stats struct {
 	RejectedLimit     uint64 // upgrades refused by MaxConnections (503)
 	RejectedHandshake uint64 // malformed upgrade requests (400, 405, 426)
 	KeepAliveTimeouts uint64 // sockets aborted because a pong was late
-	PingsSent         uint64 // keep-alive pings answered in time or not
+	PingsSent         uint64 // keep-alive pings written, answered in time or not
 	EarlyReturns      uint64 // handlers that returned with the socket open
 	Panics            uint64 // handlers that panicked after Accept
 }

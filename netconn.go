@@ -18,7 +18,10 @@ type upgradeWriter struct {
 	s        *socket
 	hijacked bool
 	// switching is set by WriteHeader(101): Hijack writes the 101 itself.
+	// direct is set by Accept when it was given this writer itself, so
+	// that no wrapper in between can hijack past us and lose the 101.
 	switching bool
+	direct    bool
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.
@@ -36,7 +39,7 @@ func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 func (w *upgradeWriter) WriteHeader(status int) {
 	switch {
 	case w.hijacked || w.switching:
-	case status == http.StatusSwitchingProtocols && isServerWriter(w.ResponseWriter):
+	case status == http.StatusSwitchingProtocols && w.direct && isServerWriter(w.ResponseWriter):
 		w.switching = true
 	default:
 		w.ResponseWriter.WriteHeader(status)
@@ -47,6 +50,10 @@ func (w *upgradeWriter) WriteHeader(status int) {
 // wraps nothing. Under a wrapper (chi's Logger, say), the 101 goes through
 // the wrapper as usual, so that access logs record it; the stack saving is
 // then lost, which table 5b of docs/benchmarks.md measures.
+// noBodyHeaders are the headers net/http leaves out of a 101 (RFC 9110
+// forbids Content-Length on a 1xx response).
+var noBodyHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
+
 func isServerWriter(w http.ResponseWriter) bool {
 	if _, ok := w.(interface{ Unwrap() http.ResponseWriter }); ok {
 		return false
@@ -95,7 +102,7 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		}
 		bw := brw.Writer
 		_, _ = bw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
-		_ = w.ResponseWriter.Header().Write(bw)
+		_ = w.ResponseWriter.Header().WriteSubset(bw, noBodyHeaders)
 		_, _ = bw.WriteString("\r\n")
 	} else {
 		c, brw, err = http.NewResponseController(w.ResponseWriter).Hijack()
@@ -121,7 +128,8 @@ type netConn struct {
 	net.Conn
 	s                 *socket
 	bytesIn, bytesOut atomic.Int64
-	connClosed        atomic.Bool // Close was called
+	connClosed        atomic.Bool  // Close was called
+	writes            atomic.Int32 // Writes in progress
 }
 
 func (c *netConn) hijacked() bool { return c.Conn != nil }
@@ -138,13 +146,30 @@ func (c *netConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// writeChunk is the most Write hands the kernel at once, so that bytesOut
+// shows the progress of a large message (see socket.keepAlive).
+const writeChunk = 64 << 10
+
+// Write writes p in chunks of at most writeChunk, counting each.
 func (c *netConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.bytesOut.Add(int64(n))
-	if err != nil {
-		c.s.readFailed.Store(true) // the connection is broken
+	c.writes.Add(1)
+	defer c.writes.Add(-1)
+	total := 0
+	for len(p) > 0 {
+		chunk := p
+		if len(chunk) > writeChunk {
+			chunk = chunk[:writeChunk]
+		}
+		n, err := c.Conn.Write(chunk)
+		total += n
+		c.bytesOut.Add(int64(n))
+		p = p[n:]
+		if err != nil {
+			c.s.readFailed.Store(true) // the connection is broken
+			return total, err
+		}
 	}
-	return n, err
+	return total, nil
 }
 
 // Close closes the connection and marks the socket closed: coder/websocket

@@ -1,0 +1,187 @@
+package chiws_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chiws/chiws"
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
+	"github.com/go-chi/chi/v5"
+)
+
+// TestSlowReaderNotKilledByKeepAlive: a large message to a peer that reads
+// slowly holds coder/websocket's write lock longer than the five seconds it
+// gives a ping. The peer is alive (the write progresses), so the keep-alive
+// must not abort it.
+func TestSlowReaderNotKilledByKeepAlive(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about 7 s")
+	}
+	const size = 20 << 20
+	werr := make(chan error, 1)
+	ws, srv, logs := relServer(t, chiws.Options{KeepAliveInterval: 300 * time.Millisecond, KeepAliveTimeout: time.Minute}, nil,
+		func(r chi.Router) {
+			r.Get("/big", func(w http.ResponseWriter, r *http.Request) {
+				c, err := chiws.Accept(w, r, nil)
+				if err != nil {
+					return
+				}
+				ctx := c.CloseRead(c.Context())
+				werr <- c.Write(ctx, websocket.MessageBinary, make([]byte, size))
+				c.Close(websocket.StatusNormalClosure, "")
+			})
+		})
+	ctx := testCtx(t)
+	cc := dial(t, wsURL(srv, "/big"), nil)
+	cc.SetReadLimit(-1)
+	_, rd, err := cc.Reader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	total := 0
+	start := time.Now()
+	for total < size {
+		n, err := rd.Read(buf)
+		total += n
+		if err != nil && !errors.Is(err, io.EOF) {
+			t.Fatalf("read ended after %v and %d bytes: %v", time.Since(start), total, err)
+		}
+		if err != nil {
+			break
+		}
+		// The slow reader under test: about 3 MB/s.
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-werr; err != nil || total != size {
+		t.Fatalf("server write: %v; client got %d of %d bytes", err, total, size)
+	}
+	t.Logf("%d MiB read in %v", size>>20, time.Since(start))
+	if s := ws.Stats(); s.KeepAliveTimeouts != 0 {
+		t.Fatalf("a slow but alive reader was aborted: %+v", s)
+	}
+	// Usually at least one ping waited behind the write; how many depends
+	// on scheduling, so it is reported, not asserted.
+	t.Logf("pings deferred behind the write: %d", logs.FilterMessageSnippet("ping deferred").Len())
+}
+
+// TestWsjsonReadLimitIsNotEarlyReturn: a handler reading through the
+// embedded *websocket.Conn (wsjson) returns after coder/websocket closed
+// with 1009; that is not an early return.
+func TestWsjsonReadLimitIsNotEarlyReturn(t *testing.T) {
+	ws, srv, logs := relServer(t, chiws.Options{ReadLimit: 16}, nil, func(r chi.Router) {
+		r.Get("/json", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			var v any
+			for wsjson.Read(c.Context(), c.Conn, &v) == nil {
+			}
+		})
+	})
+	cc := dial(t, wsURL(srv, "/json"), nil)
+	ctx := testCtx(t)
+	cc.Write(ctx, websocket.MessageText, []byte(`"`+strings.Repeat("x", 100)+`"`))
+	if _, _, err := cc.Read(ctx); closeStatus(err) != websocket.StatusMessageTooBig {
+		t.Fatalf("client got %v, want 1009", err)
+	}
+	waitFor(t, "closed log", func() bool { return logs.FilterMessage("websocket closed").Len() == 1 })
+	if s := ws.Stats(); s.EarlyReturns != 0 {
+		t.Fatalf("counted as an early return: %+v", s)
+	}
+}
+
+// bypass is a ResponseWriter wrapper whose Hijack goes straight to the
+// server's writer, around the middleware's.
+type bypass struct{ http.ResponseWriter }
+
+func (b bypass) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w := b.ResponseWriter
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return w.(http.Hijacker).Hijack()
+		}
+		w = u.Unwrap()
+	}
+}
+
+func TestHijackBypassStillSends101(t *testing.T) {
+	_, srv := server(t, chiws.Options{}, func(r chi.Router) {
+		r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(bypass{w}, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.CloseNow()
+			c.Read(c.Context())
+		})
+	})
+	dial(t, wsURL(srv, "/ws"), nil).Close(websocket.StatusNormalClosure, "")
+}
+
+// Test101HasNoBodyHeaders: like net/http, the 101 carries no
+// Content-Length or Transfer-Encoding even when a handler set them.
+func Test101HasNoBodyHeaders(t *testing.T) {
+	_, srv := server(t, chiws.Options{}, func(r chi.Router) {
+		r.With(func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", "0")
+				w.Header().Set("Transfer-Encoding", "chunked")
+				w.Header().Set("X-Kept", "yes")
+				next.ServeHTTP(w, r)
+			})
+		}).Get("/ws", echo)
+	})
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: "+srv.Listener.Addr().String()+"\r\nUpgrade: websocket\r\n"+
+		"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "+validKey+"\r\n\r\n")
+	conn.SetReadDeadline(time.Now().Add(testTimeout))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("X-Kept") != "yes" {
+		t.Fatalf("status %d, headers %v", resp.StatusCode, resp.Header)
+	}
+	for _, h := range []string{"Content-Length", "Transfer-Encoding"} {
+		if _, ok := resp.Header[h]; ok {
+			t.Errorf("101 carries %s", h)
+		}
+	}
+}
+
+// TestConnContextCause: the cause of Conn.Context is the socket's end, not
+// the request's.
+func TestConnContextCause(t *testing.T) {
+	got := make(chan error, 1)
+	_, srv := server(t, chiws.Options{}, func(r chi.Router) {
+		r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			ctx := c.Context()
+			c.CloseNow()
+			<-ctx.Done()
+			got <- context.Cause(ctx)
+		})
+	})
+	dial(t, wsURL(srv, "/ws"), nil)
+	if err := <-got; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Cause = %v, want context.Canceled", err)
+	}
+}
