@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/zap"
@@ -72,7 +73,7 @@ func startServer(t *testing.T, ws *chiws.Middleware, configure func(*http.Server
 	r.Use(ws.Handler)
 	setup(r)
 	srv := httptest.NewUnstartedServer(r)
-	errLog := &syncBuffer{}
+	errLog := &wstest.SyncBuffer{}
 	srv.Config.ErrorLog = log.New(errLog, "", 0)
 	if configure != nil {
 		configure(srv.Config)

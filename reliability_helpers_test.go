@@ -1,12 +1,10 @@
 package chiws_test
 
 import (
-	"bytes"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -28,23 +26,6 @@ func relServer(t *testing.T, opts chiws.Options, configure func(*http.Server), s
 // hostOf returns the test server's host:port.
 func hostOf(srv *httptest.Server) string {
 	return strings.TrimPrefix(srv.URL, "http://")
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // calls counts handler calls and returns; returned receives one value per

@@ -12,11 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"go.uber.org/goleak"
 )
@@ -24,24 +24,6 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const testTimeout = 60 * time.Second
-
-// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 func TestParseFlags(t *testing.T) {
 	tests := []struct {
@@ -126,7 +108,7 @@ func TestRunInvalid(t *testing.T) {
 func TestRunGracefulStop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logs syncBuffer
+	var logs wstest.SyncBuffer
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() { // ends when ctx is cancelled

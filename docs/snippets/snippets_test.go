@@ -1,7 +1,6 @@
 package snippets
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"expvar"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
 	"github.com/go-chi/chi/v5"
@@ -440,7 +440,7 @@ func TestTimeoutRouter(t *testing.T) {
 				r.Get("/ws", h)
 				router = r
 			}
-			var errLog syncBuffer
+			var errLog wstest.SyncBuffer
 			srv := httptest.NewUnstartedServer(router)
 			srv.Config.ErrorLog = log.New(&errLog, "", 0)
 			srv.Start()
@@ -470,23 +470,6 @@ func TestTimeoutRouter(t *testing.T) {
 			}
 		})
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func TestShutdownOnServer(t *testing.T) {
