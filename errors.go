@@ -22,11 +22,6 @@ var (
 	// any route handler runs.
 	ErrOriginNotAllowed = errors.New("origin not allowed")
 
-	// ErrTooManyConnections means Options.MaxConnections WebSocket requests
-	// are already in flight. The middleware answers with 503 Service
-	// Unavailable and a Retry-After header.
-	ErrTooManyConnections = errors.New("too many WebSocket connections")
-
 	// ErrShuttingDown means Shutdown has been called: no new socket is
 	// accepted. The answer is 503 Service Unavailable.
 	ErrShuttingDown = errors.New("shutting down")

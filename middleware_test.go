@@ -1,7 +1,6 @@
 package chiws_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
@@ -309,8 +309,7 @@ func TestEarlyReturnClosesWith1011(t *testing.T) {
 
 func TestPanicAfterAccept(t *testing.T) {
 	logger, logs := observedLogger()
-	var errLog bytes.Buffer
-	var errMu sync.Mutex
+	var errLog wstest.SyncBuffer
 	ws := chiws.New(chiws.Options{Logger: logger})
 	r := chi.NewRouter()
 	outerPanics := make(chan any, 1)
@@ -334,7 +333,7 @@ func TestPanicAfterAccept(t *testing.T) {
 	r.Get("/panic-before", func(w http.ResponseWriter, r *http.Request) { panic("before accept") })
 	r.Get("/ws", echo)
 	srv := httptest.NewUnstartedServer(r)
-	srv.Config.ErrorLog = log.New(&lockedWriter{w: &errLog, mu: &errMu}, "", 0)
+	srv.Config.ErrorLog = log.New(&errLog, "", 0)
 	srv.Start()
 	defer srv.Close()
 	defer ws.Shutdown(context.Background())
@@ -373,22 +372,9 @@ func TestPanicAfterAccept(t *testing.T) {
 	if s := ws.Stats(); s.Panics != 1 {
 		t.Errorf("stats %+v", s)
 	}
-	errMu.Lock()
-	defer errMu.Unlock()
 	if strings.Contains(errLog.String(), "panic serving") || strings.Contains(errLog.String(), "hijacked") {
 		t.Errorf("net/http logged: %s", errLog.String())
 	}
-}
-
-type lockedWriter struct {
-	w  *bytes.Buffer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // TestWriteTimeoutBeforeAccept: a handler that authenticates slowly, past
@@ -440,15 +426,14 @@ func TestWriteTimeoutBeforeAccept(t *testing.T) {
 // TestChiMiddlewareStack mounts chiws behind chi's own middleware.
 func TestChiMiddlewareStack(t *testing.T) {
 	logger, logs := observedLogger()
-	var access bytes.Buffer
-	var accessMu sync.Mutex
+	var access wstest.SyncBuffer
 	ws := chiws.New(chiws.Options{Logger: logger})
 	r := chi.NewRouter()
 	r.Use(
 		middleware.RequestID,
 		middleware.RealIP,
 		middleware.RequestLogger(&middleware.DefaultLogFormatter{
-			Logger: log.New(&lockedWriter{w: &access, mu: &accessMu}, "", 0), NoColor: true}),
+			Logger: log.New(&access, "", 0), NoColor: true}),
 		middleware.Recoverer,
 		middleware.Compress(5),
 		middleware.Timeout(100*time.Millisecond),
@@ -512,12 +497,8 @@ func TestChiMiddlewareStack(t *testing.T) {
 	// chi's Logger writes when the middleware chain returns, after our
 	// closed log.
 	waitFor(t, "chi's access log", func() bool {
-		accessMu.Lock()
-		defer accessMu.Unlock()
 		return strings.Contains(access.String(), "/ws/lobby")
 	})
-	accessMu.Lock()
-	defer accessMu.Unlock()
 	if !strings.Contains(access.String(), " - 101 ") {
 		t.Errorf("chi's Logger did not record the 101: %q", access.String())
 	}

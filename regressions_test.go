@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -184,4 +185,27 @@ func TestConnContextCause(t *testing.T) {
 	if err := <-got; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Cause = %v, want context.Canceled", err)
 	}
+}
+
+// TestConnContextNoWatcherGoroutine: coder/websocket calls
+// context.AfterFunc on every Read and Write. On a context type the context
+// package does not know, that starts a goroutine per call; Conn.Context
+// implements AfterFunc so that it does not.
+func TestConnContextNoWatcherGoroutine(t *testing.T) {
+	const n = 20
+	ws, srv := server(t, chiws.Options{}, func(r chi.Router) { r.Get("/ws", echo) })
+	for range n {
+		dial(t, wsURL(srv, "/ws"), nil)
+	}
+	waitFor(t, "handlers reading", func() bool {
+		return ws.Stats().Active == n && strings.Count(allStacks(), "(*Conn).Read(") >= n
+	})
+	if got := strings.Count(allStacks(), "propagateCancel"); got != 0 {
+		t.Fatalf("%d goroutines watch a context for %d reading sockets", got, n)
+	}
+}
+
+func allStacks() string {
+	buf := make([]byte, 1<<20)
+	return string(buf[:runtime.Stack(buf, true)])
 }
