@@ -52,6 +52,17 @@ func TestClientModes(t *testing.T) {
 			if ir.Loaded.Active != 10 || ir.After.Active != 0 {
 				t.Fatalf("idle: active %d with the sockets, %d after", ir.Loaded.Active, ir.After.Active)
 			}
+			pinged := ir.WindowEnd.PingsSent - ir.WindowStart.PingsSent
+			switch candidate {
+			case CoderPing, Chiws, GorillaPing:
+				if pinged == 0 {
+					t.Fatalf("idle: no ping counted in the window")
+				}
+			default:
+				if ir.WindowEnd.PingsSent != 0 {
+					t.Fatalf("idle: %d pings counted by a candidate without keep-alive", ir.WindowEnd.PingsSent)
+				}
+			}
 			hr, err := c.RunChurn(ctx, 5, 20, 2)
 			if err != nil || hr.Errors != 0 || hr.After.Active != 5 || hr.Final.Active != 0 {
 				t.Fatalf("churn: %+v, %v", hr, err)

@@ -32,10 +32,15 @@ const (
 	Chiws = "chiws"
 	// Gorilla is gorilla/websocket's Upgrader.Upgrade.
 	Gorilla = "gorilla"
+	// GorillaPing is Gorilla plus the customary gorilla keep-alive, as in
+	// gorilla's chat example: a goroutine per connection with a ticker
+	// and WriteControl(PingMessage), and a pong handler that extends the
+	// read deadline.
+	GorillaPing = "gorilla-ping"
 )
 
 // Candidates lists every candidate NewServer knows.
-var Candidates = []string{Coder, CoderPing, ChiCoder, Chiws, Gorilla}
+var Candidates = []string{Coder, CoderPing, ChiCoder, Chiws, Gorilla, GorillaPing}
 
 // Routes served by every candidate:
 //
@@ -51,8 +56,9 @@ const (
 type ServerConfig struct {
 	// Candidate is one of Candidates.
 	Candidate string
-	// KeepAlive is chiws's KeepAliveInterval and CoderPing's ticker
-	// period. Zero means 2 minutes (chiws's default); negative disables.
+	// KeepAlive is chiws's KeepAliveInterval and CoderPing's and
+	// GorillaPing's ticker period. Zero means 2 minutes (chiws's
+	// default); negative disables.
 	KeepAlive time.Duration
 }
 
@@ -63,7 +69,7 @@ type Server struct {
 	cfg    ServerConfig
 	mw     *chiws.Middleware // Chiws only
 	active atomic.Int64
-	pings  atomic.Uint64 // CoderPing only; chiws counts its own
+	pings  atomic.Uint64 // CoderPing and GorillaPing only; chiws counts its own
 }
 
 // NewServer builds the handler for cfg.Candidate.
@@ -94,7 +100,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		r.Get(PathEcho, s.chiwsHandler(false))
 		r.Get(PathIdle, s.chiwsHandler(true))
 		s.Handler = r
-	case Gorilla:
+	case Gorilla, GorillaPing:
 		up := &gorilla.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
 		mux := http.NewServeMux()
 		mux.HandleFunc(PathEcho, s.gorillaHandler(up, false))
@@ -110,7 +116,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 func (s *Server) Active() int64 { return s.active.Load() }
 
 // PingsSent counts keep-alive pings: chiws's Stats().PingsSent, or the
-// pings of CoderPing's goroutines.
+// pings of CoderPing's and GorillaPing's goroutines.
 func (s *Server) PingsSent() uint64 {
 	if s.mw != nil {
 		return s.mw.Stats().PingsSent
@@ -211,6 +217,8 @@ func (s *Server) chiwsHandler(idle bool) http.HandlerFunc {
 }
 
 func (s *Server) gorillaHandler(up *gorilla.Upgrader, idle bool) http.HandlerFunc {
+	ping := s.cfg.Candidate == GorillaPing && s.cfg.KeepAlive > 0
+	pongWait := s.cfg.KeepAlive + chiws.DefaultKeepAliveTimeout
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
@@ -219,6 +227,21 @@ func (s *Server) gorillaHandler(up *gorilla.Upgrader, idle bool) http.HandlerFun
 		s.active.Add(1)
 		defer s.active.Add(-1)
 		defer c.Close()
+		if ping {
+			_ = c.SetReadDeadline(time.Now().Add(pongWait))
+			c.SetPongHandler(func(string) error {
+				return c.SetReadDeadline(time.Now().Add(pongWait))
+			})
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			// Owned by this handler: closing stop ends it, and the
+			// handler waits for done before returning.
+			go func() {
+				defer close(done)
+				s.gorillaPingLoop(c, stop)
+			}()
+			defer func() { close(stop); <-done }()
+		}
 		for {
 			typ, p, err := c.ReadMessage()
 			if err != nil {
@@ -229,6 +252,31 @@ func (s *Server) gorillaHandler(up *gorilla.Upgrader, idle bool) http.HandlerFun
 					return
 				}
 			}
+		}
+	}
+}
+
+// gorillaWriteWait is the write deadline of GorillaPing's pings, as in
+// gorilla's chat example.
+const gorillaWriteWait = 10 * time.Second
+
+// gorillaPingLoop is the customary keep-alive of a gorilla/websocket
+// server (gorilla's chat example): a ticker and WriteControl(PingMessage).
+// The pongs are handled by the reading goroutine's pong handler.
+func (s *Server) gorillaPingLoop(c *gorilla.Conn, stop <-chan struct{}) {
+	t := time.NewTicker(s.cfg.KeepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		err := c.WriteControl(gorilla.PingMessage, nil, time.Now().Add(gorillaWriteWait))
+		s.pings.Add(1)
+		if err != nil {
+			_ = c.Close()
+			return
 		}
 	}
 }

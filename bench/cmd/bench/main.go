@@ -301,7 +301,7 @@ func rounds[T any](n int, candidates []string, fn func(c string) (T, error)) (ma
 var (
 	connectCandidates = []string{bench.Coder, bench.ChiCoder, bench.Chiws, bench.Gorilla}
 	echoCandidates    = []string{bench.Coder, bench.Chiws, bench.Gorilla}
-	idleCandidates    = []string{bench.Coder, bench.CoderPing, bench.Chiws, bench.Gorilla}
+	idleCandidates    = []string{bench.Coder, bench.CoderPing, bench.Chiws, bench.Gorilla, bench.GorillaPing}
 )
 
 func (h *harness) connect() (map[string][]bench.ConnectResult, error) {
@@ -326,7 +326,7 @@ func (h *harness) echo(size int) (map[string][]bench.EchoResult, error) {
 
 func (h *harness) keepAliveFor(c string) time.Duration {
 	switch c {
-	case bench.Chiws, bench.CoderPing:
+	case bench.Chiws, bench.CoderPing, bench.GorillaPing:
 		return h.plan.keepAlive
 	}
 	return -1

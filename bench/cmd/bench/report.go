@@ -305,7 +305,7 @@ func (r *report) renderIdle(w io.Writer) {
 	fmt.Fprintf(w, "## 5. Idle footprint (%d connections, %d rounds)\n\n", p.idleConns, p.idleRounds)
 	fmt.Fprintf(w, "Server in one process, clients in another (every client reads, so pings are answered).\n")
 	fmt.Fprintf(w, "Per connection: (snapshot with the sockets open - snapshot before any) / connections, both after\n")
-	fmt.Fprintf(w, "two GCs. chiws and coder-ping ping every %v; coder and gorilla never ping.\n\n", p.keepAlive)
+	fmt.Fprintf(w, "two GCs. chiws, coder-ping and gorilla-ping ping every %v; coder and gorilla never ping.\n\n", p.keepAlive)
 	fmt.Fprintln(w, "| Candidate | heap/conn | stack/conn | heap+stack/conn | vs coder | goroutines/conn | RSS/conn |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, c := range idleCandidates {
@@ -325,7 +325,7 @@ func (r *report) renderIdle(w io.Writer) {
 	fmt.Fprintf(w, "## 6. Keep-alive cost (%d idle connections, %v window after %v settling)\n\n",
 		p.idleConns, p.idleWindow, p.idleSettle)
 	fmt.Fprintln(w, "Server CPU over the window divided by the pings sent in it (chiws's Stats().PingsSent,")
-	fmt.Fprintln(w, "coder-ping's counter). Extrapolation: CPU per ping x 100,000 connections / 30 s.")
+	fmt.Fprintln(w, "coder-ping's and gorilla-ping's counters). Extrapolation: CPU per ping x 100,000 connections / 30 s.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| Candidate | pings/s | server CPU (% of a core) | CPU per ping | vs coder-ping | 100k conns @ 30 s |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: |")

@@ -24,8 +24,8 @@ import (
 )
 
 func main() {
-	candidate := flag.String("candidate", bench.Chiws, "candidate: coder, coder-ping, chi-coder, chiws or gorilla")
-	keepAlive := flag.Duration("keepalive", 0, "chiws KeepAliveInterval / coder-ping ticker (0 = 2m, <0 off)")
+	candidate := flag.String("candidate", bench.Chiws, "candidate: coder, coder-ping, chi-coder, chiws, gorilla or gorilla-ping")
+	keepAlive := flag.Duration("keepalive", 0, "chiws KeepAliveInterval / coder-ping and gorilla-ping ticker (0 = 2m, <0 off)")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (loopback)")
 	maxLife := flag.Duration("max", 15*time.Minute, "exit after this long regardless")
 	pad := flag.Int("pad", 0, "diagnostic: run the candidate under this many extra stack frames (see bench.Pad)")
