@@ -97,7 +97,7 @@ type Conn struct {
 // Done returns a channel closed once the socket's network connection is
 // closed, whoever closed it: the handler, the peer, a protocol error, the
 // keep-alive or Shutdown.
-func (c *Conn) Done() <-chan struct{} { return c.s.done }
+func (c *Conn) Done() <-chan struct{} { return c.s.doneChan() }
 
 // Wait blocks until the socket is closed (it returns nil) or ctx is done (it
 // returns ctx.Err() and leaves the socket open). It is the Go form of
@@ -109,7 +109,7 @@ func (c *Conn) Done() <-chan struct{} { return c.s.done }
 // middleware sets one): use context.Background() or c.Context().
 func (c *Conn) Wait(ctx context.Context) error {
 	select {
-	case <-c.s.done:
+	case <-c.s.doneChan():
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -210,14 +210,22 @@ func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteC
 
 // Who closed a socket, for the close log.
 const (
-	closedByServer    = "server"
-	closedByClient    = "client"
-	closedByKeepAlive = "keepalive"
-	closedByShutdown  = "shutdown"
-	closedByReturn    = "handler-return"
-	closedByPanic     = "panic"
-	closedByError     = "connection-lost"
+	closedByNone closer = iota
+	closedByServer
+	closedByClient
+	closedByKeepAlive
+	closedByShutdown
+	closedByReturn
+	closedByPanic
+	closedByError
 )
+
+// closer is who closed a socket; its String is the closedBy log field.
+type closer uint8
+
+func (c closer) String() string {
+	return [...]string{"", "server", "client", "keepalive", "shutdown", "handler-return", "panic", "connection-lost"}[c]
+}
 
 // Socket states.
 const (
@@ -239,12 +247,14 @@ type socket struct {
 	conn   Conn
 	state  atomic.Int32
 	closed atomic.Bool
-	done   chan struct{}
+	// done holds the chan struct{} closed by markClosed, made on first
+	// use (doneChan); values holds Conn.Context's values, made on first
+	// use (connContext.Value). Both are often never needed.
+	done, values atomic.Value
 
 	// Set by accept, read-only afterwards.
-	reqCtx            context.Context
 	req               *http.Request
-	start             time.Time
+	start             time.Duration // monotime
 	interval, timeout time.Duration
 
 	prev, next *socket // Middleware.sockets, under Middleware.mu
@@ -257,12 +267,22 @@ type socket struct {
 	readFailed atomic.Bool
 	rd         msgReader
 
+	// Keep-alive (heartbeat.go). kaWaiting is written under mu and read
+	// without it by netConn.Read.
+	kaWaiting atomic.Bool
+	pingState atomic.Int32
+
 	mu          sync.Mutex // guards the fields below
 	timer       *time.Timer
-	end         time.Time
+	kaDue       time.Duration // monotime when timer fires
+	kaSent      time.Duration // monotime when the last ping was started
+	kaPinging   bool          // keepAlive is in Ping
+	kaIn, kaOut int64         // netConn's counters when the last ping started
+	pingDone    chan struct{}
+	end         time.Duration // monotime
 	closeCode   websocket.StatusCode
 	closeReason string
-	closedBy    string
+	closedBy    closer
 
 	// Callbacks registered by context.AfterFunc on Conn.Context; run once
 	// the socket is closed (afterFired), see connContext.AfterFunc.
@@ -278,7 +298,7 @@ func (k *ctxKey) String() string { return "chiws context key " + k.name }
 var socketKey = &ctxKey{"socket"}
 
 func newSocket(m *Middleware, w http.ResponseWriter, r *http.Request) *socket {
-	s := &socket{Context: r.Context(), m: m, done: make(chan struct{})}
+	s := &socket{Context: r.Context(), m: m}
 	s.w = upgradeWriter{ResponseWriter: w, s: s}
 	s.nc.s = s
 	s.rd.s = s
@@ -361,11 +381,8 @@ func (s *socket) accepted(w http.ResponseWriter, r *http.Request, wc *websocket.
 	m := s.m
 	wc.SetReadLimit(readLimit)
 	s.conn = Conn{Conn: wc, s: s}
-	// WithoutCancel hides the request's cancelCtx, so context.Cause on
-	// Conn.Context reports the socket's end, not the request's.
-	s.reqCtx = context.WithoutCancel(r.Context())
 	s.req = r
-	s.start = time.Now()
+	s.start = monotime()
 	if !s.nc.hijacked() {
 		// A ResponseWriter between the middleware and Accept hijacked the
 		// connection without going through ours: Done then only fires
@@ -416,10 +433,10 @@ func pick(override, inherited time.Duration) time.Duration {
 
 // setClose records why the socket closed; the first caller wins and gets
 // true.
-func (s *socket) setClose(code websocket.StatusCode, reason, by string) bool {
+func (s *socket) setClose(code websocket.StatusCode, reason string, by closer) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closedBy != "" {
+	if s.closedBy != closedByNone {
 		return false
 	}
 	s.closeCode, s.closeReason, s.closedBy = code, reason, by
@@ -460,7 +477,7 @@ func (s *socket) countRead(err error) {
 }
 
 // closeWith closes the socket with a close handshake, unless it is closed.
-func (s *socket) closeWith(code websocket.StatusCode, reason, by string) {
+func (s *socket) closeWith(code websocket.StatusCode, reason string, by closer) {
 	if s.closed.Load() {
 		return
 	}
@@ -488,14 +505,18 @@ func (s *socket) markClosed() {
 		return
 	}
 	s.mu.Lock()
-	s.end = time.Now()
+	s.end = monotime()
 	if s.timer != nil {
 		s.timer.Stop()
 	}
 	s.mu.Unlock()
 	s.m.unregister(s)
-	close(s.done)
 	s.mu.Lock()
+	if d, _ := s.done.Load().(chan struct{}); d != nil {
+		close(d)
+	} else {
+		s.done.Store(closedChan)
+	}
 	fs := s.afterFuncs
 	s.afterFuncs, s.afterFired = nil, true
 	s.mu.Unlock()
@@ -535,14 +556,14 @@ func (s *socket) finish(r *http.Request) {
 		s.mu.Lock()
 		code, reason, by, end := s.closeCode, s.closeReason, s.closedBy, s.end
 		s.mu.Unlock()
-		if by == "" {
+		if by == closedByNone {
 			code, by = websocket.StatusAbnormalClosure, closedByError
 		}
 		ce.Write(append(requestFields(r),
 			zap.Int(keyCloseCode, int(code)),
 			zap.String(keyCloseReason, clip(reason)),
-			zap.String(keyClosedBy, by),
-			zap.Duration(keyDuration, end.Sub(s.start)),
+			zap.String(keyClosedBy, by.String()),
+			zap.Duration(keyDuration, end-s.start),
 			zap.Uint64(keyMessagesIn, s.msgsIn.Load()),
 			zap.Uint64(keyMessagesOut, s.msgsOut.Load()),
 			zap.Int64(keyBytesIn, s.nc.bytesIn.Load()),
@@ -565,20 +586,64 @@ func (s *socket) closeFrameSent() bool {
 	return errors.Is(s.conn.Conn.Ping(ctx), net.ErrClosed)
 }
 
+// doneChan returns the channel closed by markClosed.
+func (s *socket) doneChan() <-chan struct{} {
+	if d, _ := s.done.Load().(chan struct{}); d != nil {
+		return d
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, _ := s.done.Load().(chan struct{})
+	if d == nil {
+		d = make(chan struct{})
+		s.done.Store(d)
+	}
+	return d
+}
+
+// closedChan is the done channel of a socket closed before anyone asked.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// epoch and monotime give the monotonic clock as a Duration: 8 bytes
+// where a time.Time takes 24.
+var epoch = time.Now()
+
+func monotime() time.Duration { return time.Since(epoch) }
+
 // connContext is the context returned by Conn.Context: the socket's
 // lifetime with the request's values.
 type connContext socket
 
 func (c *connContext) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (c *connContext) Done() <-chan struct{}       { return c.done }
-func (c *connContext) Value(key any) any           { return c.reqCtx.Value(key) }
+func (c *connContext) Done() <-chan struct{}       { return (*socket)(c).doneChan() }
 func (c *connContext) Err() error {
+	d, _ := c.done.Load().(chan struct{})
+	if d == nil {
+		return nil // Done was never called and the socket is open
+	}
 	select {
-	case <-c.done:
+	case <-d:
 		return context.Canceled
 	default:
 		return nil
 	}
+}
+
+// Value looks key up in the request's context. WithoutCancel hides the
+// request's cancelCtx, so that context.Cause on Conn.Context reports the
+// socket's end, not the request's; it is made on first use, racing
+// callers each making an equivalent one.
+func (c *connContext) Value(key any) any {
+	ctx, _ := c.values.Load().(context.Context)
+	if ctx == nil {
+		ctx = context.WithoutCancel(c.req.Context())
+		c.values.Store(ctx)
+	}
+	return ctx.Value(key)
 }
 func (c *connContext) String() string { return "chiws.Conn.Context" }
 

@@ -10,18 +10,30 @@ import (
 	"go.uber.org/zap"
 )
 
-// Keep-alive design: each socket with keep-alive has one runtime timer
-// (time.AfterFunc), and no goroutine while it is idle. When the timer
-// fires, the runtime runs keepAlive in a fresh goroutine that sends a ping
-// and waits for its pong, which takes one round trip for a live peer; the
-// goroutine then re-arms the timer and ends. A peer that does not answer
-// within KeepAliveTimeout is declared dead and the socket aborted.
+// Keep-alive design. Each socket with keep-alive has one runtime timer
+// (time.AfterFunc) and, while it is idle, no goroutine. The timer has two
+// jobs, told apart by kaWaiting:
 //
-// coder/websocket's Ping only sees the pong while another goroutine reads
-// the socket, so a handler must keep reading (Read, Reader, or CloseRead
-// for write-only sockets). A handler that never reads loses its socket to
-// the keep-alive: that is documented, and it is what happens with a peer
-// that never answers, which the server cannot tell apart.
+//   - a ping is due: the runtime runs keepAlive in a fresh goroutine, which
+//     writes a ping, points the timer at the ping's deadline
+//     (KeepAliveTimeout) and ends as soon as the ping is written;
+//   - the deadline passed: nothing arrived from the peer since the ping,
+//     so the peer is declared dead and the socket aborted.
+//
+// Any bytes read from the peer after a ping prove it alive: netConn.Read
+// calls heard, which points the timer at the next ping (a pong is the
+// usual such bytes, but a data message is as good a sign of life). So a
+// healthy socket costs one short goroutine per ping, and no goroutine
+// waits for a pong.
+//
+// coder/websocket's Ping writes the ping and then waits for its pong. The
+// context passed to it, pingContext, is done once the ping is on the wire
+// (see pingContext), which makes Ping return without waiting; the pong is
+// then seen by heard. coder/websocket only reads the socket while a
+// goroutine reads it, so a handler must keep reading (Read, Reader, or
+// CloseRead for write-only sockets). A handler that never reads loses its
+// socket to the keep-alive: that is documented, and it is what happens with
+// a peer that never answers, which the server cannot tell apart.
 
 // startKeepAlive arms the socket's timer.
 func (s *socket) startKeepAlive() {
@@ -36,61 +48,102 @@ func (s *socket) startKeepAlive() {
 	// Created stopped and armed under the lock, so that keepAlive always
 	// finds s.timer set.
 	s.timer = time.AfterFunc(math.MaxInt64, s.keepAlive)
-	s.timer.Reset(s.interval)
+	s.schedule(monotime(), s.interval)
 }
 
-// rearm schedules the next ping unless the socket is closed.
-func (s *socket) rearm() {
+// schedule points the timer at now+d (monotime). s.mu must be held.
+func (s *socket) schedule(now, d time.Duration) {
+	s.kaDue = now + d
+	s.timer.Reset(d)
+}
+
+// keepAlive runs in a goroutine of its own each time the timer fires.
+func (s *socket) keepAlive() {
+	now := monotime()
 	s.mu.Lock()
-	if !s.closed.Load() {
-		s.timer.Reset(s.interval)
+	if s.closed.Load() || now < s.kaDue {
+		// Closed, or a stale run: the timer was reset after this run
+		// began (heard moved it).
+		s.mu.Unlock()
+		return
+	}
+	if s.kaWaiting.Load() {
+		s.mu.Unlock()
+		s.pingDeadline()
+		return
+	}
+	if s.kaPinging {
+		// The last ping is still being written, behind a large message to
+		// a slow reader (see pingDeadline); try again later.
+		s.schedule(now, s.interval)
+		s.mu.Unlock()
+		return
+	}
+	s.kaPinging = true
+	s.kaSent = now
+	if s.timeout > 0 {
+		s.kaWaiting.Store(true)
+		s.kaIn, s.kaOut = s.nc.bytesIn.Load(), s.nc.bytesOut.Load()
+		s.schedule(now, s.timeout)
+	} else {
+		s.schedule(now, s.interval) // unsolicited pings: no deadline
+	}
+	s.pingDone = make(chan struct{})
+	s.pingState.Store(pingArmed)
+	s.mu.Unlock()
+
+	err := s.conn.Conn.Ping((*pingContext)(s))
+
+	s.mu.Lock()
+	s.kaPinging = false
+	s.pingState.Store(pingIdle)
+	s.pingDone = nil // 96 bytes per socket between pings
+	s.mu.Unlock()
+	if err == nil || errors.Is(err, errPingWritten) {
+		s.m.stats.pingsSent.Add(1)
+	}
+	// Otherwise the socket closed, or coder/websocket gave up writing the
+	// ping after five seconds (a large message to a slow reader held the
+	// write lock): the deadline decides.
+}
+
+// heard is called by netConn.Read when bytes arrived from the peer while
+// the keep-alive waits for a sign of life: the next ping is due an
+// interval after the last one.
+func (s *socket) heard() {
+	now := monotime()
+	s.mu.Lock()
+	if s.kaWaiting.Load() && !s.closed.Load() {
+		s.kaWaiting.Store(false)
+		s.schedule(now, max(s.kaSent+s.interval-now, 0))
 	}
 	s.mu.Unlock()
 }
 
-// keepAlive runs in the timer's goroutine; it ends after one ping.
-func (s *socket) keepAlive() {
-	if s.closed.Load() {
-		return
+// pingDeadline runs when KeepAliveTimeout passed after a ping and nothing
+// was read from the peer since.
+func (s *socket) pingDeadline() {
+	in, out := s.nc.bytesIn.Load(), s.nc.bytesOut.Load()
+	s.mu.Lock()
+	// A write in progress that moved bytes since the ping: the peer is
+	// reading, slowly, a message large enough to hold the write lock (and
+	// the ping behind it). That write's own context bounds it; the
+	// keep-alive looks again an interval later. A peer that reads nothing
+	// makes no progress and is declared dead below.
+	alive := in != s.kaIn ||
+		(out != s.kaOut && s.nc.writes.Load() > 0 && !s.nc.connClosed.Load())
+	if alive {
+		s.kaWaiting.Store(false)
+		s.schedule(monotime(), s.interval)
 	}
-	wait := s.timeout
-	if wait <= 0 {
-		// Unsolicited pings: keep the rhythm and give up waiting for the
-		// pong when the next ping is due.
-		s.rearm()
-		wait = s.interval
-	}
-	sentBefore := s.nc.bytesOut.Load()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	err := s.conn.Conn.Ping(ctx)
-	cancel()
-	// coder/websocket gives a ping five seconds to get the write lock and
-	// be written. A large message written to a slow reader can hold the
-	// lock longer: when a write is in progress and bytes went out during
-	// the ping's wait, the peer is reading, slowly; the ping waits for the
-	// next interval and that write's own context bounds it. A peer that
-	// reads nothing makes no progress, and is declared dead below.
-	moved := s.nc.bytesOut.Load() != sentBefore
-	if err == nil || moved || !s.nc.hijacked() {
-		s.m.stats.pingsSent.Add(1)
-	}
-	switch {
-	case s.timeout <= 0:
-		return
-	case err == nil:
-		s.rearm()
-		return
-	case !errors.Is(err, context.DeadlineExceeded):
-		return // closed meanwhile; whoever closed it said why
-	case moved && s.nc.writes.Load() > 0 && !s.nc.connClosed.Load():
+	s.mu.Unlock()
+	if alive {
 		if ce := s.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive ping deferred: a slow write is in progress"); ce != nil {
 			ce.Write(zap.String(keyRoute, routeOf(s.req)), zap.String(keyRemoteAddr, clip(s.req.RemoteAddr)))
 		}
-		s.rearm()
 		return
 	}
-	// The pong is late, or the ping could not even be written in time (a
-	// peer that stopped reading). Either way the peer is gone.
+	// No pong, no data, no progress: the peer is gone.
 	if !s.setClose(websocket.StatusAbnormalClosure, "keep-alive timeout", closedByKeepAlive) {
 		return
 	}
@@ -99,8 +152,75 @@ func (s *socket) keepAlive() {
 		ce.Write(append(requestFields(s.req),
 			zap.Duration(keyKeepAlive, s.interval),
 			zap.Duration(keyKeepAliveTimeout, s.timeout),
-			zap.Duration(keyDuration, time.Since(s.start)),
+			zap.Duration(keyDuration, monotime()-s.start),
 		)...)
 	}
 	s.abort()
 }
+
+// Ping context states (socket.pingState).
+const (
+	pingIdle       int32 = iota
+	pingArmed            // keepAlive is about to call Ping
+	pingRegistered       // Ping derived its write context from pingContext
+	pingWritten          // the ping is on the wire; pingDone is closed
+)
+
+// errPingWritten is pingContext's Err once the ping is written: Ping
+// returns it (wrapped) instead of waiting for the pong.
+var errPingWritten = errors.New("chiws: keep-alive ping written")
+
+// pingContext is the context keepAlive passes to coder/websocket's Ping.
+// It is done once the ping has been written to the connection, so that
+// Ping returns then instead of waiting for the pong.
+//
+// Ping derives a context with a five-second timeout from it for the write
+// (context.WithTimeout). That derivation registers through AfterFunc
+// (pingArmed to pingRegistered), and pingContext never runs the function:
+// the write's own context is never cancelled by this one, only by its
+// timeout or when Ping ends. Done closes when netConn.Write returns after
+// the registration (wrote). If a future coder/websocket does not derive a
+// context this way, the state stays pingArmed, Done never closes, and Ping
+// waits for the pong as before: slower, never wrong.
+type pingContext socket
+
+func (c *pingContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+
+// Done is read by Ping's goroutine only, which set pingDone.
+func (c *pingContext) Done() <-chan struct{} { return c.pingDone }
+func (c *pingContext) Value(any) any         { return nil }
+func (c *pingContext) String() string        { return "chiws keep-alive ping" }
+func (c *pingContext) Err() error {
+	select {
+	case <-c.pingDone:
+		return errPingWritten
+	default:
+		return nil
+	}
+}
+
+// AfterFunc is how context.WithTimeout registers Ping's write context
+// (see pingContext). f is never called.
+func (c *pingContext) AfterFunc(func()) (stop func() bool) {
+	c.pingState.CompareAndSwap(pingArmed, pingRegistered)
+	return stopNothing
+}
+
+func stopNothing() bool { return true }
+
+// wrote is called by netConn.Write after bytes went out: if they may be
+// the registered ping (any write after the registration is, or precedes
+// it), Done closes. Closing early is harmless: Ping's write has its own
+// context, and Ping only looks at Done once the ping is written.
+func (s *socket) wrote() {
+	if s.pingState.Load() != pingRegistered {
+		return
+	}
+	s.mu.Lock()
+	if s.pingState.CompareAndSwap(pingRegistered, pingWritten) {
+		close(s.pingDone)
+	}
+	s.mu.Unlock()
+}
+
+var _ context.Context = (*pingContext)(nil)

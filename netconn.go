@@ -137,6 +137,9 @@ func (c *netConn) hijacked() bool { return c.Conn != nil }
 func (c *netConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.bytesIn.Add(int64(n))
+	if n > 0 && c.s.kaWaiting.Load() {
+		c.s.heard() // a sign of life after a keep-alive ping
+	}
 	if err != nil {
 		// EOF or reset: the peer is gone, and a handler that reads
 		// through the embedded *websocket.Conn (wsjson) returns now
@@ -169,6 +172,7 @@ func (c *netConn) Write(p []byte) (int, error) {
 			return total, err
 		}
 	}
+	c.s.wrote() // may be a keep-alive ping; see pingContext
 	return total, nil
 }
 

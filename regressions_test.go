@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
 	"github.com/go-chi/chi/v5"
@@ -208,4 +209,79 @@ func TestConnContextNoWatcherGoroutine(t *testing.T) {
 func allStacks() string {
 	buf := make([]byte, 1<<20)
 	return string(buf[:runtime.Stack(buf, true)])
+}
+
+// TestKeepAlivePingDoesNotWaitForPong: the keep-alive's goroutine ends once
+// its ping is written; no goroutine waits for the pong. The client here
+// never reads, so the pong never comes, and the timeout (a minute) is far
+// away: a goroutine waiting in Ping would still be there.
+func TestKeepAlivePingDoesNotWaitForPong(t *testing.T) {
+	ws, srv, _ := relServer(t, chiws.Options{KeepAliveInterval: 50 * time.Millisecond, KeepAliveTimeout: time.Minute}, nil,
+		func(r chi.Router) { r.Get("/ws", echo) })
+	c, err := wstest.Handshake(hostOf(srv), "/ws", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "a ping written", func() bool { return ws.Stats().PingsSent >= 1 })
+	waitFor(t, "no keep-alive goroutine", func() bool { return !goroutineIn("chiws.(*socket).keepAlive") })
+	// Still one ping: the next waits for a sign of life or the deadline.
+	if n := ws.Stats().PingsSent; n != 1 {
+		t.Errorf("PingsSent = %d while the first ping is unanswered, want 1", n)
+	}
+}
+
+// goroutineIn reports whether some goroutine's stack has a frame of fn.
+func goroutineIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), fn+"(")
+}
+
+// TestKeepAliveDataIsSignOfLife: a peer that keeps sending data is alive
+// even if it never answers pings (its pongs may be queued behind its own
+// large message); it is declared dead once it stops.
+func TestKeepAliveDataIsSignOfLife(t *testing.T) {
+	ws, srv, logs := relServer(t, chiws.Options{KeepAliveInterval: 50 * time.Millisecond, KeepAliveTimeout: 100 * time.Millisecond}, nil,
+		func(r chi.Router) {
+			r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+				c, err := chiws.Accept(w, r, nil)
+				if err != nil {
+					return
+				}
+				for {
+					if _, _, err := c.Read(c.Context()); err != nil {
+						return
+					}
+				}
+			})
+		})
+	c, err := wstest.Handshake(hostOf(srv), "/ws", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Send a frame whenever a ping arrives, and never pong: 20 pings in a
+	// row prove the data kept the socket open through 20 deadlines.
+	for i := 0; i < 20; i++ {
+		_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+		f, err := c.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d pings: %v (stats %+v)", i, err, ws.Stats())
+		}
+		if f.Opcode != wstest.OpPing {
+			t.Fatalf("got opcode %#x, want a ping", f.Opcode)
+		}
+		if err := c.WriteFrame(wstest.Frame{Fin: true, Opcode: wstest.OpText, Masked: true, Payload: []byte("alive")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := ws.Stats(); s.KeepAliveTimeouts != 0 {
+		t.Fatalf("aborted while sending data: %+v", s)
+	}
+	// Now silent: the next ping goes unanswered and the socket is aborted.
+	if err := c.AwaitEOF(time.Now().Add(testTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "keep-alive timeout", func() bool { return ws.Stats().KeepAliveTimeouts == 1 })
+	waitFor(t, "timeout logged", func() bool { return logs.FilterMessage("websocket keep-alive timeout; aborting").Len() == 1 })
 }
