@@ -241,16 +241,18 @@ const (
 type socket struct {
 	context.Context // the request's context; see Value
 
-	m      *Middleware
-	w      upgradeWriter
-	nc     netConn
-	conn   Conn
-	state  atomic.Int32
-	closed atomic.Bool
+	m    *Middleware
+	w    upgradeWriter
+	nc   netConn
+	conn Conn
 	// done holds the chan struct{} closed by markClosed, made on first
 	// use (doneChan); values holds Conn.Context's values, made on first
 	// use (connContext.Value). Both are often never needed.
 	done, values atomic.Value
+
+	// r is the request handed to the route: the server's, with the
+	// socket as its context.
+	r http.Request
 
 	// Set by accept, read-only afterwards.
 	req               *http.Request
@@ -261,33 +263,40 @@ type socket struct {
 
 	msgsIn, msgsOut atomic.Uint64
 
-	// readFailed is set once a read failed: the socket is finished, and
-	// the handler returning is not an early return. rd wraps the
-	// io.Reader returned by Conn.Reader.
-	readFailed atomic.Bool
-	rd         msgReader
+	// rd wraps the io.Reader returned by Conn.Reader.
+	rd msgReader
 
+	// The small fields are together, where their padding is shared: an
+	// open socket is one allocation, kept in the 640-byte size class
+	// (TestSocketSizeClass).
+	state  atomic.Int32
+	closed atomic.Bool
+	// readFailed is set once a read failed: the socket is finished, and
+	// the handler returning is not an early return.
+	readFailed atomic.Bool
 	// Keep-alive (heartbeat.go). kaWaiting is written under mu and read
 	// without it by netConn.Read.
 	kaWaiting atomic.Bool
 	pingState atomic.Int32
 
-	mu          sync.Mutex // guards the fields below
+	mu sync.Mutex // guards the fields below, except the upgradeWriter's
+
+	// upgradeWriter's state, owned by the handler's goroutine.
+	hijacked, switching, direct bool
+
+	kaPinging bool // keepAlive is in Ping
+	closedBy  closer
+	// afterFired: the callbacks registered by context.AfterFunc on
+	// Conn.Context (afterFuncs) have run; see connContext.AfterFunc.
+	afterFired  bool
+	closeCode   int32 // a websocket.StatusCode
+	afterFuncs  map[*func()]struct{}
 	timer       *time.Timer
 	kaDue       time.Duration // monotime when timer fires
-	kaSent      time.Duration // monotime when the last ping was started
-	kaPinging   bool          // keepAlive is in Ping
-	kaIn, kaOut int64         // netConn's counters when the last ping started
+	kaOut       int64         // netConn's bytesOut when the last ping started
 	pingDone    chan struct{}
 	end         time.Duration // monotime
-	closeCode   websocket.StatusCode
 	closeReason string
-	closedBy    closer
-
-	// Callbacks registered by context.AfterFunc on Conn.Context; run once
-	// the socket is closed (afterFired), see connContext.AfterFunc.
-	afterFuncs map[*func()]struct{}
-	afterFired bool
 }
 
 type ctxKey struct{ name string }
@@ -297,8 +306,16 @@ func (k *ctxKey) String() string { return "chiws context key " + k.name }
 // socketKey finds the *socket in a request context.
 var socketKey = &ctxKey{"socket"}
 
+// newSocket returns the socket for an upgrade request; s.r is the request
+// to hand to the route. It is not inlined: WithContext's copy of the
+// request is a temporary on its stack frame, which must not stay on
+// ServeHTTP's for the socket's life (see handler).
+//
+//go:noinline
 func newSocket(m *Middleware, w http.ResponseWriter, r *http.Request) *socket {
 	s := &socket{Context: r.Context(), m: m}
+	// The marked request lives in the socket: one allocation for both.
+	s.r = *r.WithContext(s)
 	s.w = upgradeWriter{ResponseWriter: w, s: s}
 	s.nc.s = s
 	s.rd.s = s
@@ -355,7 +372,7 @@ func (s *socket) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpti
 
 	// The 101 response is written with the connection's write deadline,
 	// which http.Server.WriteTimeout set when the request arrived.
-	s.w.direct = w == http.ResponseWriter(&s.w)
+	s.direct = w == http.ResponseWriter(&s.w)
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.SetReadDeadline(time.Time{})
@@ -439,7 +456,7 @@ func (s *socket) setClose(code websocket.StatusCode, reason string, by closer) b
 	if s.closedBy != closedByNone {
 		return false
 	}
-	s.closeCode, s.closeReason, s.closedBy = code, reason, by
+	s.closeCode, s.closeReason, s.closedBy = int32(code), reason, by
 	return true
 }
 
@@ -554,7 +571,7 @@ func (s *socket) finish(r *http.Request) {
 	}
 	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket closed"); ce != nil {
 		s.mu.Lock()
-		code, reason, by, end := s.closeCode, s.closeReason, s.closedBy, s.end
+		code, reason, by, end := websocket.StatusCode(s.closeCode), s.closeReason, s.closedBy, s.end
 		s.mu.Unlock()
 		if by == closedByNone {
 			code, by = websocket.StatusAbnormalClosure, closedByError

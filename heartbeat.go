@@ -68,8 +68,7 @@ func (s *socket) keepAlive() {
 		return
 	}
 	if s.kaWaiting.Load() {
-		s.mu.Unlock()
-		s.pingDeadline()
+		s.pingDeadline() // unlocks s.mu
 		return
 	}
 	if s.kaPinging {
@@ -80,11 +79,10 @@ func (s *socket) keepAlive() {
 		return
 	}
 	s.kaPinging = true
-	s.kaSent = now
 	if s.timeout > 0 {
 		s.kaWaiting.Store(true)
-		s.kaIn, s.kaOut = s.nc.bytesIn.Load(), s.nc.bytesOut.Load()
-		s.schedule(now, s.timeout)
+		s.kaOut = s.nc.bytesOut.Load()
+		s.schedule(now, s.timeout) // kaDue - timeout is when the ping started
 	} else {
 		s.schedule(now, s.interval) // unsolicited pings: no deadline
 	}
@@ -115,23 +113,22 @@ func (s *socket) heard() {
 	s.mu.Lock()
 	if s.kaWaiting.Load() && !s.closed.Load() {
 		s.kaWaiting.Store(false)
-		s.schedule(now, max(s.kaSent+s.interval-now, 0))
+		sent := s.kaDue - s.timeout
+		s.schedule(now, max(sent+s.interval-now, 0))
 	}
 	s.mu.Unlock()
 }
 
 // pingDeadline runs when KeepAliveTimeout passed after a ping and nothing
-// was read from the peer since.
+// was read from the peer since (that would have called heard). It is
+// called with s.mu held and unlocks it.
 func (s *socket) pingDeadline() {
-	in, out := s.nc.bytesIn.Load(), s.nc.bytesOut.Load()
-	s.mu.Lock()
 	// A write in progress that moved bytes since the ping: the peer is
 	// reading, slowly, a message large enough to hold the write lock (and
 	// the ping behind it). That write's own context bounds it; the
 	// keep-alive looks again an interval later. A peer that reads nothing
 	// makes no progress and is declared dead below.
-	alive := in != s.kaIn ||
-		(out != s.kaOut && s.nc.writes.Load() > 0 && !s.nc.connClosed.Load())
+	alive := s.nc.bytesOut.Load() != s.kaOut && s.nc.writes.Load() > 0 && !s.nc.connClosed.Load()
 	if alive {
 		s.kaWaiting.Store(false)
 		s.schedule(monotime(), s.interval)

@@ -275,7 +275,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer m.release()
 	s := newSocket(m, w, r)
 	defer s.finish(r) // recovers a panic after Accept; see finish
-	h.next.ServeHTTP(&s.w, r.WithContext(s))
+	h.next.ServeHTTP(&s.w, &s.r)
 }
 
 // admit validates an upgrade request, applies the origin policy and the

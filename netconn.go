@@ -13,15 +13,15 @@ import (
 // it swallows writes, so that middleware writing a late status (chi's
 // Timeout writes 504 when its deadline has passed) does not make net/http
 // log "response.WriteHeader on hijacked connection".
+//
+// Its state is in the socket (hijacked, switching, direct), where it
+// costs no padding. switching is set by WriteHeader(101): Hijack writes
+// the 101 itself. direct is set by Accept when it was given this writer
+// itself, so that no wrapper in between can hijack past us and lose the
+// 101.
 type upgradeWriter struct {
 	http.ResponseWriter
-	s        *socket
-	hijacked bool
-	// switching is set by WriteHeader(101): Hijack writes the 101 itself.
-	// direct is set by Accept when it was given this writer itself, so
-	// that no wrapper in between can hijack past us and lose the 101.
-	switching bool
-	direct    bool
+	s *socket
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.
@@ -38,9 +38,9 @@ func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // stack and skips what a 101 does not need (the Date header).
 func (w *upgradeWriter) WriteHeader(status int) {
 	switch {
-	case w.hijacked || w.switching:
-	case status == http.StatusSwitchingProtocols && w.direct && isServerWriter(w.ResponseWriter):
-		w.switching = true
+	case w.s.hijacked || w.s.switching:
+	case status == http.StatusSwitchingProtocols && w.s.direct && isServerWriter(w.ResponseWriter):
+		w.s.switching = true
 	default:
 		w.ResponseWriter.WriteHeader(status)
 	}
@@ -65,14 +65,14 @@ func isServerWriter(w http.ResponseWriter) bool {
 // flushSwitching hands a pending 101 to net/http, for a handler that writes
 // or flushes after WriteHeader(101) instead of hijacking.
 func (w *upgradeWriter) flushSwitching() {
-	if w.switching {
-		w.switching = false
+	if w.s.switching {
+		w.s.switching = false
 		w.ResponseWriter.WriteHeader(http.StatusSwitchingProtocols)
 	}
 }
 
 func (w *upgradeWriter) Write(p []byte) (int, error) {
-	if w.hijacked {
+	if w.s.hijacked {
 		return 0, http.ErrHijacked
 	}
 	w.flushSwitching()
@@ -81,7 +81,7 @@ func (w *upgradeWriter) Write(p []byte) (int, error) {
 
 // Flush implements http.Flusher for handlers that stream before upgrading.
 func (w *upgradeWriter) Flush() {
-	if !w.hijacked {
+	if !w.s.hijacked {
 		w.flushSwitching()
 		_ = http.NewResponseController(w.ResponseWriter).Flush()
 	}
@@ -94,8 +94,8 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		brw *bufio.ReadWriter
 		err error
 	)
-	if w.switching {
-		w.switching = false // on error, let the caller's error status through
+	if w.s.switching {
+		w.s.switching = false // on error, let the caller's error status through
 		c, brw, err = w.ResponseWriter.(http.Hijacker).Hijack()
 		if err != nil {
 			return nil, nil, err
@@ -110,7 +110,7 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			return nil, nil, err
 		}
 	}
-	w.hijacked = true
+	w.s.hijacked = true
 	nc := &w.s.nc
 	nc.Conn = c
 	// net/http's hijacked writer targets the raw connection; point it at
