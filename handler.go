@@ -246,9 +246,11 @@ type socket struct {
 	nc   netConn
 	conn Conn
 	// done holds the chan struct{} closed by markClosed, made on first
-	// use (doneChan); values holds Conn.Context's values, made on first
-	// use (connContext.Value). Both are often never needed.
-	done, values atomic.Value
+	// use (doneChan): many sockets never need one.
+	done atomic.Value
+	// reqCtx is the context of the request given to Accept, for
+	// Conn.Context's values (see connContext.Value). Set by accept.
+	reqCtx context.Context
 
 	// r is the request handed to the route: the server's, with the
 	// socket as its context.
@@ -399,6 +401,7 @@ func (s *socket) accepted(w http.ResponseWriter, r *http.Request, wc *websocket.
 	wc.SetReadLimit(readLimit)
 	s.conn = Conn{Conn: wc, s: s}
 	s.req = r
+	s.reqCtx = r.Context()
 	s.start = monotime()
 	if !s.nc.hijacked() {
 		// A ResponseWriter between the middleware and Accept hijacked the
@@ -650,17 +653,43 @@ func (c *connContext) Err() error {
 	}
 }
 
-// Value looks key up in the request's context. WithoutCancel hides the
-// request's cancelCtx, so that context.Cause on Conn.Context reports the
-// socket's end, not the request's; it is made on first use, racing
-// callers each making an equivalent one.
+// Value looks key up in the context of the request given to Accept,
+// except the context package's own cancellation key: like
+// context.WithoutCancel, but without an allocation per socket. Hiding it
+// makes context.Cause on Conn.Context report the socket's end, not the
+// request's (chi's Timeout middleware ends the request's context while
+// the socket lives on).
 func (c *connContext) Value(key any) any {
-	ctx, _ := c.values.Load().(context.Context)
-	if ctx == nil {
-		ctx = context.WithoutCancel(c.req.Context())
-		c.values.Store(ctx)
+	if key == cancelCtxKey {
+		return nil
 	}
-	return ctx.Value(key)
+	return c.reqCtx.Value(key)
+}
+
+// cancelCtxKey is the key the context package looks up in a context to
+// find its cancellation state (context.Cause asks for it first, and
+// deriving a child context does too). It is unexported, so it is found
+// once by asking context.Cause; TestCancelCtxKeyFound pins that.
+var cancelCtxKey = func() any {
+	p := &keyProbe{Context: context.Background()}
+	_ = context.Cause(p)
+	return p.key
+}()
+
+// keyProbe is a cancelled context that records the first key it is
+// asked for (context.Cause asks only once Err is not nil).
+type keyProbe struct {
+	context.Context
+	key any
+}
+
+func (p *keyProbe) Err() error { return context.Canceled }
+
+func (p *keyProbe) Value(key any) any {
+	if p.key == nil {
+		p.key = key
+	}
+	return nil
 }
 func (c *connContext) String() string { return "chiws.Conn.Context" }
 

@@ -29,11 +29,17 @@ import (
 // coder/websocket's Ping writes the ping and then waits for its pong. The
 // context passed to it, pingContext, is done once the ping is on the wire
 // (see pingContext), which makes Ping return without waiting; the pong is
-// then seen by heard. coder/websocket only reads the socket while a
-// goroutine reads it, so a handler must keep reading (Read, Reader, or
-// CloseRead for write-only sockets). A handler that never reads loses its
-// socket to the keep-alive: that is documented, and it is what happens with
-// a peer that never answers, which the server cannot tell apart.
+// then seen by heard. When the hijack bypassed netConn (see accepted),
+// chiws sees neither writes nor reads: Ping then waits for the pong within
+// the deadline, as a goroutine per ping in flight. A ping that cannot be
+// written within coder/websocket's five seconds, behind a large message
+// to a slow reader, is handled by pingStuck.
+//
+// coder/websocket only reads the socket while a goroutine reads it, so a
+// handler must keep reading (Read, Reader, or CloseRead for write-only
+// sockets). A handler that never reads loses its socket to the keep-alive:
+// that is documented, and it is what happens with a peer that never
+// answers, which the server cannot tell apart.
 
 // startKeepAlive arms the socket's timer.
 func (s *socket) startKeepAlive() {
@@ -72,8 +78,8 @@ func (s *socket) keepAlive() {
 		return
 	}
 	if s.kaPinging {
-		// The last ping is still being written, behind a large message to
-		// a slow reader (see pingDeadline); try again later.
+		// The last ping is still waiting to be written, behind a large
+		// message to a slow reader (see pingStuck); try again later.
 		s.schedule(now, s.interval)
 		s.mu.Unlock()
 		return
@@ -81,28 +87,54 @@ func (s *socket) keepAlive() {
 	s.kaPinging = true
 	if s.timeout > 0 {
 		s.kaWaiting.Store(true)
-		s.kaOut = s.nc.bytesOut.Load()
-		s.schedule(now, s.timeout) // kaDue - timeout is when the ping started
+		s.kaOut = s.nc.bytesOut.Load() // wrote updates it once the ping is out
+		s.schedule(now, s.timeout)     // kaDue - timeout is when the ping started
 	} else {
 		s.schedule(now, s.interval) // unsolicited pings: no deadline
 	}
-	s.pingDone = make(chan struct{})
-	s.pingState.Store(pingArmed)
+	direct := s.nc.hijacked()
+	if direct {
+		s.pingDone = make(chan struct{})
+		s.pingState.Store(pingArmed)
+	}
 	s.mu.Unlock()
 
-	err := s.conn.Conn.Ping((*pingContext)(s))
+	var err error
+	if direct {
+		err = s.conn.Conn.Ping((*pingContext)(s))
+	} else {
+		// The hijack bypassed netConn (see accepted): reads and writes are
+		// not seen, so Ping waits for the pong, within the deadline.
+		wait := s.timeout
+		if wait <= 0 {
+			wait = s.interval
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		err = s.conn.Conn.Ping(ctx)
+		cancel()
+	}
 
 	s.mu.Lock()
+	written := s.pingState.Load() == pingWritten
 	s.kaPinging = false
 	s.pingState.Store(pingIdle)
 	s.pingDone = nil // 96 bytes per socket between pings
 	s.mu.Unlock()
-	if err == nil || errors.Is(err, errPingWritten) {
+	switch {
+	case err == nil: // Ping waited for the pong (without netConn)
 		s.m.stats.pingsSent.Add(1)
+		s.heard()
+	case written:
+		s.m.stats.pingsSent.Add(1)
+	case errors.Is(err, context.DeadlineExceeded):
+		if !direct {
+			// Without netConn, a ping that was written and one that was
+			// not look alike; count it, as pings to a silent peer are.
+			s.m.stats.pingsSent.Add(1)
+		}
+		s.pingStuck()
 	}
-	// Otherwise the socket closed, or coder/websocket gave up writing the
-	// ping after five seconds (a large message to a slow reader held the
-	// write lock): the deadline decides.
+	// Otherwise the socket closed; whoever closed it said why.
 }
 
 // heard is called by netConn.Read when bytes arrived from the peer while
@@ -119,25 +151,53 @@ func (s *socket) heard() {
 	s.mu.Unlock()
 }
 
+// slowWrite reports whether a write to the peer is in progress and has
+// moved bytes since the ping was written (or since the ping started, when
+// it could not be written): the peer is reading, slowly, a message large
+// enough to hold coder/websocket's write lock, and the ping behind it.
+// s.mu must be held.
+func (s *socket) slowWrite() bool {
+	return s.nc.writes.Load() > 0 && s.nc.bytesOut.Load() != s.kaOut && !s.nc.connClosed.Load()
+}
+
+// pingStuck runs when coder/websocket gave up writing the ping after five
+// seconds (or, without netConn, the pong did not come within the
+// deadline). Behind a slow write that makes progress, the peer is alive:
+// the deadline moves to the next interval, and that write's own context
+// bounds it. Otherwise the deadline, already armed, decides.
+func (s *socket) pingStuck() {
+	s.mu.Lock()
+	deferred := s.kaWaiting.Load() && !s.closed.Load() && s.slowWrite()
+	if deferred {
+		s.kaWaiting.Store(false)
+		s.schedule(monotime(), s.interval)
+	}
+	s.mu.Unlock()
+	if deferred {
+		s.logDeferred()
+	}
+}
+
+func (s *socket) logDeferred() {
+	if ce := s.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive ping deferred: a slow write is in progress"); ce != nil {
+		ce.Write(zap.String(keyRoute, routeOf(s.req)), zap.String(keyRemoteAddr, clip(s.req.RemoteAddr)))
+	}
+}
+
 // pingDeadline runs when KeepAliveTimeout passed after a ping and nothing
 // was read from the peer since (that would have called heard). It is
-// called with s.mu held and unlocks it.
+// called with s.mu held and unlocks it. A slow write in progress keeps the
+// peer alive (see slowWrite); a peer that reads nothing makes no progress
+// and is declared dead.
 func (s *socket) pingDeadline() {
-	// A write in progress that moved bytes since the ping: the peer is
-	// reading, slowly, a message large enough to hold the write lock (and
-	// the ping behind it). That write's own context bounds it; the
-	// keep-alive looks again an interval later. A peer that reads nothing
-	// makes no progress and is declared dead below.
-	alive := s.nc.bytesOut.Load() != s.kaOut && s.nc.writes.Load() > 0 && !s.nc.connClosed.Load()
+	alive := s.slowWrite()
 	if alive {
 		s.kaWaiting.Store(false)
 		s.schedule(monotime(), s.interval)
 	}
 	s.mu.Unlock()
 	if alive {
-		if ce := s.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive ping deferred: a slow write is in progress"); ce != nil {
-			ce.Write(zap.String(keyRoute, routeOf(s.req)), zap.String(keyRemoteAddr, clip(s.req.RemoteAddr)))
-		}
+		s.logDeferred()
 		return
 	}
 	// No pong, no data, no progress: the peer is gone.
@@ -163,22 +223,24 @@ const (
 	pingWritten          // the ping is on the wire; pingDone is closed
 )
 
-// errPingWritten is pingContext's Err once the ping is written: Ping
-// returns it (wrapped) instead of waiting for the pong.
-var errPingWritten = errors.New("chiws: keep-alive ping written")
-
 // pingContext is the context keepAlive passes to coder/websocket's Ping.
-// It is done once the ping has been written to the connection, so that
-// Ping returns then instead of waiting for the pong.
+// It is done (context.Canceled) once the ping has been written to the
+// connection, so that Ping returns then instead of waiting for the pong;
+// keepAlive tells this from a failure by the state, pingWritten.
 //
 // Ping derives a context with a five-second timeout from it for the write
-// (context.WithTimeout). That derivation registers through AfterFunc
-// (pingArmed to pingRegistered), and pingContext never runs the function:
-// the write's own context is never cancelled by this one, only by its
-// timeout or when Ping ends. Done closes when netConn.Write returns after
-// the registration (wrote). If a future coder/websocket does not derive a
-// context this way, the state stays pingArmed, Done never closes, and Ping
-// waits for the pong as before: slower, never wrong.
+// (context.WithTimeout). The context package attaches that child through
+// AfterFunc (pingArmed to pingRegistered), and pingContext never runs the
+// function: the write's own context is never cancelled by this one, only
+// by its timeout or when Ping ends. This matters: coder/websocket closes
+// the connection when a write's context ends mid-write. Done closes when
+// netConn.Write returns after the child was attached (wrote).
+//
+// This relies on how coder/websocket v1.8 derives the write context and on
+// how the context package attaches children to a parent it does not know.
+// TestPingContextMechanics and TestKeepAlivePingDoesNotWaitForPong pin
+// both, so that a dependency or toolchain update that changes either fails
+// the tests instead of the keep-alive.
 type pingContext socket
 
 func (c *pingContext) Deadline() (time.Time, bool) { return time.Time{}, false }
@@ -190,14 +252,14 @@ func (c *pingContext) String() string        { return "chiws keep-alive ping" }
 func (c *pingContext) Err() error {
 	select {
 	case <-c.pingDone:
-		return errPingWritten
+		return context.Canceled
 	default:
 		return nil
 	}
 }
 
-// AfterFunc is how context.WithTimeout registers Ping's write context
-// (see pingContext). f is never called.
+// AfterFunc is how context.WithTimeout attaches Ping's write context (see
+// pingContext). f is never called.
 func (c *pingContext) AfterFunc(func()) (stop func() bool) {
 	c.pingState.CompareAndSwap(pingArmed, pingRegistered)
 	return stopNothing
@@ -206,9 +268,10 @@ func (c *pingContext) AfterFunc(func()) (stop func() bool) {
 func stopNothing() bool { return true }
 
 // wrote is called by netConn.Write after bytes went out: if they may be
-// the registered ping (any write after the registration is, or precedes
-// it), Done closes. Closing early is harmless: Ping's write has its own
-// context, and Ping only looks at Done once the ping is written.
+// the ping (any write after the child was attached is the ping, or
+// precedes it), Done closes. Closing early is harmless: Ping's write has
+// its own context, and Ping only looks at Done once the ping is written.
+// The ping's bytes are then out: slowWrite counts progress from here.
 func (s *socket) wrote() {
 	if s.pingState.Load() != pingRegistered {
 		return
@@ -216,6 +279,7 @@ func (s *socket) wrote() {
 	s.mu.Lock()
 	if s.pingState.CompareAndSwap(pingRegistered, pingWritten) {
 		close(s.pingDone)
+		s.kaOut = s.nc.bytesOut.Load()
 	}
 	s.mu.Unlock()
 }

@@ -35,19 +35,20 @@ const (
 // read limit, no compression, no connection limit, no logs.
 type Options struct {
 	// KeepAliveInterval is how often the server sends a ping frame on each
-	// socket. Zero means DefaultKeepAliveInterval (2 minutes); a negative
-	// value disables pings. Pongs are only seen while the handler reads the
-	// socket (Read, Reader or CloseRead): see "Keep-alive" in the package
-	// documentation.
+	// socket, counted from one ping to the next. Zero means
+	// DefaultKeepAliveInterval (2 minutes); a negative value disables
+	// pings. Pongs are only seen while the handler reads the socket (Read,
+	// Reader or CloseRead): see "Keep-alive" in the package documentation.
 	KeepAliveInterval time.Duration
 
-	// KeepAliveTimeout is how long after a ping the pong may take before the
-	// peer is declared dead: the socket is then aborted (like ASP.NET Core)
-	// and the timeout is logged. coder/websocket gives the ping itself at
-	// most five seconds to be written; a ping held up by a large message
-	// that the peer is still receiving waits for the next interval. Zero means DefaultKeepAliveTimeout (30 s);
-	// a negative value disables the deadline, leaving unsolicited pings that
-	// only keep proxies awake.
+	// KeepAliveTimeout is how long after a ping the peer may stay silent
+	// before it is declared dead: the socket is then aborted (like ASP.NET
+	// Core) and the timeout is logged. Anything read from the peer after
+	// the ping answers it: the pong, or a data message. A large message
+	// that the peer is still receiving, slowly, also keeps it alive: the
+	// ping waits behind it and the deadline moves to the next interval.
+	// Zero means DefaultKeepAliveTimeout (30 s); a negative value disables
+	// the deadline, leaving unsolicited pings that only keep proxies awake.
 	KeepAliveTimeout time.Duration
 
 	// AllowedOrigins lists the Origin values allowed to open a socket, as
