@@ -50,3 +50,8 @@ func TestPassThroughHandlers(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkSyscallFloor: the system calls of one keep-alive ping's write
+// and its pong's read, without WebSocket or scheduling (see
+// BenchSyscallFloor).
+func BenchmarkSyscallFloor(b *testing.B) { BenchSyscallFloor(b) }

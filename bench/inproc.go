@@ -246,3 +246,41 @@ func (*discardConn) RemoteAddr() net.Addr             { return fakeAddr }
 func (*discardConn) SetDeadline(time.Time) error      { return nil }
 func (*discardConn) SetReadDeadline(time.Time) error  { return nil }
 func (*discardConn) SetWriteDeadline(time.Time) error { return nil }
+
+// BenchSyscallFloor measures the system calls a server cannot avoid per
+// keep-alive ping: one write(2) of 2 bytes (an empty ping frame's size) on
+// a loopback TCP connection, and one read(2) of 2 bytes (the pong's size)
+// at the other end. Both run in the benchmark's goroutine, one after the
+// other, so no scheduling is included: it is a floor, not a model.
+func BenchSyscallFloor(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() { // ends after one Accept (or when ln closes)
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	peer := <-accepted
+	if peer == nil {
+		b.Fatal("accept failed")
+	}
+	defer peer.Close()
+	out, in := []byte{0, 0}, make([]byte, 2)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := a.Write(out); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(peer, in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

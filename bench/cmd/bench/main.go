@@ -128,6 +128,10 @@ func main() {
 		log.Print("idle footprint and keep-alive")
 		rep.idle, err = h.idle()
 		check(err)
+		log.Print("system call floor")
+		for range p.rounds {
+			rep.floor = append(rep.floor, float64(testing.Benchmark(bench.BenchSyscallFloor).NsPerOp()))
+		}
 	}
 	if want("idle") {
 		log.Print("stack headroom")
