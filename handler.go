@@ -294,7 +294,7 @@ type socket struct {
 	closeCode   int32 // a websocket.StatusCode
 	afterFuncs  map[*func()]struct{}
 	timer       *time.Timer
-	kaDue       time.Duration // monotime when timer fires
+	kaSent      time.Duration // monotime when the last ping started
 	kaOut       int64         // netConn's bytesOut when the last ping started
 	pingDone    chan struct{}
 	end         time.Duration // monotime

@@ -3,7 +3,6 @@ package chiws
 import (
 	"context"
 	"errors"
-	"math"
 	"time"
 
 	"github.com/coder/websocket"
@@ -11,27 +10,35 @@ import (
 )
 
 // Keep-alive design. Each socket with keep-alive has one runtime timer
-// (time.AfterFunc) and, while it is idle, no goroutine. The timer has two
-// jobs, told apart by kaWaiting:
+// (time.AfterFunc) and, while it is idle, no goroutine. Each time the timer
+// fires, the runtime runs keepAlive in a fresh goroutine, which decides
+// and re-arms the timer:
 //
-//   - a ping is due: the runtime runs keepAlive in a fresh goroutine, which
-//     writes a ping, points the timer at the ping's deadline
-//     (KeepAliveTimeout) and ends as soon as the ping is written;
-//   - the deadline passed: nothing arrived from the peer since the ping,
-//     so the peer is declared dead and the socket aborted.
+//   - the peer was heard since the last ping (kaWaiting is clear) and a
+//     ping is due: write a ping and end as soon as it is written;
+//   - nothing was read from the peer since the ping and KeepAliveTimeout
+//     has passed: the peer is dead and the socket is aborted;
+//   - otherwise wait: the timer is armed for the next ping or deadline.
 //
 // Any bytes read from the peer after a ping prove it alive: netConn.Read
-// calls heard, which points the timer at the next ping (a pong is the
-// usual such bytes, but a data message is as good a sign of life). So a
-// healthy socket costs one short goroutine per ping, and no goroutine
-// waits for a pong.
+// clears kaWaiting (a pong is the usual such bytes, but a data message is
+// as good a sign of life). That is one atomic store: the timer is only
+// ever re-armed by its own callback, after it fired. Go's runtime keeps
+// timers in a heap per P, and moving a timer that is still in the heap
+// marks it modified, which makes the runtime scan the whole heap
+// (timers.adjust) once the modified time comes: with a pong moving 19,000
+// timers a second, that scan took over half the process's CPU.
+//
+// So a healthy socket costs one short goroutine per ping (two when
+// KeepAliveTimeout is shorter than KeepAliveInterval: the deadline is
+// checked in its own run), and no goroutine waits for a pong.
 //
 // coder/websocket's Ping writes the ping and then waits for its pong. The
 // context passed to it, pingContext, is done once the ping is on the wire
-// (see pingContext), which makes Ping return without waiting; the pong is
-// then seen by heard. When the hijack bypassed netConn (see accepted),
-// chiws sees neither writes nor reads: Ping then waits for the pong within
-// the deadline, as a goroutine per ping in flight. A ping that cannot be
+// (see pingContext), which makes Ping return without waiting. When the
+// hijack bypassed netConn (see accepted), chiws sees neither writes nor
+// reads: Ping then waits for the pong within the deadline, as a goroutine
+// per ping in flight, and the pong counts as heard. A ping that cannot be
 // written within coder/websocket's five seconds, behind a large message
 // to a slow reader, is handled by pingStuck.
 //
@@ -51,46 +58,59 @@ func (s *socket) startKeepAlive() {
 	if s.closed.Load() {
 		return
 	}
-	// Created stopped and armed under the lock, so that keepAlive always
-	// finds s.timer set.
-	s.timer = time.AfterFunc(math.MaxInt64, s.keepAlive)
-	s.schedule(monotime(), s.interval)
+	// The first ping is an interval after the accept, as if one had been
+	// answered then. keepAlive takes s.mu first, so it finds s.timer set.
+	s.kaSent = monotime()
+	s.timer = time.AfterFunc(s.interval, s.keepAlive)
 }
 
-// schedule points the timer at now+d (monotime). s.mu must be held.
-func (s *socket) schedule(now, d time.Duration) {
-	s.kaDue = now + d
-	s.timer.Reset(d)
-}
-
-// keepAlive runs in a goroutine of its own each time the timer fires.
+// keepAlive runs in a goroutine of its own each time the timer fires. It
+// re-arms the timer, which is not in the runtime's heap then (see the
+// design above).
 func (s *socket) keepAlive() {
 	now := monotime()
 	s.mu.Lock()
-	if s.closed.Load() || now < s.kaDue {
-		// Closed, or a stale run: the timer was reset after this run
-		// began (heard moved it).
+	if s.closed.Load() {
 		s.mu.Unlock()
 		return
 	}
-	if s.kaWaiting.Load() {
-		s.pingDeadline() // unlocks s.mu
-		return
+	deferred := false
+	if s.kaWaiting.Load() && s.slowWrite() {
+		s.kaWaiting.Store(false) // alive: reading a large message, slowly
+		deferred = true
 	}
-	if s.kaPinging {
-		// The last ping is still waiting to be written, behind a large
-		// message to a slow reader (see pingStuck); try again later.
-		s.schedule(now, s.interval)
+	if s.kaWaiting.Load() { // nothing from the peer since the last ping
+		if left := s.kaSent + s.timeout - now; left > 0 {
+			s.timer.Reset(min(s.interval, left))
+			s.mu.Unlock()
+			return
+		}
 		s.mu.Unlock()
+		s.keepAliveTimeout()
 		return
 	}
+	if next := s.kaSent + s.interval; now < next || s.kaPinging {
+		// The peer answered before the deadline, and the next ping is
+		// due later; or the last ping is still waiting to be written.
+		d := next - now
+		if s.kaPinging {
+			d = s.interval
+		}
+		s.timer.Reset(d)
+		s.mu.Unlock()
+		if deferred {
+			s.logDeferred()
+		}
+		return
+	}
+	s.kaSent = now
 	s.kaPinging = true
 	if s.timeout > 0 {
 		s.kaWaiting.Store(true)
 		s.kaOut = s.nc.bytesOut.Load() // wrote updates it once the ping is out
-		s.schedule(now, s.timeout)     // kaDue - timeout is when the ping started
+		s.timer.Reset(min(s.interval, s.timeout))
 	} else {
-		s.schedule(now, s.interval) // unsolicited pings: no deadline
+		s.timer.Reset(s.interval) // unsolicited pings: no deadline
 	}
 	direct := s.nc.hijacked()
 	if direct {
@@ -98,6 +118,9 @@ func (s *socket) keepAlive() {
 		s.pingState.Store(pingArmed)
 	}
 	s.mu.Unlock()
+	if deferred {
+		s.logDeferred()
+	}
 
 	var err error
 	if direct {
@@ -123,7 +146,7 @@ func (s *socket) keepAlive() {
 	switch {
 	case err == nil: // Ping waited for the pong (without netConn)
 		s.m.stats.pingsSent.Add(1)
-		s.heard()
+		s.kaWaiting.Store(false)
 	case written:
 		s.m.stats.pingsSent.Add(1)
 	case errors.Is(err, context.DeadlineExceeded):
@@ -137,25 +160,11 @@ func (s *socket) keepAlive() {
 	// Otherwise the socket closed; whoever closed it said why.
 }
 
-// heard is called by netConn.Read when bytes arrived from the peer while
-// the keep-alive waits for a sign of life: the next ping is due an
-// interval after the last one.
-func (s *socket) heard() {
-	now := monotime()
-	s.mu.Lock()
-	if s.kaWaiting.Load() && !s.closed.Load() {
-		s.kaWaiting.Store(false)
-		sent := s.kaDue - s.timeout
-		s.schedule(now, max(sent+s.interval-now, 0))
-	}
-	s.mu.Unlock()
-}
-
 // slowWrite reports whether a write to the peer is in progress and has
 // moved bytes since the ping was written (or since the ping started, when
 // it could not be written): the peer is reading, slowly, a message large
 // enough to hold coder/websocket's write lock, and the ping behind it.
-// s.mu must be held.
+// That write's own context bounds it. s.mu must be held.
 func (s *socket) slowWrite() bool {
 	return s.nc.writes.Load() > 0 && s.nc.bytesOut.Load() != s.kaOut && !s.nc.connClosed.Load()
 }
@@ -163,14 +172,13 @@ func (s *socket) slowWrite() bool {
 // pingStuck runs when coder/websocket gave up writing the ping after five
 // seconds (or, without netConn, the pong did not come within the
 // deadline). Behind a slow write that makes progress, the peer is alive:
-// the deadline moves to the next interval, and that write's own context
-// bounds it. Otherwise the deadline, already armed, decides.
+// it counts as heard, and the next ping is due an interval after this one.
+// Otherwise the deadline decides.
 func (s *socket) pingStuck() {
 	s.mu.Lock()
 	deferred := s.kaWaiting.Load() && !s.closed.Load() && s.slowWrite()
 	if deferred {
 		s.kaWaiting.Store(false)
-		s.schedule(monotime(), s.interval)
 	}
 	s.mu.Unlock()
 	if deferred {
@@ -184,22 +192,9 @@ func (s *socket) logDeferred() {
 	}
 }
 
-// pingDeadline runs when KeepAliveTimeout passed after a ping and nothing
-// was read from the peer since (that would have called heard). It is
-// called with s.mu held and unlocks it. A slow write in progress keeps the
-// peer alive (see slowWrite); a peer that reads nothing makes no progress
-// and is declared dead.
-func (s *socket) pingDeadline() {
-	alive := s.slowWrite()
-	if alive {
-		s.kaWaiting.Store(false)
-		s.schedule(monotime(), s.interval)
-	}
-	s.mu.Unlock()
-	if alive {
-		s.logDeferred()
-		return
-	}
+// keepAliveTimeout aborts a socket whose peer sent nothing for
+// KeepAliveTimeout after a ping, and made no progress reading.
+func (s *socket) keepAliveTimeout() {
 	// No pong, no data, no progress: the peer is gone.
 	if !s.setClose(websocket.StatusAbnormalClosure, "keep-alive timeout", closedByKeepAlive) {
 		return

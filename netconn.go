@@ -138,7 +138,7 @@ func (c *netConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.bytesIn.Add(int64(n))
 	if n > 0 && c.s.kaWaiting.Load() {
-		c.s.heard() // a sign of life after a keep-alive ping
+		c.s.kaWaiting.Store(false) // a sign of life after a keep-alive ping
 	}
 	if err != nil {
 		// EOF or reset: the peer is gone, and a handler that reads
