@@ -48,7 +48,7 @@ type plan struct {
 }
 
 var fullPlan = plan{
-	rounds: 7, idleRounds: 3, benchtime: "300ms",
+	rounds: 5, idleRounds: 3, benchtime: "300ms",
 	connectFor: 3 * time.Second, connectWorkers: 16,
 	echoConns: 1000, echoSizes: []int{128, 4096},
 	echoWarmup: time.Second, echoWindow: 2 * time.Second,

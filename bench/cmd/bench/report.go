@@ -96,7 +96,7 @@ func (r *report) render(w io.Writer) {
 	fmt.Fprintln(w, "# Benchmarks")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "chiws against raw coder/websocket (the library it wraps) and gorilla/websocket v1.5.3,")
-	fmt.Fprintln(w, "side by side on loopback. Regenerate this file with one command (about 8 minutes):")
+	fmt.Fprintln(w, "side by side on loopback. Regenerate this file with one command (about 9 minutes):")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "```sh")
 	fmt.Fprintln(w, "go run ./bench/cmd/bench -out docs/benchmarks.md")
