@@ -54,6 +54,27 @@ func echo(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// reader returns a handler that accepts through wrap(w) (wrap may be
+// nil) and reads until the socket ends, dropping what it reads: pongs and
+// close frames are processed.
+func reader(wrap func(http.ResponseWriter) http.ResponseWriter) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if wrap != nil {
+			w = wrap(w)
+		}
+		c, err := chiws.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			if _, _, err := c.Read(c.Context()); err != nil {
+				return
+			}
+		}
+	}
+}
+
 // server starts a chi router with the middleware mounted and routes added
 // by setup, and shuts both down at the end of the test.
 func server(t *testing.T, opts chiws.Options, setup func(r chi.Router)) (*chiws.Middleware, *httptest.Server) {

@@ -145,6 +145,8 @@ func TestWsjsonReadLimitIsNotEarlyReturn(t *testing.T) {
 // server's writer, around the middleware's.
 type bypass struct{ http.ResponseWriter }
 
+func bypassWriter(w http.ResponseWriter) http.ResponseWriter { return bypass{w} }
+
 func (b bypass) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w := b.ResponseWriter
 	for {
@@ -269,20 +271,7 @@ func TestKeepAliveWithHijackBypass(t *testing.T) {
 	}{{"deadline", 200 * time.Millisecond}, {"unsolicited", -1}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ws, srv, _ := relServer(t, chiws.Options{KeepAliveInterval: 50 * time.Millisecond, KeepAliveTimeout: tc.timeout}, nil,
-				func(r chi.Router) {
-					r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
-						c, err := chiws.Accept(bypass{w}, r, nil)
-						if err != nil {
-							return
-						}
-						defer c.CloseNow()
-						for {
-							if _, _, err := c.Read(c.Context()); err != nil {
-								return
-							}
-						}
-					})
-				})
+				func(r chi.Router) { r.Get("/ws", reader(bypassWriter)) })
 			c := dial(t, wsURL(srv, "/ws"), nil)
 			readErr := make(chan error, 1)
 			go func() { // answers pings; ends when c closes
@@ -304,16 +293,7 @@ func TestKeepAliveWithHijackBypass(t *testing.T) {
 // the pings that follow.
 func TestUnsolicitedPingsWithHijackBypassAndSilentPeer(t *testing.T) {
 	ws, srv, _ := relServer(t, chiws.Options{KeepAliveInterval: 50 * time.Millisecond, KeepAliveTimeout: -1}, nil,
-		func(r chi.Router) {
-			r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
-				c, err := chiws.Accept(bypass{w}, r, nil)
-				if err != nil {
-					return
-				}
-				defer c.CloseNow()
-				c.Read(c.Context()) // until the client goes
-			})
-		})
+		func(r chi.Router) { r.Get("/ws", reader(bypassWriter)) })
 	c, err := wstest.Handshake(hostOf(srv), "/ws", "") // never reads: no pong
 	if err != nil {
 		t.Fatal(err)
@@ -353,19 +333,7 @@ func goroutineIn(fn string) bool {
 // large message); it is declared dead once it stops.
 func TestKeepAliveDataIsSignOfLife(t *testing.T) {
 	ws, srv, logs := relServer(t, chiws.Options{KeepAliveInterval: 50 * time.Millisecond, KeepAliveTimeout: 100 * time.Millisecond}, nil,
-		func(r chi.Router) {
-			r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
-				c, err := chiws.Accept(w, r, nil)
-				if err != nil {
-					return
-				}
-				for {
-					if _, _, err := c.Read(c.Context()); err != nil {
-						return
-					}
-				}
-			})
-		})
+		func(r chi.Router) { r.Get("/ws", reader(nil)) })
 	c, err := wstest.Handshake(hostOf(srv), "/ws", "")
 	if err != nil {
 		t.Fatal(err)
