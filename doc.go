@@ -49,7 +49,8 @@
 // each socket; a peer that sends nothing back, neither the pong nor a
 // message, within Options.KeepAliveTimeout (30 s by default) is gone, and
 // the socket is aborted and logged. Each socket costs one runtime timer,
-// not a goroutine, and no goroutine waits for a pong. coder/websocket only
+// not a goroutine, and no goroutine waits for a pong (unless a
+// ResponseWriter wrapper hijacks around chiws's). coder/websocket only
 // sees pongs while someone reads the socket, so a handler must keep
 // reading: Read or Reader in a loop, or CloseRead for a socket the server
 // only writes to.

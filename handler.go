@@ -276,8 +276,10 @@ type socket struct {
 	// readFailed is set once a read failed: the socket is finished, and
 	// the handler returning is not an early return.
 	readFailed atomic.Bool
-	// Keep-alive (heartbeat.go). kaWaiting is written under mu and read
-	// without it by netConn.Read.
+	// Keep-alive (heartbeat.go). kaWaiting is set under mu when a ping
+	// starts, and cleared by netConn.Read (without mu: a load, then a
+	// store, so a ping that starts in between may be taken as answered
+	// and the detection of a dead peer slip by one interval) or by a pong.
 	kaWaiting atomic.Bool
 	pingState atomic.Int32
 

@@ -130,7 +130,7 @@ func (s *socket) keepAlive() {
 		// not seen, so Ping waits for the pong, within the deadline.
 		wait := s.timeout
 		if wait <= 0 {
-			wait = s.interval
+			wait = s.interval / 2 // done before the next ping is due
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		err = s.conn.Conn.Ping(ctx)
@@ -147,15 +147,19 @@ func (s *socket) keepAlive() {
 	case err == nil: // Ping waited for the pong (without netConn)
 		s.m.stats.pingsSent.Add(1)
 		s.kaWaiting.Store(false)
-	case written:
-		s.m.stats.pingsSent.Add(1)
 	case errors.Is(err, context.DeadlineExceeded):
+		// Not written within coder/websocket's five seconds, even if
+		// pingContext's Done closed early (see wrote); or, without
+		// netConn, no pong within the wait.
 		if !direct {
 			// Without netConn, a ping that was written and one that was
 			// not look alike; count it, as pings to a silent peer are.
 			s.m.stats.pingsSent.Add(1)
 		}
 		s.pingStuck()
+	case written && errors.Is(err, context.Canceled):
+		// Ping only looks at pingContext once its write succeeded.
+		s.m.stats.pingsSent.Add(1)
 	}
 	// Otherwise the socket closed; whoever closed it said why.
 }
@@ -195,17 +199,20 @@ func (s *socket) logDeferred() {
 // keepAliveTimeout aborts a socket whose peer sent nothing for
 // KeepAliveTimeout after a ping, and made no progress reading.
 func (s *socket) keepAliveTimeout() {
-	// No pong, no data, no progress: the peer is gone.
-	if !s.setClose(websocket.StatusAbnormalClosure, "keep-alive timeout", closedByKeepAlive) {
-		return
-	}
-	s.m.stats.keepAliveTimeouts.Add(1)
-	if ce := s.m.cfg.log.Check(zap.InfoLevel, "websocket keep-alive timeout; aborting"); ce != nil {
-		ce.Write(append(requestFields(s.req),
-			zap.Duration(keyKeepAlive, s.interval),
-			zap.Duration(keyKeepAliveTimeout, s.timeout),
-			zap.Duration(keyDuration, monotime()-s.start),
-		)...)
+	// No pong, no data, no progress: the peer is gone. When the close was
+	// already recorded (coder/websocket sent 1009 or 1002 and waits for
+	// the peer's close frame, or Shutdown's 1001 handshake is under way),
+	// the abort still ends the wait; only the count and the log are the
+	// keep-alive's own.
+	if s.setClose(websocket.StatusAbnormalClosure, "keep-alive timeout", closedByKeepAlive) {
+		s.m.stats.keepAliveTimeouts.Add(1)
+		if ce := s.m.cfg.log.Check(zap.InfoLevel, "websocket keep-alive timeout; aborting"); ce != nil {
+			ce.Write(append(requestFields(s.req),
+				zap.Duration(keyKeepAlive, s.interval),
+				zap.Duration(keyKeepAliveTimeout, s.timeout),
+				zap.Duration(keyDuration, monotime()-s.start),
+			)...)
+		}
 	}
 	s.abort()
 }
@@ -220,8 +227,10 @@ const (
 
 // pingContext is the context keepAlive passes to coder/websocket's Ping.
 // It is done (context.Canceled) once the ping has been written to the
-// connection, so that Ping returns then instead of waiting for the pong;
-// keepAlive tells this from a failure by the state, pingWritten.
+// connection, so that Ping returns then instead of waiting for the pong.
+// Ping returns context.Canceled only after its write succeeded: a write
+// that failed returns its own error (DeadlineExceeded after five seconds),
+// whatever pingContext's state, which is how keepAlive tells them apart.
 //
 // Ping derives a context with a five-second timeout from it for the write
 // (context.WithTimeout). The context package attaches that child through
@@ -264,9 +273,10 @@ func stopNothing() bool { return true }
 
 // wrote is called by netConn.Write after bytes went out: if they may be
 // the ping (any write after the child was attached is the ping, or
-// precedes it), Done closes. Closing early is harmless: Ping's write has
-// its own context, and Ping only looks at Done once the ping is written.
-// The ping's bytes are then out: slowWrite counts progress from here.
+// precedes it), Done closes. Closing early, on another writer's bytes, is
+// harmless: Ping's write has its own context, Ping only looks at Done once
+// its write succeeded, and a ping that then fails to be written fails
+// with its own error. slowWrite counts progress from here.
 func (s *socket) wrote() {
 	if s.pingState.Load() != pingRegistered {
 		return

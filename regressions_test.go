@@ -364,3 +364,44 @@ func TestKeepAliveDataIsSignOfLife(t *testing.T) {
 	waitFor(t, "keep-alive timeout", func() bool { return ws.Stats().KeepAliveTimeouts == 1 })
 	waitFor(t, "timeout logged", func() bool { return logs.FilterMessage("websocket keep-alive timeout; aborting").Len() == 1 })
 }
+
+// TestKeepAliveEndsSocketAfterCloseFrame: after coder/websocket sent 1009
+// (a message over ReadLimit) it waits for the peer's close frame. A peer
+// that then goes silent is still ended by the keep-alive, although the
+// close was recorded first, so that Wait returns.
+func TestKeepAliveEndsSocketAfterCloseFrame(t *testing.T) {
+	waited := make(chan error, 1)
+	ws, srv, _ := relServer(t, chiws.Options{ReadLimit: 16, KeepAliveInterval: 100 * time.Millisecond, KeepAliveTimeout: 100 * time.Millisecond}, nil,
+		func(r chi.Router) {
+			r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+				c, err := chiws.Accept(w, r, nil)
+				if err != nil {
+					return
+				}
+				read := make(chan struct{})
+				go func() { // a reader that stops at the first error
+					defer close(read)
+					for {
+						if _, _, err := c.Read(c.Context()); err != nil {
+							return
+						}
+					}
+				}()
+				waited <- c.Wait(testCtx(t))
+				<-read
+			})
+		})
+	c, err := wstest.Handshake(hostOf(srv), "/ws", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Over ReadLimit; then silent: no close frame back, no pong.
+	if err := c.WriteFrame(wstest.Frame{Fin: true, Opcode: wstest.OpText, Masked: true, Payload: make([]byte, 100)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("Wait: %v (stats %+v): the socket stayed open", err, ws.Stats())
+	}
+	waitFor(t, "no active socket", func() bool { return ws.Stats().Active == 0 })
+}
