@@ -138,11 +138,16 @@ func (s *socket) keepAlive() {
 	}
 
 	s.mu.Lock()
-	written := s.pingState.Load() == pingWritten
 	s.kaPinging = false
 	s.pingState.Store(pingIdle)
 	s.pingDone = nil // 96 bytes per socket between pings
 	s.mu.Unlock()
+	s.pingEnded(err, direct)
+}
+
+// pingEnded accounts for the end of Ping: err is its error, direct says
+// whether it ran with pingContext (see keepAlive).
+func (s *socket) pingEnded(err error, direct bool) {
 	switch {
 	case err == nil: // Ping waited for the pong (without netConn)
 		s.m.stats.pingsSent.Add(1)
@@ -157,8 +162,9 @@ func (s *socket) keepAlive() {
 			s.m.stats.pingsSent.Add(1)
 		}
 		s.pingStuck()
-	case written && errors.Is(err, context.Canceled):
-		// Ping only looks at pingContext once its write succeeded.
+	case errors.Is(err, context.Canceled):
+		// pingContext's Err: Ping only looks at it once its write
+		// succeeded.
 		s.m.stats.pingsSent.Add(1)
 	}
 	// Otherwise the socket closed; whoever closed it said why.

@@ -3,6 +3,7 @@ package chiws
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
@@ -58,5 +59,22 @@ func TestPingContextMechanics(t *testing.T) {
 	}
 	if err := (*pingContext)(s).Err(); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Err = %v after Done closed, want context.Canceled", err)
+	}
+}
+
+// TestPingEndedCountsOnlyWrittenPings: pingContext's Done may close early,
+// on another writer's bytes, and the ping then still fail to be written
+// within coder/websocket's five seconds. Ping's error decides: a deadline
+// is a ping not sent, whatever pingContext's state.
+func TestPingEndedCountsOnlyWrittenPings(t *testing.T) {
+	s := &socket{m: New(Options{})}
+	s.pingState.Store(pingWritten) // Done closed early by another write
+	s.pingEnded(fmt.Errorf("failed to ping: failed to write control frame: %w", context.DeadlineExceeded), true)
+	if n := s.m.Stats().PingsSent; n != 0 {
+		t.Fatalf("a ping that timed out waiting for the write lock was counted as sent (%d)", n)
+	}
+	s.pingEnded(fmt.Errorf("failed to ping: failed to wait for pong: %w", context.Canceled), true)
+	if n := s.m.Stats().PingsSent; n != 1 {
+		t.Fatalf("PingsSent = %d after a written ping, want 1", n)
 	}
 }
