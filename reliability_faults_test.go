@@ -3,7 +3,6 @@ package chiws_test
 import (
 	"context"
 	"errors"
-	"net/http"
 	"runtime"
 	"sync"
 	"testing"
@@ -109,11 +108,7 @@ func TestSlowConsumer(t *testing.T) {
 			calls := newCalls()
 			ws, srv, _ := relServer(t, chiws.Options{KeepAliveInterval: tt.keepAlive, KeepAliveTimeout: 200 * time.Millisecond}, nil,
 				func(r chi.Router) {
-					r.HandleFunc("/ws", calls.wrap(func(w http.ResponseWriter, r *http.Request) error {
-						c, err := chiws.Accept(w, r, nil)
-						if err != nil {
-							return err
-						}
+					r.HandleFunc("/ws", calls.accepted(func(c *chiws.Conn) error {
 						c.CloseRead(c.Context()) // reads pongs; the client sends nothing else
 						msg := make([]byte, msgSize)
 						for {
@@ -214,11 +209,7 @@ func TestHandlerFaultsUnderConcurrency(t *testing.T) {
 				KeepAliveInterval: 100 * time.Millisecond,
 				KeepAliveTimeout:  300 * time.Millisecond,
 			}, nil, func(r chi.Router) {
-				r.HandleFunc("/ws", calls.wrap(func(w http.ResponseWriter, r *http.Request) error {
-					c, err := chiws.Accept(w, r, nil)
-					if err != nil {
-						return err
-					}
+				r.HandleFunc("/ws", calls.accepted(func(c *chiws.Conn) error {
 					return tt.handler(c)
 				}))
 				r.Get("/echo", echo)
@@ -280,11 +271,7 @@ func TestReadingHandlerKeepsLivePeers(t *testing.T) {
 		KeepAliveInterval: 50 * time.Millisecond,
 		KeepAliveTimeout:  5 * time.Second,
 	}, nil, func(r chi.Router) {
-		r.HandleFunc("/ws", calls.wrap(func(w http.ResponseWriter, r *http.Request) error {
-			c, err := chiws.Accept(w, r, nil)
-			if err != nil {
-				return err
-			}
+		r.HandleFunc("/ws", calls.accepted(func(c *chiws.Conn) error {
 			ctx := c.CloseRead(c.Context())
 			<-ctx.Done()
 			return c.Wait(context.Background())

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net/http"
 	"testing"
 	"time"
 
@@ -146,14 +145,10 @@ func TestStalledFragmentedMessageAnsweringPings(t *testing.T) {
 		KeepAliveInterval: 50 * time.Millisecond,
 		KeepAliveTimeout:  5 * time.Second,
 	}, nil, func(r chi.Router) {
-		r.HandleFunc("/ws", calls.wrap(func(w http.ResponseWriter, r *http.Request) error {
-			c, err := chiws.Accept(w, r, nil)
-			if err != nil {
-				return err
-			}
+		r.HandleFunc("/ws", calls.accepted(func(c *chiws.Conn) error {
 			ctx, cancel := context.WithTimeout(c.Context(), 300*time.Millisecond)
 			defer cancel()
-			_, _, err = c.Read(ctx)
+			_, _, err := c.Read(ctx)
 			return err
 		}))
 	})

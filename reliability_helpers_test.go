@@ -50,6 +50,18 @@ func (c *calls) wrap(h func(w http.ResponseWriter, r *http.Request) error) http.
 	}
 }
 
+// accepted counts calls to a route that accepts the socket and hands it
+// to h; an Accept error is the call's result.
+func (c *calls) accepted(h func(c *chiws.Conn) error) http.HandlerFunc {
+	return c.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		conn, err := chiws.Accept(w, r, nil)
+		if err != nil {
+			return err
+		}
+		return h(conn)
+	})
+}
+
 // await waits for n handler returns and gives their errors.
 func (c *calls) await(t *testing.T, n int) []error {
 	t.Helper()

@@ -155,15 +155,29 @@ func (s *Server) coderHandler(idle bool) http.HandlerFunc {
 			}()
 			defer func() { cancel(); <-done }()
 		}
-		for {
-			typ, p, err := c.Read(ctx)
-			if err != nil {
+		serve(ctx, c, idle)
+	}
+}
+
+// msgConn is what serve needs: *websocket.Conn and *chiws.Conn both have
+// it, with the same signatures.
+type msgConn interface {
+	Read(ctx context.Context) (websocket.MessageType, []byte, error)
+	Write(ctx context.Context, typ websocket.MessageType, p []byte) error
+}
+
+// serve is the /echo and /idle loop of coder and chiws: read every message
+// (so that pongs and close frames are processed) and, unless idle, write it
+// back, until the socket ends.
+func serve(ctx context.Context, c msgConn, idle bool) {
+	for {
+		typ, p, err := c.Read(ctx)
+		if err != nil {
+			return
+		}
+		if !idle {
+			if err := c.Write(ctx, typ, p); err != nil {
 				return
-			}
-			if !idle {
-				if err := c.Write(ctx, typ, p); err != nil {
-					return
-				}
 			}
 		}
 	}
@@ -202,17 +216,7 @@ func (s *Server) chiwsHandler(idle bool) http.HandlerFunc {
 		defer s.active.Add(-1)
 		defer c.CloseNow()
 		ctx := context.Background()
-		for {
-			typ, p, err := c.Read(ctx)
-			if err != nil {
-				return
-			}
-			if !idle {
-				if err := c.Write(ctx, typ, p); err != nil {
-					return
-				}
-			}
-		}
+		serve(ctx, c, idle)
 	}
 }
 
