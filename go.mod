@@ -5,7 +5,6 @@ go 1.25
 require (
 	github.com/coder/websocket v1.8.15
 	github.com/go-chi/chi/v5 v5.5.0
-	github.com/gorilla/websocket v1.5.3
 	go.uber.org/goleak v1.3.0
 	go.uber.org/zap v1.28.0
 )

@@ -6,7 +6,10 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,9 +17,14 @@ import (
 	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 // testTimeout bounds every wait in a test: a hung test fails instead of
 // hanging the suite.
@@ -54,6 +62,24 @@ func echo(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// echoErr is the echo loop, returning the read or write error that ended it.
+func echoErr(w http.ResponseWriter, r *http.Request) error {
+	c, err := chiws.Accept(w, r, nil)
+	if err != nil {
+		return err
+	}
+	ctx := c.Context()
+	for {
+		typ, p, err := c.Read(ctx)
+		if err != nil {
+			return err
+		}
+		if err := c.Write(ctx, typ, p); err != nil {
+			return err
+		}
+	}
+}
+
 // reader returns a handler that accepts through wrap(w) (wrap may be
 // nil) and reads until the socket ends, dropping what it reads: pongs and
 // close frames are processed.
@@ -81,6 +107,16 @@ func server(t *testing.T, opts chiws.Options, setup func(r chi.Router)) (*chiws.
 	t.Helper()
 	ws := chiws.New(opts)
 	return ws, startServer(t, ws, nil, setup)
+}
+
+// relServer is like server, with an observed logger and a hook to
+// configure the http.Server (see startServer).
+func relServer(t *testing.T, opts chiws.Options, configure func(*http.Server), setup func(r chi.Router)) (*chiws.Middleware, *httptest.Server, *observer.ObservedLogs) {
+	t.Helper()
+	logger, logs := observedLogger()
+	opts.Logger = logger
+	ws := chiws.New(opts)
+	return ws, startServer(t, ws, configure, setup), logs
 }
 
 // startServer serves a chi router with ws mounted and the routes added by
@@ -116,6 +152,11 @@ func startServer(t *testing.T, ws *chiws.Middleware, configure func(*http.Server
 
 func wsURL(srv *httptest.Server, path string) string {
 	return "ws" + strings.TrimPrefix(srv.URL, "http") + path
+}
+
+// hostOf returns the test server's host:port.
+func hostOf(srv *httptest.Server) string {
+	return strings.TrimPrefix(srv.URL, "http://")
 }
 
 // dial opens a coder/websocket client and closes it at the end of the test.
@@ -161,10 +202,95 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// waitActive waits until the middleware reports n open sockets.
+func waitActive(t *testing.T, ws *chiws.Middleware, n int) {
+	t.Helper()
+	waitFor(t, "Stats().Active to settle", func() bool { return ws.Stats().Active == n })
+}
+
 func closeStatus(err error) websocket.StatusCode {
 	var ce websocket.CloseError
 	if errors.As(err, &ce) {
 		return ce.Code
 	}
 	return -1
+}
+
+// calls counts handler calls and returns; returned receives one value per
+// return (buffered for the largest test).
+type calls struct {
+	started, ended atomic.Int64
+	returned       chan error
+}
+
+func newCalls() *calls { return &calls{returned: make(chan error, 4096)} }
+
+// wrap counts calls to h. h reports the error that ended its socket, if any.
+func (c *calls) wrap(h func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c.started.Add(1)
+		var err error
+		defer func() {
+			c.ended.Add(1)
+			c.returned <- err
+		}()
+		err = h(w, r)
+	}
+}
+
+// accepted counts calls to a route that accepts the socket and hands it
+// to h; an Accept error is the call's result.
+func (c *calls) accepted(h func(c *chiws.Conn) error) http.HandlerFunc {
+	return c.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		conn, err := chiws.Accept(w, r, nil)
+		if err != nil {
+			return err
+		}
+		return h(conn)
+	})
+}
+
+// await waits for n handler returns and gives their errors.
+func (c *calls) await(t *testing.T, n int) []error {
+	t.Helper()
+	ctx := testCtx(t)
+	errs := make([]error, 0, n)
+	for len(errs) < n {
+		select {
+		case err := <-c.returned:
+			errs = append(errs, err)
+		case <-ctx.Done():
+			t.Fatalf("%d of %d handlers returned", len(errs), n)
+		}
+	}
+	return errs
+}
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count file descriptors: %v", err)
+	}
+	return len(ents)
+}
+
+func allStacks() string {
+	buf := make([]byte, 1<<20)
+	return string(buf[:runtime.Stack(buf, true)])
+}
+
+// goroutineIn reports whether some goroutine's stack has a frame of fn.
+func goroutineIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), fn+"(")
+}
+
+func messages(logs *observer.ObservedLogs) []string {
+	var out []string
+	for _, e := range logs.All() {
+		out = append(out, e.Message)
+	}
+	return out
 }

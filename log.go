@@ -14,6 +14,8 @@ import (
 // that log queries can rely on them.
 const (
 	keyRoute            = "route"
+	keyProto            = "proto"
+	keyWriter           = "writer"
 	keyPath             = "path"
 	keyHost             = "host"
 	keyOrigin           = "origin"

@@ -108,10 +108,11 @@ type Options struct {
 
 	// Logger receives structured logs of every decision. Nil means
 	// zap.NewNop(): chiws never logs through zap's global logger.
-	// Accepted and closed sockets are logged at Debug, rejected origins and
-	// keep-alive timeouts at Info, handlers that return early and
-	// connection limits at Warn, panics at Error. Nothing is logged per
-	// message.
+	// What a remote client can cause at will (refused origins, malformed
+	// handshakes, the connection limit) and accepted and closed sockets are
+	// logged at Debug, and counted in Stats; keep-alive timeouts and
+	// Shutdown at Info; handlers that return early at Warn; panics and
+	// misconfigurations at Error. Nothing is logged per message.
 	Logger *zap.Logger
 }
 
@@ -131,19 +132,19 @@ type config struct {
 	compression                 websocket.CompressionMode
 	compressionThreshold        int
 	readLimit                   int64
-	maxConns                    int64
+	maxConns                    int
 	log                         *zap.Logger
 }
 
 func newConfig(o Options) (config, error) {
 	c := config{
-		keepAlive:            durationOr(o.KeepAliveInterval, DefaultKeepAliveInterval),
-		keepAliveTimeout:     durationOr(o.KeepAliveTimeout, DefaultKeepAliveTimeout),
+		keepAlive:            orDisabled(o.KeepAliveInterval, DefaultKeepAliveInterval),
+		keepAliveTimeout:     orDisabled(o.KeepAliveTimeout, DefaultKeepAliveTimeout),
 		subprotocols:         append([]string(nil), o.Subprotocols...),
 		compression:          o.CompressionMode,
 		compressionThreshold: o.CompressionThreshold,
 		readLimit:            o.ReadLimit,
-		maxConns:             int64(o.MaxConnections),
+		maxConns:             o.MaxConnections,
 		log:                  o.Logger,
 	}
 	var err error
@@ -174,11 +175,12 @@ func newConfig(o Options) (config, error) {
 	return c, nil
 }
 
-// durationOr maps zero to def and negative values to "disabled" (0).
-func durationOr(d, def time.Duration) time.Duration {
+// orDisabled resolves a keep-alive duration: zero inherits, a negative
+// value disables (0).
+func orDisabled(d, inherited time.Duration) time.Duration {
 	switch {
 	case d == 0:
-		return def
+		return inherited
 	case d < 0:
 		return 0
 	}
@@ -210,14 +212,16 @@ func containsByte(s string, c byte) bool {
 type Middleware struct {
 	cfg config
 
-	// reserved counts WebSocket requests in flight, for MaxConnections.
-	reserved atomic.Int64
-
 	mu       sync.Mutex
-	inflight int           // upgrade requests inside Handler
-	sockets  socketList    // accepted, not yet finished
-	closing  bool          // Shutdown was called
-	drained  chan struct{} // closed when inflight drops to 0 while closing
+	inflight int                // admitted upgrade requests whose handler runs
+	sockets  map[*Conn]struct{} // accepted, connection not yet closed
+	closing  bool               // Shutdown was called
+	drained  chan struct{}      // closed when inflight drops to 0 while closing
+
+	// goroutines counts the sockets until their connection closed, and
+	// the keep-alive goroutines while they run: Shutdown waits for it, so
+	// that nothing of the middleware runs, or logs, after it returns.
+	goroutines sync.WaitGroup
 
 	stats struct {
 		accepted, rejectedOrigin, rejectedLimit, rejectedHandshake,
@@ -233,7 +237,7 @@ func New(opts Options) *Middleware {
 	if err != nil {
 		panic("chiws: Options." + err.Error())
 	}
-	return &Middleware{cfg: cfg}
+	return &Middleware{cfg: cfg, sockets: make(map[*Conn]struct{})}
 }
 
 // Handler is the middleware: it passes ordinary requests to next untouched
@@ -248,41 +252,11 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 	return &handler{m: m, next: next}
 }
 
-// handler is the http.Handler returned by Middleware.Handler.
-//
-// On an upgrade, ServeHTTP stays below the route handler for the socket's
-// whole life, so it is a method rather than an http.HandlerFunc closure
-// (one frame, not two) and the checks and their logs live in admit, whose
-// frame is gone by then. Stack depth is memory here: a socket goroutine
-// whose stack grows past 8 KiB during the upgrade keeps 16 KiB for its
-// whole life, because Go shrinks a parked goroutine's stack only when
-// under a quarter of it is in use, and net/http's and coder/websocket's
-// frames under a Read already use more (see docs/benchmarks.md, idle
-// footprint, and upgradeWriter.WriteHeader).
-type handler struct {
-	m    *Middleware
-	next http.Handler
-}
-
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !isUpgradeAttempt(r) {
-		h.next.ServeHTTP(w, r)
-		return
-	}
-	m := h.m
-	if !m.admit(w, r) {
-		return
-	}
-	defer m.release()
-	s := newSocket(m, w, r)
-	defer s.finish(r) // recovers a panic after Accept; see finish
-	h.next.ServeHTTP(&s.w, &s.r)
-}
-
 // admit validates an upgrade request, applies the origin policy and the
-// connection limit, and counts the request in flight (enter), answering
-// the request when any of it fails. When it succeeds, the caller must
-// call release.
+// connection limit, and counts the request in flight, answering the request
+// when any of it fails. When it succeeds, the caller must call release.
+// Everything a client can trigger at will is logged at Debug only, and
+// counted in Stats: a remote client must not be able to flood the logs.
 func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	hs := checkHandshake(r)
 	if hs.status != 0 {
@@ -299,52 +273,32 @@ func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	}
 	if d := m.cfg.origins.check(r); !d.allowed {
 		m.stats.rejectedOrigin.Add(1)
-		m.logReject(zap.InfoLevel, r, "origin rejected", d.reason)
+		m.logReject(zap.DebugLevel, r, "origin rejected", d.reason)
 		httpError(w, http.StatusForbidden)
 		return false
 	}
-	if max := m.cfg.maxConns; max > 0 {
-		if m.reserved.Add(1) > max {
-			m.reserved.Add(-1)
-			m.stats.rejectedLimit.Add(1)
-			m.logReject(zap.WarnLevel, r, "connection limit reached", "MaxConnections="+strconv.FormatInt(max, 10))
-			w.Header().Set("Retry-After", "5")
-			httpError(w, http.StatusServiceUnavailable)
-			return false
-		}
+	m.mu.Lock()
+	closing, full := m.closing, m.cfg.maxConns > 0 && m.inflight >= m.cfg.maxConns
+	if !closing && !full {
+		m.inflight++
 	}
-	if !m.enter() {
-		if m.cfg.maxConns > 0 {
-			m.reserved.Add(-1)
-		}
-		m.logReject(zap.InfoLevel, r, "shutting down", ErrShuttingDown.Error())
-		w.Header().Set("Retry-After", "5") // another instance may take it
-		httpError(w, http.StatusServiceUnavailable)
-		return false
+	m.mu.Unlock()
+	switch {
+	case closing:
+		m.logReject(zap.DebugLevel, r, "shutting down", ErrShuttingDown.Error())
+	case full:
+		m.stats.rejectedLimit.Add(1)
+		m.logReject(zap.DebugLevel, r, "connection limit reached", "MaxConnections="+strconv.Itoa(m.cfg.maxConns))
+	default:
+		return true
 	}
-	return true
+	w.Header().Set("Retry-After", "5") // another instance may take it
+	httpError(w, http.StatusServiceUnavailable)
+	return false
 }
 
 // release ends what a successful admit began.
 func (m *Middleware) release() {
-	m.leave()
-	if m.cfg.maxConns > 0 {
-		m.reserved.Add(-1)
-	}
-}
-
-// enter counts an upgrade request in flight; it fails once Shutdown began.
-func (m *Middleware) enter() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closing {
-		return false
-	}
-	m.inflight++
-	return true
-}
-
-func (m *Middleware) leave() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.inflight--
@@ -363,14 +317,14 @@ func httpError(w http.ResponseWriter, status int) {
 // that passed through the middleware. It is false for every request when the
 // middleware is not mounted, as in ASP.NET Core.
 func IsWebSocketRequest(r *http.Request) bool {
-	return socketFrom(r.Context()) != nil
+	return upgradeFrom(r.Context()) != nil
 }
 
 // RequestedProtocols returns the subprotocols the client listed in
 // Sec-WebSocket-Protocol, in its order, or nil when r is not a WebSocket
 // request (see IsWebSocketRequest).
 func RequestedProtocols(r *http.Request) []string {
-	if socketFrom(r.Context()) == nil {
+	if upgradeFrom(r.Context()) == nil {
 		return nil
 	}
 	return parseProtocols(r.Header["Sec-Websocket-Protocol"])
@@ -384,7 +338,7 @@ type Stats struct {
 	RejectedLimit     uint64 // upgrades refused by MaxConnections (503)
 	RejectedHandshake uint64 // malformed upgrade requests (400, 405, 426)
 	KeepAliveTimeouts uint64 // sockets aborted because a pong was late
-	PingsSent         uint64 // keep-alive pings written, answered in time or not
+	PingsSent         uint64 // keep-alive pings sent, answered in time or not
 	EarlyReturns      uint64 // handlers that returned with the socket open
 	Panics            uint64 // handlers that panicked after Accept
 }
@@ -393,7 +347,7 @@ type Stats struct {
 // metrics on every scrape.
 func (m *Middleware) Stats() Stats {
 	m.mu.Lock()
-	active := m.sockets.len
+	active := len(m.sockets)
 	m.mu.Unlock()
 	return Stats{
 		Active:            active,

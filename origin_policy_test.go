@@ -5,10 +5,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/chiws/chiws"
+	"github.com/coder/websocket"
+	"github.com/go-chi/chi/v5"
 )
 
 // originRequest builds an upgrade request to host carrying the given Origin
@@ -137,52 +141,6 @@ func TestAllowOriginFunc(t *testing.T) {
 	}
 }
 
-func TestInvalidOptions(t *testing.T) {
-	tests := []struct {
-		name string
-		give chiws.Options
-		want string // in the panic message
-	}{
-		{"trailing slash", chiws.Options{AllowedOrigins: []string{"https://a.com/"}}, "AllowedOrigins[0]"},
-		{"no scheme", chiws.Options{AllowedOrigins: []string{"https://ok.com", "a.com"}}, "AllowedOrigins[1]"},
-		{"empty", chiws.Options{AllowedOrigins: []string{""}}, "AllowedOrigins[0] is empty"},
-		{"mid wildcard", chiws.Options{AllowedOrigins: []string{"https://a*.com"}}, "wildcard"},
-		{"inner wildcard", chiws.Options{AllowedOrigins: []string{"https://a.*.com"}}, "wildcard"},
-		{"bad port", chiws.Options{AllowedOrigins: []string{"https://a.com:99999"}}, "port"},
-		{"path", chiws.Options{AllowedOrigins: []string{"https://a.com/x"}}, "path"},
-		{"read limit", chiws.Options{ReadLimit: -1}, "ReadLimit"},
-		{"max connections", chiws.Options{MaxConnections: -5}, "MaxConnections"},
-		{"compression threshold", chiws.Options{CompressionThreshold: -1}, "CompressionThreshold"},
-		{"compression mode", chiws.Options{CompressionMode: 42}, "CompressionMode"},
-		{"subprotocol", chiws.Options{Subprotocols: []string{"chat v1"}}, "Subprotocols[0]"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			err := tt.give.Validate()
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Validate() = %v, want an error naming %q", err, tt.want)
-			}
-			defer func() {
-				p := recover()
-				msg, _ := p.(string)
-				if !strings.HasPrefix(msg, "chiws: Options.") || !strings.Contains(msg, tt.want) {
-					t.Fatalf("New panicked with %v, want a message naming %q", p, tt.want)
-				}
-			}()
-			chiws.New(tt.give)
-		})
-	}
-}
-
-func TestOptionsNotRetained(t *testing.T) {
-	origins := []string{"https://client.com"}
-	m := chiws.New(chiws.Options{AllowedOrigins: origins})
-	origins[0] = "https://evil.com"
-	if m.CheckOrigin(originRequest("s", "https://evil.com")) == nil {
-		t.Fatal("New kept the caller's slice")
-	}
-}
-
 // FuzzOriginPolicy checks invariants of the policy on arbitrary Origin
 // values: no panic; "*" allows everything; a wildcard pattern allows only
 // origins that the exact pattern for the same host would, i.e. a
@@ -217,6 +175,228 @@ func FuzzOriginPolicy(f *testing.F) {
 			if err != nil || herr != nil || (u.Scheme != "http" && u.Scheme != "https") ||
 				!strings.EqualFold(u.Hostname(), h.Hostname()) {
 				t.Fatalf("same-origin policy allowed %q for host %q", origin, host)
+			}
+		}
+	})
+}
+
+// TestCrossSiteWebSocketHijacking reproduces the attack: a page on a
+// foreign site opens a socket to the app, and the browser attaches the
+// user's session cookie. The handler authenticates by cookie, so only the
+// Origin check stands between the attacker and the user's data.
+func TestCrossSiteWebSocketHijacking(t *testing.T) {
+	const (
+		cookie = "session=alice-secret"
+		secret = "alice's private messages"
+	)
+	tests := []struct {
+		name   string
+		opts   chiws.Options
+		origin string // "" sends no Origin header; "SELF" the server's own origin
+		want   int
+	}{
+		// The attack is stopped by every policy that does not list the
+		// attacker's site.
+		{"default same-origin, attacker", chiws.Options{}, "https://evil.example", 403},
+		{"default same-origin, attacker on our port", chiws.Options{}, "http://evil.example:PORT", 403},
+		{"default same-origin, attacker with our host as subdomain", chiws.Options{}, "http://127.0.0.1.evil.example", 403},
+		{"explicit list, attacker", chiws.Options{AllowedOrigins: []string{"https://app.example.com"}}, "https://evil.example", 403},
+		{"explicit list, scheme downgrade", chiws.Options{AllowedOrigins: []string{"https://app.example.com"}}, "http://app.example.com", 403},
+		{"wildcard, attacker", chiws.Options{AllowedOrigins: []string{"https://*.example.com"}}, "https://evil.example", 403},
+		{"wildcard, suffix trick", chiws.Options{AllowedOrigins: []string{"https://*.example.com"}}, "https://app.example.com.evil.example", 403},
+		{"AllowOriginFunc, attacker", chiws.Options{AllowOriginFunc: func(_ *http.Request, o string) bool { return o == "https://app.example.com" }}, "https://evil.example", 403},
+		{"null origin (sandboxed attacker iframe)", chiws.Options{AllowedOrigins: []string{"https://app.example.com"}}, "null", 403},
+		// What the documentation allows.
+		{"default same-origin, our page", chiws.Options{}, "SELF", 101},
+		{"explicit list, our page", chiws.Options{AllowedOrigins: []string{"https://app.example.com"}}, "https://app.example.com", 101},
+		{"wildcard, our subdomain", chiws.Options{AllowedOrigins: []string{"https://*.example.com"}}, "https://app.example.com", 101},
+		{"AllowOriginFunc, our page", chiws.Options{AllowOriginFunc: func(_ *http.Request, o string) bool { return o == "https://app.example.com" }}, "https://app.example.com", 101},
+		{"no Origin header (not a browser)", chiws.Options{}, "", 101},
+		{"no Origin header, explicit list", chiws.Options{AllowedOrigins: []string{"https://app.example.com"}}, "", 101},
+		{`"*" allows the attack, as documented`, chiws.Options{AllowedOrigins: []string{"*"}}, "https://evil.example", 101},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var served atomic.Int64
+			ws, srv, _ := relServer(t, tt.opts, nil, func(r chi.Router) {
+				r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+					served.Add(1)
+					if c, err := r.Cookie("session"); err != nil || c.Value != "alice-secret" {
+						http.Error(w, "unauthorized", http.StatusUnauthorized)
+						return
+					}
+					c, err := chiws.Accept(w, r, nil)
+					if err != nil {
+						return
+					}
+					ctx := c.CloseRead(c.Context())
+					_ = c.Write(ctx, websocket.MessageText, []byte(secret))
+					<-ctx.Done()
+				})
+			})
+			h := http.Header{"Cookie": {cookie}}
+			switch origin := tt.origin; origin {
+			case "":
+			case "SELF":
+				h.Set("Origin", srv.URL)
+			default:
+				u, _ := url.Parse(srv.URL)
+				h.Set("Origin", strings.Replace(origin, "PORT", u.Port(), 1))
+			}
+			c, resp, err := websocket.Dial(testCtx(t), wsURL(srv, "/ws"), &websocket.DialOptions{HTTPHeader: h})
+			if tt.want != http.StatusSwitchingProtocols {
+				if err == nil {
+					c.CloseNow()
+					t.Fatal("the cross-site socket was accepted")
+				}
+				if resp == nil || resp.StatusCode != tt.want {
+					t.Fatalf("dial: %v (response %v), want %d", err, resp, tt.want)
+				}
+				if n := served.Load(); n != 0 {
+					t.Errorf("the authenticating handler ran %d times", n)
+				}
+				if st := ws.Stats(); st.RejectedOrigin != 1 {
+					t.Errorf("RejectedOrigin = %d", st.RejectedOrigin)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			defer c.CloseNow()
+			if _, p, err := c.Read(testCtx(t)); err != nil || string(p) != secret {
+				t.Fatalf("read: %q %v", p, err)
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+		})
+	}
+}
+
+// wildcardTricks are origins that must not match "https://*.example.com".
+var wildcardTricks = []string{
+	"https://example.com.evil.com",
+	"https://evil.com/?.example.com",
+	"https://a.example.com@evil.com",
+	"https://evilexample.com",
+	"https://example.com",
+	"http://a.example.com",
+	"https://a.example.com:8443",
+	"https://.example.com",
+	"https://..example.com",
+	"https://a..example.com",
+	"https://a.example.com.",
+	"https://a.example.com/",
+	"https://a.example.com#.example.com",
+	"https://a.example.com:",
+	"https://a.example.com:443@evil.com",
+	"https://evil.com\\.example.com",
+	"https://evil.com%2F.example.com",
+	"https://a.example.com%00.evil.com",
+	"https://a.example.com\t",
+	" https://a.example.com",
+	"https://evil.com:443#.example.com",
+	"wss://a.example.com",
+	"https://a.exam\u0440le.com",
+	"https://[::1].example.com",
+	"https://a.example.co",
+	"https://a.example.comm",
+	"//a.example.com",
+	"https:a.example.com",
+	"https://*.example.com",
+	"https://a.example.com:65536",
+	"https://a.example.com:-443",
+}
+
+// wildcardAllowed are origins that must match it.
+var wildcardAllowed = []string{
+	"https://a.example.com",
+	"https://a.b.example.com",
+	"https://A.EXAMPLE.COM",
+	"HTTPS://a.example.com",
+	"https://a.example.com:443",
+	"https://xn--e1afmkfd.example.com",
+	"https://a-b.example.com",
+}
+
+// TestWildcardCannotBeTricked checks every trick both through CheckOrigin
+// and through a real handshake.
+func TestWildcardCannotBeTricked(t *testing.T) {
+	opts := chiws.Options{AllowedOrigins: []string{"https://*.example.com"}}
+	ws, srv, _ := relServer(t, opts, nil, func(r chi.Router) { r.Get("/ws", echo) })
+	check := func(t *testing.T, origin string, want bool) {
+		r := httptest.NewRequest(http.MethodGet, "/ws", nil)
+		r.Header["Origin"] = []string{origin}
+		if got := ws.CheckOrigin(r) == nil; got != want {
+			t.Errorf("CheckOrigin(%q) allowed = %v, want %v", origin, got, want)
+		}
+		if strings.ContainsAny(origin, "\t\x00") || strings.TrimSpace(origin) != origin {
+			return // not sendable as such: net/http trims white space
+		}
+		wantStatus := http.StatusForbidden
+		if want {
+			wantStatus = http.StatusSwitchingProtocols
+		}
+		got := dialStatus(t, wsURL(srv, "/ws"), &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}}})
+		if got != wantStatus {
+			t.Errorf("handshake with Origin %q: %d, want %d", origin, got, wantStatus)
+		}
+	}
+	for _, o := range wildcardTricks {
+		t.Run("deny "+o, func(t *testing.T) { check(t, o, false) })
+	}
+	for _, o := range wildcardAllowed {
+		t.Run("allow "+o, func(t *testing.T) { check(t, o, true) })
+	}
+}
+
+// FuzzWildcardOrigin asserts that whatever "https://*.example.com" allows
+// is exactly an https origin whose host is one or more non-empty labels
+// followed by ".example.com", with no port other than https's default
+// (which the policy treats as no port), no user info, path, query or
+// fragment.
+func FuzzWildcardOrigin(f *testing.F) {
+	for _, s := range wildcardTricks {
+		f.Add(s)
+	}
+	for _, s := range wildcardAllowed {
+		f.Add(s)
+	}
+	ws := chiws.New(chiws.Options{AllowedOrigins: []string{"https://*.example.com"}})
+	f.Fuzz(func(t *testing.T, origin string) {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Header["Origin"] = []string{origin}
+		if ws.CheckOrigin(r) != nil {
+			return
+		}
+		u, err := url.Parse(origin)
+		if err != nil {
+			t.Fatalf("allowed %q, which does not parse: %v", origin, err)
+		}
+		if !strings.EqualFold(u.Scheme, "https") || u.Opaque != "" || u.User != nil ||
+			u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+			t.Fatalf("allowed %q: %#v", origin, u)
+		}
+		if strings.Count(origin, "/") != 2 || strings.ContainsAny(origin, "?#@\\% \t") {
+			t.Fatalf("allowed %q with more than scheme://host", origin)
+		}
+		if p := u.Port(); p != "" {
+			if n, err := strconv.Atoi(p); err != nil || n != 443 {
+				t.Fatalf("allowed %q with port %q", origin, p)
+			}
+		}
+		host := strings.ToLower(u.Hostname())
+		label, ok := strings.CutSuffix(host, ".example.com")
+		if !ok || label == "" {
+			t.Fatalf("allowed %q: host %q is not a subdomain of example.com", origin, host)
+		}
+		for _, l := range strings.Split(label, ".") {
+			if l == "" {
+				t.Fatalf("allowed %q: empty label in %q", origin, host)
+			}
+			for _, c := range l {
+				if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+					t.Fatalf("allowed %q: byte %q in host", origin, c)
+				}
 			}
 		}
 	})

@@ -3,71 +3,49 @@ package chiws
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
 )
 
-// socketList is an intrusive doubly linked list of accepted sockets: adding
-// and removing cost no allocation. It is guarded by Middleware.mu.
-type socketList struct {
-	head *socket
-	len  int
-}
-
-func (l *socketList) push(s *socket) {
-	s.next = l.head
-	if l.head != nil {
-		l.head.prev = s
-	}
-	l.head = s
-	l.len++
-}
-
-func (l *socketList) remove(s *socket) {
-	if s.prev != nil {
-		s.prev.next = s.next
-	} else if l.head == s {
-		l.head = s.next
-	} else {
-		return // not in the list
-	}
-	if s.next != nil {
-		s.next.prev = s.prev
-	}
-	s.prev, s.next = nil, nil
-	l.len--
-}
-
-func (l *socketList) snapshot() []*socket {
-	out := make([]*socket, 0, l.len)
-	for s := l.head; s != nil; s = s.next {
-		out = append(out, s)
-	}
-	return out
-}
-
-// register adds an accepted socket; it fails once Shutdown began.
-func (m *Middleware) register(s *socket) bool {
+// register adds an accepted socket to the registry; it fails once Shutdown
+// began. The socket holds a count in m.goroutines until its connection
+// closes (unregister).
+func (m *Middleware) register(c *Conn) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closing || s.closed.Load() {
-		return !m.closing
+	if m.closing {
+		return false
 	}
-	m.sockets.push(s)
+	m.goroutines.Add(1)
+	m.sockets[c] = struct{}{}
+	if c.nc.isClosed() {
+		// The connection closed before it was registered: connClosed
+		// found nothing to remove.
+		delete(m.sockets, c)
+		m.goroutines.Done()
+	}
 	return true
 }
 
-func (m *Middleware) unregister(s *socket) {
+// unregister removes a socket whose connection closed.
+func (m *Middleware) unregister(c *Conn) {
 	m.mu.Lock()
-	m.sockets.remove(s)
-	m.mu.Unlock()
+	defer m.mu.Unlock()
+	if _, ok := m.sockets[c]; ok {
+		delete(m.sockets, c)
+		m.goroutines.Done()
+	}
 }
 
 // Shutdown closes every open socket with 1001 Going Away, refuses new ones
-// with 503, and waits until every WebSocket handler has returned. When ctx
-// ends first, the remaining sockets are closed without a handshake and
-// Shutdown returns ctx.Err().
+// with 503, and waits until every WebSocket handler has returned and every
+// keep-alive goroutine has ended. When ctx ends first, the sockets still
+// open are aborted (closed without a handshake), all at once, and Shutdown
+// returns ctx.Err() as soon as they are closed; a handler that is still
+// running then is no longer waited for. Nothing of the middleware runs or
+// logs after Shutdown returns, except for handlers that outlive it.
 //
 // http.Server.Shutdown neither closes nor waits for hijacked connections,
 // WebSockets included, so call both, the server first:
@@ -75,18 +53,15 @@ func (m *Middleware) unregister(s *socket) {
 //	err := srv.Shutdown(ctx)                 // no new requests
 //	err = errors.Join(err, ws.Shutdown(ctx)) // drain the sockets
 //
-// http.Server.RegisterOnShutdown also works for starting the drain at the
-// same moment, but the server does not wait for what it registers: keep
-// the returned error and the wait with a direct call, as above.
-//
-//	srv.RegisterOnShutdown(func() { drained <- ws.Shutdown(ctx) })
-//
 // Shutdown may be called more than once; ordinary requests keep flowing
 // through the middleware.
 func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.mu.Lock()
 	m.closing = true
-	socks := m.sockets.snapshot()
+	socks := make([]*Conn, 0, len(m.sockets))
+	for c := range m.sockets {
+		socks = append(socks, c)
+	}
 	var drained chan struct{}
 	if m.inflight > 0 {
 		if m.drained == nil {
@@ -98,30 +73,34 @@ func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.cfg.log.Info("websocket shutdown: closing sockets", zap.Int(keySockets, len(socks)))
 
 	// One goroutine per socket, owned by Shutdown, which waits for all of
-	// them below: each ends when its close handshake ends (coder/websocket
-	// bounds it to 10 s) or when abort cuts it short.
-	var wg sync.WaitGroup
-	for _, s := range socks {
-		wg.Add(1)
+	// them below. Each performs the close handshake (coder/websocket bounds
+	// it) and, if ctx ends first, aborts the connection, which ends the
+	// handshake at once.
+	var (
+		closers sync.WaitGroup
+		aborted atomic.Bool
+	)
+	for _, c := range socks {
+		closers.Add(1)
 		go func() {
-			defer wg.Done()
-			s.closeWith(websocket.StatusGoingAway, "server shutting down", closedByShutdown)
+			defer closers.Done()
+			abortDone := make(chan struct{})
+			stop := context.AfterFunc(ctx, func() {
+				defer close(abortDone)
+				aborted.Store(true)
+				c.record(ErrShuttingDown, websocket.StatusAbnormalClosure, "")
+				c.abort()
+			})
+			_ = c.closeWith(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
+			if !stop() {
+				<-abortDone
+			}
 		}()
 	}
-	closed := make(chan struct{})
-	go func() { // owned by Shutdown, which receives from closed
-		wg.Wait()
-		close(closed)
-	}()
+	closers.Wait()
 
 	var err error
-	select {
-	case <-closed:
-	case <-ctx.Done():
-		for _, s := range socks {
-			s.abort()
-		}
-		<-closed
+	if aborted.Load() {
 		err = ctx.Err()
 	}
 	if drained != nil && err == nil {
@@ -131,8 +110,17 @@ func (m *Middleware) Shutdown(ctx context.Context) error {
 			err = ctx.Err()
 		}
 	}
+	// Every registered socket is closed now; what is left of
+	// m.goroutines are keep-alive goroutines, whose Ping fails at once on
+	// a closed connection.
+	m.goroutines.Wait()
 	if err != nil {
-		m.cfg.log.Warn("websocket shutdown incomplete", zap.Error(err))
+		// Handlers still running will not log their sockets' close after
+		// Shutdown returns: log it now.
+		for _, c := range socks {
+			c.logClose(nil)
+		}
+		m.cfg.log.Warn("websocket shutdown incomplete: handlers still running", zap.Error(err))
 	}
 	return err
 }

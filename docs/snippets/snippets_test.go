@@ -143,8 +143,8 @@ func TestOriginRejectedOverTheWire(t *testing.T) {
 		t.Fatalf("dial from evil.example: %v %v, want 403", resp, err)
 	}
 	e := waitLog(t, logs, "websocket origin rejected")
-	if e.Level != zap.InfoLevel {
-		t.Errorf("level %v, want info", e.Level)
+	if e.Level != zap.DebugLevel {
+		t.Errorf("level %v, want debug", e.Level)
 	}
 	f := e.ContextMap()
 	for _, k := range []string{"route", "path", "host", "origin", "remoteAddr", "reason"} {
@@ -352,7 +352,7 @@ func TestBroken(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Code != websocket.StatusInternalError || ce.Reason != "handler returned" {
 		t.Fatalf("read: %v, want close 1011 handler returned", err)
 	}
-	e := waitLog(t, logs, "websocket handler returned with the socket open; closing with 1011 "+
+	e := waitLog(t, logs, "websocket handler returned with the socket open; closed with 1011 "+
 		"(call Conn.Wait to hand the socket to another goroutine)")
 	if e.Level != zap.WarnLevel {
 		t.Errorf("level = %v", e.Level)

@@ -2,6 +2,8 @@ package chiws_test
 
 import (
 	"context"
+	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -15,6 +17,88 @@ import (
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/goleak"
 )
+
+func TestShutdown(t *testing.T) {
+	logger, logs := observedLogger()
+	handlers := make(chan string, 2)
+	ws, srv := server(t, chiws.Options{Logger: logger}, func(r chi.Router) {
+		r.Get("/echo", func(w http.ResponseWriter, r *http.Request) {
+			echo(w, r)
+			handlers <- "echo"
+		})
+		r.Get("/wait", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			c.CloseRead(c.Context()) // a write-only socket
+			_ = c.Wait(context.Background())
+			handlers <- "wait"
+		})
+	})
+	a := dial(t, wsURL(srv, "/echo"), nil)
+	b := dial(t, wsURL(srv, "/wait"), nil)
+	waitFor(t, "two sockets", func() bool { return ws.Stats().Active == 2 })
+
+	errs := make(chan error, 2)
+	for _, c := range []*websocket.Conn{a, b} {
+		go func() { // ends when the server closes c
+			_, _, err := c.Read(context.Background())
+			errs <- err
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if err := ws.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	// Shutdown returned: every handler has returned already.
+	if len(handlers) != 2 {
+		t.Fatalf("%d handlers returned before Shutdown did, want 2", len(handlers))
+	}
+	for range 2 {
+		if err := <-errs; closeStatus(err) != websocket.StatusGoingAway {
+			t.Fatalf("client got %v, want 1001", err)
+		}
+	}
+	_, resp, err := websocket.Dial(testCtx(t), wsURL(srv, "/echo"), nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("upgrade after Shutdown: %v %v, want 503 with Retry-After", resp, err)
+	}
+	if ws.Stats().Active != 0 || logs.FilterMessage("websocket shutdown: closing sockets").Len() != 1 {
+		t.Fatalf("stats %+v", ws.Stats())
+	}
+}
+
+// TestShutdownDeadline: a peer that never completes the close handshake
+// cannot hold Shutdown past its context.
+func TestShutdownDeadline(t *testing.T) {
+	ws, srv := server(t, chiws.Options{}, func(r chi.Router) { r.Get("/ws", echo) })
+	// A raw TCP peer: handshake, then silence.
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + validKey + "\r\n\r\n"
+	if _, err := conn.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "socket accepted", func() bool { return ws.Stats().Active == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := ws.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
+	}
+	// coder/websocket would wait 10 s for the close handshake; Shutdown
+	// must cut it at its deadline (the bound is loose for slow machines).
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Shutdown took %v with a 200ms deadline", d)
+	}
+	waitFor(t, "socket aborted", func() bool { return ws.Stats().Active == 0 })
+}
 
 // TestShutdownUnderLoad opens 1,000 sockets that echo continuously, calls
 // Shutdown mid-traffic, and checks every client gets 1001, every handler

@@ -9,10 +9,36 @@ import (
 
 	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/internal/wstest"
+	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"go.uber.org/zap/zapcore"
 )
+
+// TestLogLevels: at Info, a normal socket's life logs nothing; accepted and
+// closed are Debug; nothing is logged per message.
+func TestLogLevels(t *testing.T) {
+	logger, logs := observedLogger()
+	_, srv := server(t, chiws.Options{Logger: logger}, func(r chi.Router) { r.Get("/ws", echo) })
+	c := dial(t, wsURL(srv, "/ws"), nil)
+	ctx := testCtx(t)
+	for range 10 {
+		c.Write(ctx, websocket.MessageText, []byte("m"))
+		if _, _, err := c.Read(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, "closed log", func() bool { return logs.FilterMessage("websocket closed").Len() == 1 })
+	for _, e := range logs.All() {
+		if e.Level > -1 { // above Debug
+			t.Errorf("normal socket logged at %v: %s", e.Level, e.Message)
+		}
+	}
+	if n := logs.Len(); n != 2 {
+		t.Errorf("%d log entries for one socket, want 2 (accepted, closed): %v", n, messages(logs))
+	}
+}
 
 // TestLogsAndBodiesBounded sends 8 KiB attacker-chosen values in every
 // place a log line or error body could echo them, and checks every log

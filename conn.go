@@ -1,0 +1,423 @@
+package chiws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+	"go.uber.org/zap"
+)
+
+// Conn is an accepted WebSocket. It embeds *websocket.Conn, so all of
+// coder/websocket's API works on it (and c.Conn can be passed to wsjson),
+// and adds the socket's lifecycle: Done, Wait and Context.
+//
+// Read, Reader, Write and Writer are wrapped to count messages and to see
+// the error that ends the socket; calls made on the embedded c.Conn work
+// the same and are counted in bytes only.
+type Conn struct {
+	*websocket.Conn
+
+	m      *Middleware
+	req    *http.Request // the request given to Accept, for logs
+	nc     *netConn      // the hijacked connection
+	hb     *heartbeat    // nil when keep-alive is off
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	start  time.Time
+
+	msgsIn, msgsOut atomic.Uint64
+
+	// sawEnd is set once a read or write through Conn failed or saw a
+	// close frame: the handler returning afterwards is not an early return.
+	sawEnd atomic.Bool
+
+	// rd wraps the io.Reader returned by Reader; one reader at a time per
+	// socket (coder/websocket's rule), so it is reused.
+	rd msgReader
+
+	mu      sync.Mutex
+	cause   *closeCause // why the socket ended: the first recorded reason
+	end     time.Time   // when the connection closed
+	readers int         // reads through Conn in progress
+	down    bool        // the connection closed; the socket ends with the last reader
+	over    bool        // the socket ended (see end)
+	logged  bool        // the close log is written (see logClose)
+}
+
+// newConn returns the Conn of an upgrade request, before the handshake:
+// its connection and websocket.Conn are set by Accept.
+func newConn(m *Middleware, r *http.Request) *Conn {
+	c := &Conn{m: m, req: r}
+	// The request's values without its deadline or cancellation: chi's
+	// Timeout middleware must not end sockets.
+	c.ctx, c.cancel = context.WithCancelCause(context.WithoutCancel(r.Context()))
+	c.rd.c = c
+	return c
+}
+
+// Done returns a channel closed once the socket's network connection is
+// closed, whoever closed it: the handler, the peer, a protocol error, the
+// keep-alive or Shutdown. It is c.Context().Done().
+func (c *Conn) Done() <-chan struct{} { return c.ctx.Done() }
+
+// Wait blocks until the socket is closed (it returns nil) or ctx is done (it
+// returns ctx.Err() and leaves the socket open). It is the Go form of
+// ASP.NET Core's TaskCompletionSource pattern: a handler that gives the
+// socket to a background goroutine must wait for it, because the socket is
+// closed when the handler returns.
+//
+// Do not pass a context that expires with the request (chi's Timeout
+// middleware sets one): use context.Background() or c.Context().
+func (c *Conn) Wait(ctx context.Context) error {
+	select {
+	case <-c.ctx.Done():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Context returns a context that carries the request's values (chi's route
+// context, request ID, authentication...) but not its deadline or
+// cancellation, so chi's Timeout middleware does not end sockets. It is
+// cancelled when the socket's connection closes, and context.Cause then
+// says why: an error that matches one of ErrClosedByPeer,
+// ErrClosedByServer, ErrKeepAliveTimeout, ErrShuttingDown,
+// ErrHandlerReturned, ErrHandlerPanicked or ErrConnectionLost with
+// errors.Is, and carries the close code when one was sent or received
+// (websocket.CloseStatus).
+func (c *Conn) Context() context.Context { return c.ctx }
+
+// Close performs the WebSocket close handshake with code and reason and
+// closes the connection. See websocket.Conn.Close.
+func (c *Conn) Close(code websocket.StatusCode, reason string) error {
+	c.record(ErrClosedByServer, code, reason)
+	return c.Conn.Close(code, reason)
+}
+
+// CloseNow closes the connection without a close handshake. See
+// websocket.Conn.CloseNow.
+func (c *Conn) CloseNow() error {
+	c.record(ErrClosedByServer, websocket.StatusAbnormalClosure, "")
+	return c.Conn.CloseNow()
+}
+
+// Read reads a whole message; see websocket.Conn.Read. A text message that
+// is not valid UTF-8 closes the socket with 1007 Invalid Frame Payload Data
+// (RFC 6455 section 8.1: coder/websocket leaves the check to the caller) and
+// returns an error.
+func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
+	c.beginRead()
+	defer c.endRead()
+	typ, p, err := c.Conn.Read(ctx)
+	if err == nil && typ == websocket.MessageText && !utf8.Valid(p) {
+		c.sawEnd.Store(true)
+		_ = c.closeBounded(ErrClosedByServer, websocket.StatusInvalidFramePayloadData, "invalid UTF-8")
+		return typ, nil, errInvalidUTF8
+	}
+	c.readDone(err)
+	return typ, p, err
+}
+
+// errInvalidUTF8 is returned by Read for a text message that is not UTF-8.
+var errInvalidUTF8 = errors.New("chiws: read: text message is not valid UTF-8; closed with 1007")
+
+// Reader returns a reader for the next message; see websocket.Conn.Reader.
+// Text messages read this way are not checked for UTF-8.
+func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, error) {
+	c.beginRead()
+	defer c.endRead()
+	typ, rd, err := c.Conn.Reader(ctx)
+	c.readDone(err)
+	if err != nil {
+		return typ, rd, err
+	}
+	c.rd.r = rd
+	return typ, &c.rd, nil
+}
+
+// msgReader sees the errors of a message read through Conn.Reader (a
+// message over the read limit fails there, not in Reader).
+type msgReader struct {
+	r io.Reader
+	c *Conn
+}
+
+func (r *msgReader) Read(p []byte) (int, error) {
+	r.c.beginRead()
+	defer r.c.endRead()
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.c.readDone(err)
+	}
+	return n, err
+}
+
+// Write writes a whole message; see websocket.Conn.Write.
+func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	err := c.Conn.Write(ctx, typ, p)
+	c.wrote(err)
+	return err
+}
+
+// Writer returns a writer for the next message; see websocket.Conn.Writer.
+func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteCloser, error) {
+	wr, err := c.Conn.Writer(ctx, typ)
+	c.wrote(err)
+	return wr, err
+}
+
+func (c *Conn) wrote(err error) {
+	if err == nil {
+		c.msgsOut.Add(1)
+		return
+	}
+	// A failed write leaves the socket unusable (coder/websocket closes
+	// it): the handler returning now is not an early return.
+	c.sawEnd.Store(true)
+	c.record(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
+}
+
+// readDone accounts for the result of a read: a message, or the error
+// that ends the socket for the handler.
+func (c *Conn) readDone(err error) {
+	if err == nil {
+		c.msgsIn.Add(1)
+		return
+	}
+	c.sawEnd.Store(true)
+	var ce websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		c.record(ErrClosedByPeer, ce.Code, ce.Reason)
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		// coder/websocket has sent 1009; the close handshake is finished
+		// when the handler returns (see upgrade.finish).
+		c.record(ErrClosedByServer, websocket.StatusMessageTooBig, "message too big")
+	case isConnLost(err):
+		c.record(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		// The handler's own context ended the read; coder/websocket
+		// closes the connection then, without a close frame.
+		c.record(ErrClosedByServer, websocket.StatusAbnormalClosure, "read context done")
+	default:
+		// The peer broke the protocol. coder/websocket sends a 1002 for
+		// most such errors and none for some; Close sends one when none
+		// went out yet (RFC 6455 section 7.1.7) and then waits for the
+		// peer's close frame, so the close code reaches the peer.
+		_ = c.closeBounded(ErrClosedByServer, websocket.StatusProtocolError, "protocol error")
+	}
+}
+
+// isConnLost reports whether err means the connection itself is gone: the
+// peer vanished, reset it or closed it without a close frame.
+func isConnLost(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE)
+}
+
+// closeCause is the cause of Conn.Context's cancellation and the content of
+// the close log: who ended the socket (one of the Err sentinels) and the
+// close code sent or received.
+type closeCause struct {
+	by     error
+	code   websocket.StatusCode
+	reason string
+}
+
+func (e *closeCause) Error() string {
+	if e.code == websocket.StatusAbnormalClosure {
+		return "chiws: socket " + e.by.Error()
+	}
+	return fmt.Sprintf("chiws: socket %v: status %d %q", e.by, int(e.code), e.reason)
+}
+
+// Unwrap gives the sentinel and, when a close frame was sent or received,
+// the websocket.CloseError, so that errors.Is and websocket.CloseStatus
+// both work on context.Cause(c.Context()).
+func (e *closeCause) Unwrap() []error {
+	if e.code == websocket.StatusAbnormalClosure {
+		return []error{e.by}
+	}
+	return []error{e.by, websocket.CloseError{Code: e.code, Reason: e.reason}}
+}
+
+// record notes why the socket is ending; the first caller wins and gets
+// true. It must be called before the connection closes for the reason to
+// reach Conn.Context's cause.
+func (c *Conn) record(by error, code websocket.StatusCode, reason string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return false
+	}
+	c.cause = &closeCause{by: by, code: code, reason: reason}
+	return true
+}
+
+// closeWith records why and performs the close handshake, unless the
+// connection is closed already.
+func (c *Conn) closeWith(by error, code websocket.StatusCode, reason string) error {
+	if c.nc.isClosed() {
+		return nil
+	}
+	c.record(by, code, reason)
+	return c.Conn.Close(code, reason)
+}
+
+// closeTimeout bounds the close handshakes the middleware performs itself,
+// on the handler's goroutine: after its close frame, the server reads and
+// discards what the peer still sends until the peer's close frame, so that
+// the close code reaches a peer that was still sending (closing at once
+// would make the kernel answer it with a reset), but no longer than this.
+const closeTimeout = time.Second
+
+// closeBounded performs the close handshake, and aborts the connection if
+// the peer has not completed it within closeTimeout.
+func (c *Conn) closeBounded(by error, code websocket.StatusCode, reason string) error {
+	if c.nc.isClosed() {
+		return nil
+	}
+	c.record(by, code, reason)
+	aborted := make(chan struct{})
+	t := time.AfterFunc(closeTimeout, func() { // owned by closeBounded, which waits for it
+		defer close(aborted)
+		c.abort()
+	})
+	err := c.Conn.Close(code, reason)
+	if !t.Stop() {
+		<-aborted
+	}
+	return err
+}
+
+// abort closes the connection without a handshake. The network connection
+// is closed first: coder/websocket's CloseNow waits for a close handshake
+// in progress, which a silent peer would hold for seconds.
+func (c *Conn) abort() {
+	_ = c.nc.Close()
+	_ = c.Conn.CloseNow()
+}
+
+// beginRead and endRead bracket a read through Conn. coder/websocket
+// closes the connection when it reads the peer's close frame, before the
+// read returns the close code: the socket's end waits for the read, so
+// that its cause carries the code.
+func (c *Conn) beginRead() {
+	c.mu.Lock()
+	c.readers++
+	c.mu.Unlock()
+}
+
+func (c *Conn) endRead() {
+	c.mu.Lock()
+	c.readers--
+	last := c.readers == 0 && c.down && !c.over
+	if last {
+		c.over = true
+	}
+	c.mu.Unlock()
+	if last {
+		c.ending()
+	}
+}
+
+// connClosed runs once, when the network connection closes, in the
+// goroutine that closed it. The socket ends now, or when the reads in
+// progress return (see beginRead).
+func (c *Conn) connClosed() {
+	c.mu.Lock()
+	c.end = time.Now()
+	c.down = true
+	now := c.readers == 0
+	if now {
+		c.over = true
+	}
+	c.mu.Unlock()
+	if now {
+		c.ending()
+	}
+}
+
+// ending ends the socket, once: it cancels the Context with the cause,
+// stops the keep-alive and takes the socket out of the registry.
+func (c *Conn) ending() {
+	c.mu.Lock()
+	if c.cause == nil {
+		c.cause = &closeCause{by: ErrConnectionLost, code: websocket.StatusAbnormalClosure}
+	}
+	cause := c.cause
+	c.mu.Unlock()
+	c.cancel(cause)
+	if c.hb != nil {
+		c.hb.stop()
+	}
+	c.m.unregister(c)
+}
+
+// logClose writes the close log once, after the connection closed; with
+// extra logged first under the same lock (see upgrade.finish). It holds
+// c.mu while writing, so that Shutdown, which may write it in the
+// handler's stead, never returns while it is being written.
+func (c *Conn) logClose(extra func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.logged {
+		return
+	}
+	c.logged = true
+	if extra != nil {
+		extra()
+	}
+	ce := c.m.cfg.log.Check(zap.DebugLevel, "websocket closed")
+	if ce == nil {
+		return
+	}
+	cause, end := c.cause, c.end
+	if cause == nil { // Shutdown gave up on a socket still closing
+		cause = &closeCause{by: ErrShuttingDown, code: websocket.StatusAbnormalClosure}
+	}
+	if end.IsZero() {
+		end = time.Now()
+	}
+	ce.Write(append(requestFields(c.req),
+		zap.Int(keyCloseCode, int(cause.code)),
+		zap.String(keyCloseReason, clip(cause.reason)),
+		zap.String(keyClosedBy, closedBy(cause.by)),
+		zap.Duration(keyDuration, end.Sub(c.start)),
+		zap.Uint64(keyMessagesIn, c.msgsIn.Load()),
+		zap.Uint64(keyMessagesOut, c.msgsOut.Load()),
+		zap.Int64(keyBytesIn, c.nc.bytesIn.Load()),
+		zap.Int64(keyBytesOut, c.nc.bytesOut.Load()),
+	)...)
+}
+
+// closedBy names a close cause for the closedBy log field.
+func closedBy(by error) string {
+	switch by {
+	case ErrClosedByPeer:
+		return "client"
+	case ErrClosedByServer:
+		return "server"
+	case ErrKeepAliveTimeout:
+		return "keepalive"
+	case ErrShuttingDown:
+		return "shutdown"
+	case ErrHandlerReturned:
+		return "handler-return"
+	case ErrHandlerPanicked:
+		return "panic"
+	}
+	return "connection-lost"
+}

@@ -1,0 +1,462 @@
+package chiws_test
+
+import (
+	"context"
+	"errors"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+)
+
+func TestEarlyReturnClosesWith1011(t *testing.T) {
+	logger, logs := observedLogger()
+	ws, srv := server(t, chiws.Options{Logger: logger}, func(r chi.Router) {
+		r.Get("/rooms/{id}", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			go func() { <-c.Done() }() // a "background service" the handler forgot to Wait for
+		})
+	})
+	c := dial(t, wsURL(srv, "/rooms/42"), nil)
+	_, _, err := c.Read(testCtx(t))
+	if got := closeStatus(err); got != websocket.StatusInternalError {
+		t.Fatalf("client got %v, want close 1011", err)
+	}
+	waitFor(t, "early return logged", func() bool {
+		return logs.FilterMessageSnippet("returned with the socket open").Len() == 1
+	})
+	if ws.Stats().EarlyReturns != 1 {
+		t.Errorf("stats %+v", ws.Stats())
+	}
+	warn := logs.FilterMessageSnippet("returned with the socket open").All()
+	if warn[0].ContextMap()["route"] != "/rooms/{id}" {
+		t.Fatalf("warning log: %v", warn)
+	}
+	waitFor(t, "socket released", func() bool { return ws.Stats().Active == 0 })
+}
+
+func TestPanicAfterAccept(t *testing.T) {
+	logger, logs := observedLogger()
+	var errLog wstest.SyncBuffer
+	ws := chiws.New(chiws.Options{Logger: logger})
+	r := chi.NewRouter()
+	outerPanics := make(chan any, 1)
+	r.Use(func(next http.Handler) http.Handler { // an outer Recoverer
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				if p := recover(); p != nil {
+					outerPanics <- p
+					w.WriteHeader(http.StatusInternalServerError)
+				}
+			}()
+			next.ServeHTTP(w, r)
+		})
+	}, ws.Handler)
+	r.Get("/panic", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := chiws.Accept(w, r, nil); err != nil {
+			return
+		}
+		panic("boom")
+	})
+	r.Get("/panic-before", func(w http.ResponseWriter, r *http.Request) { panic("before accept") })
+	r.Get("/ws", echo)
+	srv := httptest.NewUnstartedServer(r)
+	srv.Config.ErrorLog = log.New(&errLog, "", 0)
+	srv.Start()
+	defer srv.Close()
+	defer ws.Shutdown(context.Background())
+
+	c := dial(t, wsURL(srv, "/panic"), nil)
+	_, _, err := c.Read(testCtx(t))
+	if got := closeStatus(err); got != websocket.StatusInternalError {
+		t.Fatalf("client got %v, want close 1011", err)
+	}
+	waitFor(t, "panic logged", func() bool { return logs.FilterMessageSnippet("panicked").Len() == 1 })
+	e := logs.FilterMessageSnippet("panicked").All()[0]
+	if e.ContextMap()["panic"] != "boom" || !strings.Contains(e.ContextMap()["stack"].(string), "TestPanicAfterAccept") {
+		t.Errorf("panic log fields: %v", e.ContextMap())
+	}
+	select {
+	case p := <-outerPanics:
+		t.Fatalf("a panic after Accept reached the outer middleware: %v", p)
+	default:
+	}
+	// A panic before Accept is not ours: it reaches the outer Recoverer.
+	if got := dialStatus(t, wsURL(srv, "/panic-before"), nil); got != http.StatusInternalServerError {
+		t.Errorf("panic before accept: status %d, want the outer recoverer's 500", got)
+	}
+	if p := <-outerPanics; p != "before accept" {
+		t.Errorf("outer recoverer got %v", p)
+	}
+	// The server keeps serving.
+	c2 := dial(t, wsURL(srv, "/ws"), nil)
+	if err := c2.Write(testCtx(t), websocket.MessageText, []byte("alive")); err != nil {
+		t.Fatal(err)
+	}
+	if _, p, err := c2.Read(testCtx(t)); err != nil || string(p) != "alive" {
+		t.Fatalf("after panic: %q %v", p, err)
+	}
+	c2.Close(websocket.StatusNormalClosure, "")
+	if s := ws.Stats(); s.Panics != 1 {
+		t.Errorf("stats %+v", s)
+	}
+	if strings.Contains(errLog.String(), "panic serving") || strings.Contains(errLog.String(), "hijacked") {
+		t.Errorf("net/http logged: %s", errLog.String())
+	}
+}
+
+// TestHandlerFaultsUnderConcurrency runs many sockets at once through
+// handlers that panic, return early or never read, and checks each socket
+// gets the outcome the middleware defines, counted and logged once, with
+// the server still serving.
+func TestHandlerFaultsUnderConcurrency(t *testing.T) {
+	const n = 25
+	tests := []struct {
+		name       string
+		handler    func(c *chiws.Conn) error
+		wantCode   websocket.StatusCode // -1: aborted without a close frame
+		wantLog    string
+		wantStats  func(chiws.Stats) bool
+		clientSend bool
+	}{
+		{
+			name: "panic after a read",
+			handler: func(c *chiws.Conn) error {
+				if _, _, err := c.Read(c.Context()); err != nil {
+					return err
+				}
+				panic("handler bug")
+			},
+			wantCode:   websocket.StatusInternalError,
+			wantLog:    "websocket handler panicked; closing with 1011",
+			wantStats:  func(st chiws.Stats) bool { return st.Panics == n && st.EarlyReturns == 0 },
+			clientSend: true,
+		},
+		{
+			name:      "early return",
+			handler:   func(c *chiws.Conn) error { return nil },
+			wantCode:  websocket.StatusInternalError,
+			wantLog:   "websocket handler returned with the socket open; closed with 1011 (call Conn.Wait to hand the socket to another goroutine)",
+			wantStats: func(st chiws.Stats) bool { return st.EarlyReturns == n && st.Panics == 0 },
+		},
+		{
+			// Documented: pongs are only seen while someone reads, so a
+			// handler that never reads loses a live peer to the keep-alive.
+			name:      "never reads",
+			handler:   func(c *chiws.Conn) error { return c.Wait(context.Background()) },
+			wantCode:  -1,
+			wantLog:   "websocket keep-alive timeout; aborting",
+			wantStats: func(st chiws.Stats) bool { return st.KeepAliveTimeouts == n && st.EarlyReturns == 0 },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := newCalls()
+			ws, srv, logs := relServer(t, chiws.Options{
+				KeepAliveInterval: 100 * time.Millisecond,
+				KeepAliveTimeout:  300 * time.Millisecond,
+			}, nil, func(r chi.Router) {
+				r.HandleFunc("/ws", calls.accepted(func(c *chiws.Conn) error {
+					return tt.handler(c)
+				}))
+				r.Get("/echo", echo)
+			})
+			ctx := testCtx(t)
+			var wg sync.WaitGroup
+			codes := make(chan websocket.StatusCode, n)
+			for i := 0; i < n; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c, _, err := websocket.Dial(ctx, wsURL(srv, "/ws"), nil)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					defer c.CloseNow()
+					if tt.clientSend {
+						_ = c.Write(ctx, websocket.MessageText, []byte("boom"))
+					}
+					_, _, err = c.Read(ctx) // answers pings while waiting
+					codes <- closeStatus(err)
+				}()
+			}
+			wg.Wait()
+			close(codes)
+			for code := range codes {
+				if code != tt.wantCode {
+					t.Errorf("client saw close code %d, want %d", code, tt.wantCode)
+				}
+			}
+			calls.await(t, n)
+			waitActive(t, ws, 0)
+			if st := ws.Stats(); !tt.wantStats(st) {
+				t.Errorf("stats: %+v", st)
+			}
+			if got := logs.FilterMessage(tt.wantLog).Len(); got != n {
+				t.Errorf("%d %q logs, want %d", got, tt.wantLog, n)
+			}
+			// The server still serves.
+			c := dial(t, wsURL(srv, "/echo"), nil)
+			if err := c.Write(ctx, websocket.MessageText, []byte("alive")); err != nil {
+				t.Fatal(err)
+			}
+			if _, p, err := c.Read(ctx); err != nil || string(p) != "alive" {
+				t.Fatalf("echo after faults: %q %v", p, err)
+			}
+		})
+	}
+}
+
+// TestWsjsonReadLimitIsNotEarlyReturn: a handler reading through the
+// embedded *websocket.Conn (wsjson) returns after coder/websocket closed
+// with 1009; that is not an early return.
+func TestWsjsonReadLimitIsNotEarlyReturn(t *testing.T) {
+	ws, srv, logs := relServer(t, chiws.Options{ReadLimit: 16}, nil, func(r chi.Router) {
+		r.Get("/json", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			var v any
+			for wsjson.Read(c.Context(), c.Conn, &v) == nil {
+			}
+		})
+	})
+	cc := dial(t, wsURL(srv, "/json"), nil)
+	ctx := testCtx(t)
+	cc.Write(ctx, websocket.MessageText, []byte(`"`+strings.Repeat("x", 100)+`"`))
+	if _, _, err := cc.Read(ctx); closeStatus(err) != websocket.StatusMessageTooBig {
+		t.Fatalf("client got %v, want 1009", err)
+	}
+	waitFor(t, "closed log", func() bool { return logs.FilterMessage("websocket closed").Len() == 1 })
+	if s := ws.Stats(); s.EarlyReturns != 0 {
+		t.Fatalf("counted as an early return: %+v", s)
+	}
+}
+
+// TestBackgroundService is ASP.NET Core's TaskCompletionSource pattern: the
+// handler hands the socket to a long-lived service and waits.
+func TestBackgroundService(t *testing.T) {
+	logger, logs := observedLogger()
+	sockets := make(chan *chiws.Conn)
+	stop := make(chan struct{})
+	var svc sync.WaitGroup
+	svc.Add(1)
+	go func() { // the service: owned by the test, stopped by stop
+		defer svc.Done()
+		for {
+			select {
+			case c := <-sockets:
+				ctx := c.Context()
+				_, p, err := c.Read(ctx)
+				if err == nil {
+					_ = c.Write(ctx, websocket.MessageText, append([]byte("svc:"), p...))
+				}
+				c.Close(websocket.StatusNormalClosure, "done")
+			case <-stop:
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); svc.Wait() }()
+
+	waitErr := make(chan error, 1)
+	ws, srv := server(t, chiws.Options{Logger: logger}, func(r chi.Router) {
+		r.Get("/svc", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			sockets <- c
+			waitErr <- c.Wait(context.Background())
+		})
+	})
+	c := dial(t, wsURL(srv, "/svc"), nil)
+	ctx := testCtx(t)
+	if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, p, err := c.Read(ctx); err != nil || string(p) != "svc:hi" {
+		t.Fatalf("got %q %v", p, err)
+	}
+	if _, _, err := c.Read(ctx); closeStatus(err) != websocket.StatusNormalClosure {
+		t.Fatalf("got %v, want close 1000", err)
+	}
+	if err := <-waitErr; err != nil {
+		t.Fatalf("Wait = %v", err)
+	}
+	waitFor(t, "closed log", func() bool { return logs.FilterMessage("websocket closed").Len() == 1 })
+	f := logs.FilterMessage("websocket closed").All()[0].ContextMap()
+	if f["closedBy"] != "server" || f["closeCode"] != int64(1000) || f["closeReason"] != "done" ||
+		f["messagesIn"] != uint64(1) || f["messagesOut"] != uint64(1) {
+		t.Errorf("closed log fields %v", f)
+	}
+	if f["bytesIn"].(int64) == 0 || f["bytesOut"].(int64) == 0 {
+		t.Errorf("byte counts missing: %v", f)
+	}
+	if s := ws.Stats(); s.EarlyReturns != 0 || s.Active != 0 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+// TestWriteTimeoutBeforeAccept: a handler that authenticates slowly, past
+// http.Server.WriteTimeout, must still get the 101 to the client, whether
+// net/http writes the 101 (under a wrapping middleware) or chiws does.
+func TestWriteTimeoutBeforeAccept(t *testing.T) {
+	const writeTimeout = 100 * time.Millisecond
+	tests := []struct {
+		name    string
+		wrapper func(http.Handler) http.Handler
+	}{
+		{"server writer", func(h http.Handler) http.Handler { return h }},
+		{"behind a wrapping middleware", func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				h.ServeHTTP(middleware.NewWrapResponseWriter(w, r.ProtoMajor), r)
+			})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ws := chiws.New(chiws.Options{})
+			r := chi.NewRouter()
+			r.Use(tt.wrapper, ws.Handler)
+			r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+				// The slow authentication under test: the write deadline passes.
+				time.Sleep(3 * writeTimeout)
+				echo(w, r)
+			})
+			srv := httptest.NewUnstartedServer(r)
+			srv.Config.WriteTimeout = writeTimeout
+			srv.Config.ReadTimeout = writeTimeout
+			srv.Start()
+			defer srv.Close()
+			defer ws.Shutdown(context.Background())
+
+			c := dial(t, wsURL(srv, "/ws"), nil)
+			ctx := testCtx(t)
+			if err := c.Write(ctx, websocket.MessageText, []byte("late")); err != nil {
+				t.Fatal(err)
+			}
+			if _, p, err := c.Read(ctx); err != nil || string(p) != "late" {
+				t.Fatalf("echo after slow accept: %q %v", p, err)
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+		})
+	}
+}
+
+func TestAcceptErrors(t *testing.T) {
+	errs := make(chan error, 1)
+	accept := func(w http.ResponseWriter, r *http.Request) {
+		c, err := chiws.Accept(w, r, nil)
+		if err == nil {
+			_, err = chiws.Accept(w, r, nil)
+			defer c.CloseNow()
+		}
+		errs <- err
+	}
+	// Without the middleware.
+	bare := httptest.NewServer(http.HandlerFunc(accept))
+	defer bare.Close()
+	if got := dialStatus(t, wsURL(bare, "/"), nil); got != http.StatusInternalServerError {
+		t.Fatalf("without middleware: %d, want 500", got)
+	}
+	if err := <-errs; !errors.Is(err, chiws.ErrMiddlewareMissing) || !strings.Contains(err.Error(), "r.Use") {
+		t.Fatalf("err = %v, want ErrMiddlewareMissing telling how to mount it", err)
+	}
+	res, err := http.Get(bare.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if err := <-errs; !errors.Is(err, chiws.ErrNotWebSocket) || res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("plain GET: %d %v, want 400 ErrNotWebSocket", res.StatusCode, err)
+	}
+
+	// With the middleware.
+	_, srv := server(t, chiws.Options{}, func(r chi.Router) { r.Get("/", accept) })
+	res, err = http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if err := <-errs; !errors.Is(err, chiws.ErrNotWebSocket) || res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("plain GET: %d %v, want 400 ErrNotWebSocket", res.StatusCode, err)
+	}
+	c := dial(t, wsURL(srv, "/"), nil)
+	if err := <-errs; !errors.Is(err, chiws.ErrAlreadyAccepted) {
+		t.Fatalf("second Accept: %v, want ErrAlreadyAccepted", err)
+	}
+	c.CloseNow()
+}
+
+func TestSubprotocols(t *testing.T) {
+	_, srv := server(t, chiws.Options{Subprotocols: []string{"chat.v2", "chat.v1"}}, func(r chi.Router) {
+		r.Get("/ws", echo)
+		r.Get("/v1only", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, &chiws.AcceptOptions{Subprotocols: []string{"chat.v1"}})
+			if err != nil {
+				return
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+		})
+	})
+	tests := []struct {
+		path string
+		give []string
+		want string
+	}{
+		{"/ws", []string{"chat.v1", "chat.v2"}, "chat.v2"}, // server preference wins
+		{"/ws", []string{"chat.v1"}, "chat.v1"},
+		{"/ws", []string{"other"}, ""},
+		{"/v1only", []string{"chat.v2", "chat.v1"}, "chat.v1"},
+	}
+	for _, tt := range tests {
+		c := dial(t, wsURL(srv, tt.path), &websocket.DialOptions{Subprotocols: tt.give})
+		if got := c.Subprotocol(); got != tt.want {
+			t.Errorf("%s offering %q: got %q, want %q", tt.path, tt.give, got, tt.want)
+		}
+		c.CloseNow()
+	}
+}
+
+func TestCompression(t *testing.T) {
+	_, srv := server(t, chiws.Options{}, func(r chi.Router) {
+		r.Get("/plain", echo)
+		r.Get("/deflate", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, &chiws.AcceptOptions{CompressionMode: websocket.CompressionContextTakeover})
+			if err != nil {
+				return
+			}
+			c.CloseRead(c.Context())
+			_ = c.Wait(context.Background())
+		})
+	})
+	opts := func() *websocket.DialOptions {
+		return &websocket.DialOptions{CompressionMode: websocket.CompressionContextTakeover}
+	}
+	for path, want := range map[string]bool{"/plain": false, "/deflate": true} {
+		c, resp, err := websocket.Dial(testCtx(t), wsURL(srv, path), opts())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := resp.Header.Get("Sec-WebSocket-Extensions") != ""; got != want {
+			t.Errorf("%s: compression negotiated %v, want %v", path, got, want)
+		}
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+}

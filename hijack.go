@@ -1,0 +1,166 @@
+package chiws
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// upgradeWriter is the ResponseWriter route handlers see on upgrade
+// requests. Its Hijack hands coder/websocket a netConn, through which the
+// socket sees its connection close and its traffic. After the hijack it
+// swallows writes, so that middleware writing a late status (chi's Timeout
+// writes 504 when its deadline has passed) does not make net/http log
+// "response.WriteHeader on hijacked connection".
+//
+// It is used by the handler's goroutine only, as any ResponseWriter.
+type upgradeWriter struct {
+	http.ResponseWriter
+	conn     *Conn    // the socket the hijacked connection belongs to
+	nc       *netConn // set by Hijack
+	hijacked bool
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *upgradeWriter) WriteHeader(status int) {
+	if !w.hijacked {
+		w.ResponseWriter.WriteHeader(status)
+	}
+}
+
+func (w *upgradeWriter) Write(p []byte) (int, error) {
+	if w.hijacked {
+		return 0, http.ErrHijacked
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Flush implements http.Flusher for handlers that stream before upgrading.
+func (w *upgradeWriter) Flush() {
+	if !w.hijacked {
+		_ = http.NewResponseController(w.ResponseWriter).Flush()
+	}
+}
+
+// Hijack implements http.Hijacker: the connection it returns is a netConn.
+func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.hijacked || w.conn == nil {
+		return nil, nil, http.ErrHijacked
+	}
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.hijacked = true
+	w.nc = newNetConn(c, w.conn.connClosed)
+	// net/http's buffered writer targets the raw connection; point it at
+	// ours so that every byte written is counted, after flushing what it
+	// holds (the 101 when net/http wrote it).
+	if err := brw.Writer.Flush(); err != nil {
+		_ = w.nc.Close()
+		return nil, nil, err
+	}
+	brw.Writer.Reset(w.nc)
+	return w.nc, brw, nil
+}
+
+// canHijack reports whether w, or a writer it unwraps to, implements
+// http.Hijacker, as http.ResponseController looks for it. Accept checks it
+// before the handshake: coder/websocket writes the 101 before it hijacks,
+// and a writer that cannot hijack (http.TimeoutHandler's) would buffer a
+// 101 that no socket follows.
+func canHijack(w http.ResponseWriter) bool {
+	for {
+		switch t := w.(type) {
+		case http.Hijacker:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return false
+		}
+	}
+}
+
+// netConn wraps the hijacked connection: it counts the traffic, notes when
+// the peer was last heard and when the server last wrote (for the
+// keep-alive), and reports the close, once.
+type netConn struct {
+	net.Conn
+	onClose   func() // run once, by the first Close
+	closeOnce sync.Once
+	closed    atomic.Bool
+
+	bytesIn, bytesOut   atomic.Int64
+	lastRead, lastWrite atomic.Int64 // monotonic nanoseconds; see monotime
+	writes              atomic.Int32 // Writes in progress
+}
+
+func newNetConn(c net.Conn, onClose func()) *netConn {
+	nc := &netConn{Conn: c, onClose: onClose}
+	now := int64(monotime())
+	nc.lastRead.Store(now)
+	nc.lastWrite.Store(now)
+	return nc
+}
+
+func (c *netConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.bytesIn.Add(int64(n))
+		c.lastRead.Store(int64(monotime()))
+	}
+	return n, err
+}
+
+// writeChunk is the most Write hands the kernel at once, so that bytesOut
+// shows the progress of a large message to a slow reader (see heartbeat).
+const writeChunk = 64 << 10
+
+// Write writes p in chunks of at most writeChunk, counting each.
+func (c *netConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	defer c.writes.Add(-1)
+	total := 0
+	for len(p) > 0 {
+		chunk := p[:min(len(p), writeChunk)]
+		n, err := c.Conn.Write(chunk)
+		total += n
+		p = p[n:]
+		if n > 0 {
+			c.bytesOut.Add(int64(n))
+			c.lastWrite.Store(int64(monotime()))
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// Close closes the connection; the first call also runs onClose.
+// coder/websocket closes it on every path that ends a socket.
+func (c *netConn) Close() error {
+	c.closed.Store(true)
+	err := c.Conn.Close()
+	c.closeOnce.Do(c.onClose)
+	return err
+}
+
+// isClosed reports whether Close was called. Nil (before the hijack)
+// counts as open.
+func (c *netConn) isClosed() bool { return c != nil && c.closed.Load() }
+
+// writing reports whether a Write is in progress.
+func (c *netConn) writing() bool { return c.writes.Load() > 0 }
+
+// epoch and monotime give the monotonic clock as a Duration, which fits an
+// atomic.Int64.
+var epoch = time.Now()
+
+func monotime() time.Duration { return time.Since(epoch) }
