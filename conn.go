@@ -45,13 +45,13 @@ type Conn struct {
 	// socket (coder/websocket's rule), so it is reused.
 	rd msgReader
 
-	mu      sync.Mutex
-	cause   *closeCause // why the socket ended: the first recorded reason
-	end     time.Time   // when the connection closed
-	readers int         // reads through Conn in progress
-	down    bool        // the connection closed; the socket ends with the last reader
-	over    bool        // the socket ended (see end)
-	logged  bool        // the close log is written (see logClose)
+	mu     sync.Mutex
+	cause  *closeCause // why the socket ended: the first recorded reason
+	end    time.Time   // when the connection closed
+	holds  int         // reads and pings in progress; see holdEnd
+	down   bool        // the connection closed; the socket ends with the last reader
+	over   bool        // the socket ended (see end)
+	logged bool        // the close log is written (see logClose)
 }
 
 // newConn returns the Conn of an upgrade request, before the handshake:
@@ -117,8 +117,8 @@ func (c *Conn) CloseNow() error {
 // (RFC 6455 section 8.1: coder/websocket leaves the check to the caller) and
 // returns an error.
 func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
-	c.beginRead()
-	defer c.endRead()
+	c.holdEnd()
+	defer c.releaseEnd()
 	typ, p, err := c.Conn.Read(ctx)
 	if err == nil && typ == websocket.MessageText && !utf8.Valid(p) {
 		c.sawEnd.Store(true)
@@ -135,8 +135,8 @@ var errInvalidUTF8 = errors.New("chiws: read: text message is not valid UTF-8; c
 // Reader returns a reader for the next message; see websocket.Conn.Reader.
 // Text messages read this way are not checked for UTF-8.
 func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, error) {
-	c.beginRead()
-	defer c.endRead()
+	c.holdEnd()
+	defer c.releaseEnd()
 	typ, rd, err := c.Conn.Reader(ctx)
 	c.readDone(err)
 	if err != nil {
@@ -154,8 +154,8 @@ type msgReader struct {
 }
 
 func (r *msgReader) Read(p []byte) (int, error) {
-	r.c.beginRead()
-	defer r.c.endRead()
+	r.c.holdEnd()
+	defer r.c.releaseEnd()
 	n, err := r.r.Read(p)
 	if err != nil && err != io.EOF {
 		r.c.readDone(err)
@@ -310,20 +310,21 @@ func (c *Conn) abort() {
 	_ = c.Conn.CloseNow()
 }
 
-// beginRead and endRead bracket a read through Conn. coder/websocket
-// closes the connection when it reads the peer's close frame, before the
-// read returns the close code: the socket's end waits for the read, so
-// that its cause carries the code.
-func (c *Conn) beginRead() {
+// holdEnd and releaseEnd bracket a read through Conn, and a keep-alive
+// ping. coder/websocket closes the connection when it reads the peer's
+// close frame, before the read returns the close code, and when a ping's
+// write times out, before Ping returns: the socket's end waits for them,
+// so that its cause says what happened.
+func (c *Conn) holdEnd() {
 	c.mu.Lock()
-	c.readers++
+	c.holds++
 	c.mu.Unlock()
 }
 
-func (c *Conn) endRead() {
+func (c *Conn) releaseEnd() {
 	c.mu.Lock()
-	c.readers--
-	last := c.readers == 0 && c.down && !c.over
+	c.holds--
+	last := c.holds == 0 && c.down && !c.over
 	if last {
 		c.over = true
 	}
@@ -335,12 +336,12 @@ func (c *Conn) endRead() {
 
 // connClosed runs once, when the network connection closes, in the
 // goroutine that closed it. The socket ends now, or when the reads in
-// progress return (see beginRead).
+// progress return (see holdEnd).
 func (c *Conn) connClosed() {
 	c.mu.Lock()
 	c.end = time.Now()
 	c.down = true
-	now := c.readers == 0
+	now := c.holds == 0
 	if now {
 		c.over = true
 	}
@@ -350,20 +351,24 @@ func (c *Conn) connClosed() {
 	}
 }
 
-// ending ends the socket, once: it cancels the Context with the cause,
-// stops the keep-alive and takes the socket out of the registry.
+// ending ends the socket, once: it stops the keep-alive, takes the socket
+// out of the registry, and then cancels the Context with the cause, so
+// that when Done fires, Stats no longer counts the socket.
 func (c *Conn) ending() {
 	c.mu.Lock()
 	if c.cause == nil {
 		c.cause = &closeCause{by: ErrConnectionLost, code: websocket.StatusAbnormalClosure}
 	}
-	cause := c.cause
+	cause, hb := c.cause, c.hb
 	c.mu.Unlock()
-	c.cancel(cause)
-	if c.hb != nil {
-		c.hb.stop()
+	if hb != nil {
+		hb.stop()
 	}
-	c.m.unregister(c)
+	registered := c.m.unregister(c)
+	c.cancel(cause)
+	if registered {
+		c.m.goroutines.Done() // last: see Middleware.goroutines
+	}
 }
 
 // logClose writes the close log once, after the connection closed; with

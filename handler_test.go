@@ -1,9 +1,11 @@
 package chiws_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -458,5 +460,121 @@ func TestCompression(t *testing.T) {
 			t.Errorf("%s: compression negotiated %v, want %v", path, got, want)
 		}
 		c.Close(websocket.StatusNormalClosure, "")
+	}
+}
+
+// TestAcceptCannotHijack: behind http.TimeoutHandler, whose writer cannot
+// hijack, Accept answers 501 before any 101 leaves the server, and logs
+// which writer is in the way. (coder/websocket would write the 101 first,
+// into a buffer, and the client would see a socket that never works.)
+func TestAcceptCannotHijack(t *testing.T) {
+	logger, logs := observedLogger()
+	ws := chiws.New(chiws.Options{Logger: logger})
+	accepted := make(chan error, 1)
+	r := chi.NewRouter()
+	r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+		_, err := chiws.Accept(w, r, nil)
+		accepted <- err
+	})
+	srv := httptest.NewServer(http.TimeoutHandler(ws.Handler(r), testTimeout, "timeout"))
+	defer srv.Close()
+	c, resp, err := websocket.Dial(testCtx(t), wsURL(srv, "/ws"), nil)
+	if err == nil {
+		c.CloseNow()
+		t.Fatal("the upgrade succeeded behind http.TimeoutHandler")
+	}
+	if resp == nil || resp.StatusCode != http.StatusNotImplemented {
+		t.Fatalf("response %v, want 501", resp)
+	}
+	if err := <-accepted; !errors.Is(err, http.ErrNotSupported) {
+		t.Errorf("Accept = %v, want http.ErrNotSupported", err)
+	}
+	entries := logs.FilterMessageSnippet("cannot hijack").All()
+	if len(entries) != 1 || !strings.Contains(entries[0].ContextMap()["writer"].(string), "timeoutWriter") {
+		t.Errorf("logs: %v", logs.All())
+	}
+}
+
+// bypass hijacks the server's connection directly, skipping the
+// middleware's writer below it.
+type bypass struct{ http.ResponseWriter }
+
+func (b bypass) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w := b.ResponseWriter
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return w.(http.Hijacker).Hijack()
+		}
+		w = u.Unwrap()
+	}
+}
+
+// TestAcceptHijackBypassed: a wrapper that hijacks around the middleware's
+// writer would leave chiws blind to the connection; Accept refuses the
+// socket (1011) and says why.
+func TestAcceptHijackBypassed(t *testing.T) {
+	logger, logs := observedLogger()
+	accepted := make(chan error, 1)
+	ws, srv := server(t, chiws.Options{Logger: logger}, func(r chi.Router) {
+		r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+			_, err := chiws.Accept(bypass{w}, r, nil)
+			accepted <- err
+		})
+	})
+	c := dial(t, wsURL(srv, "/ws"), nil)
+	if _, _, err := c.Read(testCtx(t)); websocket.CloseStatus(err) != websocket.StatusInternalError {
+		t.Fatalf("read = %v, want 1011", err)
+	}
+	if err := <-accepted; !errors.Is(err, chiws.ErrHijackBypassed) {
+		t.Errorf("Accept = %v, want ErrHijackBypassed", err)
+	}
+	if logs.FilterMessageSnippet(chiws.ErrHijackBypassed.Error()).Len() != 1 {
+		t.Errorf("logs: %v", logs.All())
+	}
+	if s := ws.Stats(); s.Active != 0 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+// TestAbortHandlerAfterAccept: http.ErrAbortHandler is net/http's "abort
+// quietly": the socket is closed, the panic goes on to net/http (or chi's
+// Recoverer, which re-panics it), and nothing is logged as a panic.
+func TestAbortHandlerAfterAccept(t *testing.T) {
+	logger, logs := observedLogger()
+	returned := make(chan any, 1)
+	ws, srv := server(t, chiws.Options{Logger: logger}, func(r chi.Router) {
+		r.Use(func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				defer func() {
+					p := recover()
+					returned <- p
+					if p != nil {
+						panic(p) // on to net/http, which aborts quietly
+					}
+				}()
+				next.ServeHTTP(w, r)
+			})
+		})
+		r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+			if _, err := chiws.Accept(w, r, nil); err != nil {
+				return
+			}
+			panic(http.ErrAbortHandler)
+		})
+	})
+	c := dial(t, wsURL(srv, "/ws"), nil)
+	if _, _, err := c.Read(testCtx(t)); err == nil {
+		t.Fatal("read succeeded on an aborted socket")
+	}
+	if p := <-returned; p != http.ErrAbortHandler {
+		t.Fatalf("panic seen above the middleware: %v, want http.ErrAbortHandler", p)
+	}
+	waitActive(t, ws, 0)
+	if s := ws.Stats(); s.Panics != 0 {
+		t.Errorf("stats %+v", s)
+	}
+	if n := logs.FilterMessageSnippet("panicked").Len(); n != 0 {
+		t.Errorf("ErrAbortHandler logged as a panic: %v", logs.All())
 	}
 }

@@ -2,6 +2,7 @@ package chiws
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -47,12 +48,18 @@ type heartbeat struct {
 	stopped bool
 }
 
-// startHeartbeat arms c's keep-alive, unless interval is not positive.
+// startHeartbeat arms c's keep-alive, unless interval is not positive or
+// the connection is closed already.
 func (c *Conn) startHeartbeat(interval, timeout time.Duration) {
 	if interval <= 0 {
 		return
 	}
 	h := &heartbeat{c: c, interval: interval, timeout: timeout}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.down {
+		return // ending will not look for it
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	c.hb = h
@@ -110,15 +117,19 @@ func (h *heartbeat) beat() time.Duration {
 		wait = h.interval // pings without a deadline: wait at most until the next
 	}
 	h.c.m.stats.pingsSent.Add(1)
+	h.c.holdEnd()
+	defer h.c.releaseEnd()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	err := h.c.Conn.Ping(ctx)
 	cancel()
 	switch {
 	case err == nil, h.timeout <= 0:
 		return h.interval
-	case nc.isClosed():
-		return 0
+	case nc.isClosed() && !errors.Is(err, context.DeadlineExceeded):
+		return 0 // closed by someone else, who said why
 	}
+	// No pong in time; the ping's write may also have timed out, and
+	// coder/websocket then closed the connection: judge says which.
 	h.pending = now
 	return h.judge(monotime())
 }
@@ -127,8 +138,6 @@ func (h *heartbeat) beat() time.Duration {
 func (h *heartbeat) judge(now time.Duration) time.Duration {
 	nc := h.c.nc
 	switch {
-	case nc.isClosed():
-		return 0
 	case time.Duration(nc.lastRead.Load()) > h.pending:
 		// Heard after the ping: its pong may be queued behind a large
 		// message, but the peer is alive.
@@ -141,7 +150,7 @@ func (h *heartbeat) judge(now time.Duration) time.Duration {
 		h.logDeferred()
 		return h.interval
 	}
-	if left := h.pending + h.timeout - now; left > 0 {
+	if left := h.pending + h.timeout - now; left > 0 && !nc.isClosed() {
 		// Ping failed early (a close frame was already sent, say): the
 		// peer still has until the deadline.
 		return left

@@ -10,33 +10,29 @@ import (
 )
 
 // register adds an accepted socket to the registry; it fails once Shutdown
-// began. The socket holds a count in m.goroutines until its connection
-// closes (unregister).
+// began. The socket holds a count in m.goroutines until it ends (see
+// Conn.ending).
 func (m *Middleware) register(c *Conn) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closing {
 		return false
 	}
+	if c.nc.isClosed() {
+		return true // closed already: it ends without the registry
+	}
 	m.goroutines.Add(1)
 	m.sockets[c] = struct{}{}
-	if c.nc.isClosed() {
-		// The connection closed before it was registered: connClosed
-		// found nothing to remove.
-		delete(m.sockets, c)
-		m.goroutines.Done()
-	}
 	return true
 }
 
-// unregister removes a socket whose connection closed.
-func (m *Middleware) unregister(c *Conn) {
+// unregister removes a socket and reports whether it was registered.
+func (m *Middleware) unregister(c *Conn) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.sockets[c]; ok {
-		delete(m.sockets, c)
-		m.goroutines.Done()
-	}
+	_, ok := m.sockets[c]
+	delete(m.sockets, c)
+	return ok
 }
 
 // Shutdown closes every open socket with 1001 Going Away, refuses new ones

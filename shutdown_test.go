@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/goleak"
@@ -216,4 +217,53 @@ func TestShutdownUnderLoad(t *testing.T) {
 	http.DefaultClient.CloseIdleConnections()
 	waitFor(t, "file descriptors released", func() bool { return openFDs(t) <= fdsBefore })
 	goleak.VerifyNone(t, ignore)
+}
+
+// TestShutdownDeadlineWithPingsInFlight: at the deadline, sockets still
+// open (peers that answer neither the close frame nor the pings) are all
+// aborted at once; Shutdown returns promptly, with no keep-alive goroutine
+// left, and nothing of the middleware logs afterwards, not even for the
+// handlers that return after it.
+func TestShutdownDeadlineWithPingsInFlight(t *testing.T) {
+	const n = 50
+	calls := newCalls()
+	ws, srv, logs := relServer(t, chiws.Options{KeepAliveInterval: 20 * time.Millisecond, KeepAliveTimeout: time.Minute}, nil,
+		func(r chi.Router) { r.Get("/ws", calls.wrap(echoErr)) })
+	for range n {
+		c, err := wstest.Handshake(hostOf(srv), "/ws", "") // never reads, never answers
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	waitFor(t, "pings outstanding", func() bool {
+		return ws.Stats().PingsSent >= n && goroutineIn("chiws.(*heartbeat).run")
+	})
+	const deadline = 200 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	start := time.Now()
+	err := ws.Shutdown(ctx)
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
+	}
+	t.Logf("Shutdown returned %v after its deadline", took-deadline)
+	if took > deadline+250*time.Millisecond {
+		t.Errorf("Shutdown took %v with a %v deadline", took, deadline)
+	}
+	if goroutineIn("chiws.(*heartbeat).run") {
+		t.Error("a keep-alive goroutine outlived Shutdown")
+	}
+	if s := ws.Stats(); s.Active != 0 {
+		t.Errorf("stats after Shutdown: %+v", s)
+	}
+	logged := logs.Len()
+	calls.await(t, n) // the handlers return after Shutdown did
+	if got := logs.Len(); got != logged {
+		t.Errorf("%d log entries after Shutdown returned: %v", got-logged, logs.All()[logged:])
+	}
+	if got := logs.FilterMessage("websocket closed").Len(); got != n {
+		t.Errorf("%d close logs, want %d", got, n)
+	}
 }
