@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -413,5 +415,91 @@ func TestSlowConsumer(t *testing.T) {
 				t.Errorf("stats: %+v", st)
 			}
 		})
+	}
+}
+
+// TestCloseCodeReachesSendingPeer: when the server fails a socket (here
+// 1009, a 100 KB message in 100 frames against the 32 KiB limit) while the
+// client is still sending, the server keeps reading and discarding what
+// comes, for a bounded time, instead of closing at once: a close with
+// unread data makes the kernel send a reset, and a reset destroys the
+// close frame for a client whose next write fails (Node's ws reports
+// 1006). The client here reads only once the server is done with the
+// connection, so that the reset, if any, has arrived.
+func TestCloseCodeReachesSendingPeer(t *testing.T) {
+	calls := newCalls()
+	ws, srv, logs := relServer(t, chiws.Options{KeepAliveInterval: -1}, nil,
+		func(r chi.Router) { r.Get("/ws", calls.wrap(echoErr)) })
+	var wire []byte
+	const frames = 100 // more than the server's buffers hold past the limit
+	for i := range frames {
+		f := wstest.Frame{Opcode: wstest.OpContinuation, Masked: true, Payload: make([]byte, 1000)}
+		if i == 0 {
+			f.Opcode = wstest.OpBinary
+		}
+		f.Fin = i == frames-1
+		wire = wstest.AppendFrame(wire, f)
+	}
+	const runs = 3
+	for i := range runs {
+		c, err := wstest.Handshake(hostOf(srv), "/ws", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(testTimeout))
+		_, _ = c.Write(wire) // may fail once the server has closed
+		if err := calls.await(t, 1)[0]; !errors.Is(err, websocket.ErrMessageTooBig) {
+			t.Fatalf("run %d: handler returned %v", i, err)
+		}
+		waitActive(t, ws, 0) // the middleware is done with the connection
+		_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+		f, err := c.ReadFrame()
+		if err != nil || f.Opcode != wstest.OpClose {
+			t.Fatalf("run %d: read %v %v, want the close frame", i, f, err)
+		}
+		if got := f.CloseCode(); got != 1009 {
+			t.Fatalf("run %d: close code %d, want 1009", i, got)
+		}
+		// The server's close was clean (FIN), not a reset: a client
+		// still sending would otherwise have lost the close frame to a
+		// failed write (Node's ws reports 1006 then).
+		if _, err := io.Copy(io.Discard, c.R); err != nil {
+			t.Fatalf("run %d: after the close frame: %v, want EOF", i, err)
+		}
+		c.Close()
+	}
+	waitFor(t, "close logs", func() bool { return logs.FilterMessage("websocket closed").Len() == runs })
+	for _, e := range logs.FilterMessage("websocket closed").All() {
+		if f := e.ContextMap(); f["closeCode"] != int64(1009) || f["closedBy"] != "server" {
+			t.Fatalf("close log %v", f)
+		}
+	}
+}
+
+// TestResetIsConnectionLost: a client that resets its TCP connection (a
+// killed tab, a load balancer) lost the connection; it is not a protocol
+// error, and no close code was sent.
+func TestResetIsConnectionLost(t *testing.T) {
+	calls := newCalls()
+	_, srv, logs := relServer(t, chiws.Options{}, nil, func(r chi.Router) { r.Get("/ws", calls.wrap(echoErr)) })
+	c, err := wstest.Handshake(hostOf(srv), "/ws", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Send a message and wait for its echo: the handler is reading.
+	if err := c.WriteFrame(wstest.Frame{Fin: true, Opcode: wstest.OpText, Masked: true, Payload: []byte("hi")}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+	if _, err := c.ReadFrame(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Conn.(*net.TCPConn).SetLinger(0) // Close sends a reset
+	c.Close()
+	calls.await(t, 1)
+	waitFor(t, "close log", func() bool { return logs.FilterMessage("websocket closed").Len() == 1 })
+	f := logs.FilterMessage("websocket closed").All()[0].ContextMap()
+	if f["closedBy"] != "connection-lost" || f["closeCode"] != int64(1006) {
+		t.Fatalf("close log %v, want connection-lost 1006", f)
 	}
 }
