@@ -185,7 +185,11 @@ func (c *Conn) wrote(err error) {
 	// A failed write leaves the socket unusable (coder/websocket closes
 	// it): the handler returning now is not an early return.
 	c.sawEnd.Store(true)
-	c.record(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		c.record(ErrClosedByServer, websocket.StatusAbnormalClosure, "write context done")
+	} else {
+		c.record(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
+	}
 }
 
 // readDone accounts for the result of a read: a message, or the error

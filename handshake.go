@@ -23,25 +23,44 @@ type handshakeResult struct {
 	reason string
 }
 
-// isUpgradeAttempt reports whether r asks for a WebSocket upgrade at all:
-// its Upgrade header lists "websocket". It is the only check ordinary
-// requests pay for.
+// isUpgradeAttempt reports whether r asks for a WebSocket at all: an
+// HTTP/1.1 upgrade (its Upgrade header lists "websocket") or an HTTP/2
+// extended CONNECT (RFC 8441). It is the only check ordinary requests pay
+// for.
 func isUpgradeAttempt(r *http.Request) bool {
-	up, ok := r.Header["Upgrade"]
-	return ok && hasToken(up, "websocket")
+	if up, ok := r.Header["Upgrade"]; ok && hasToken(up, "websocket") {
+		return true
+	}
+	return r.Method == http.MethodConnect && isExtendedConnect(r)
+}
+
+// isExtendedConnect reports whether r is an RFC 8441 extended CONNECT for
+// a WebSocket. net/http's HTTP/2 server passes the :protocol pseudo-header
+// in r.Header (only with GODEBUG=http2xconnect=1, see docs/http2.md).
+func isExtendedConnect(r *http.Request) bool {
+	p := r.Header[":protocol"]
+	return len(p) == 1 && strings.EqualFold(p[0], "websocket") && r.ProtoMajor >= 2
 }
 
 // checkHandshake applies the same rules as ASP.NET Core's
-// IsWebSocketRequest, and answers the ones it breaks with a status:
-// GET, HTTP/1.1 or later, Connection lists "upgrade", Upgrade lists
-// "websocket", Sec-WebSocket-Version is 13 (else 426 per RFC 6455 4.4), one
-// Sec-WebSocket-Key that decodes to 16 bytes, and no body.
+// IsWebSocketRequest, and answers the ones it breaks with a status.
+// HTTP/1.1: GET, Connection lists "upgrade", Upgrade lists "websocket",
+// Sec-WebSocket-Version is 13 (else 426 per RFC 6455 4.4), one
+// Sec-WebSocket-Key that decodes to 16 bytes, and no body. HTTP/2
+// (RFC 8441): CONNECT with :protocol websocket and version 13; the stream
+// is the body, and there is no key.
 func checkHandshake(r *http.Request) handshakeResult {
 	if !isUpgradeAttempt(r) {
 		return handshakeResult{}
 	}
 	bad := func(status int, reason string) handshakeResult {
 		return handshakeResult{attempt: true, status: status, reason: reason}
+	}
+	if r.Method == http.MethodConnect {
+		if !isVersion13(r.Header["Sec-Websocket-Version"]) {
+			return bad(http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13")
+		}
+		return handshakeResult{attempt: true}
 	}
 	switch {
 	case r.Method != http.MethodGet:
