@@ -310,7 +310,7 @@ func (c *Conn) closeBounded(by error, code websocket.StatusCode, reason string) 
 // is closed first: coder/websocket's CloseNow waits for a close handshake
 // in progress, which a silent peer would hold for seconds.
 func (c *Conn) abort() {
-	_ = c.nc.Close()
+	_ = c.nc.abort()
 	_ = c.Conn.CloseNow()
 }
 

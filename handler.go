@@ -67,6 +67,12 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u := &upgrade{m: m}
 	u.w.ResponseWriter = w
 	r = r.WithContext(context.WithValue(r.Context(), upgradeKey, u))
+	if r.Method == http.MethodConnect { // RFC 8441
+		u.w.h2 = newH2Stream(w, r)
+		defer u.w.h2.end() // after finish: the stream is done with w
+		// Routes registered for GET receive it, as HTTP/1.1 upgrades.
+		r.Method = http.MethodGet
+	}
 	defer u.finish(r)
 	h.next.ServeHTTP(&u.w, r)
 }
@@ -180,7 +186,14 @@ func (m *Middleware) socketOptions(opts *AcceptOptions) socketOptions {
 
 func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn, error) {
 	m := u.m
-	if !canHijack(u.w.ResponseWriter) {
+	if u.w.h2 != nil {
+		if !canFlush(u.w.ResponseWriter) {
+			m.cfg.log.Error("websocket upgrade impossible: a ResponseWriter below the middleware cannot flush an HTTP/2 stream",
+				append(requestFields(r), zap.String(keyWriter, fmt.Sprintf("%T", u.w.ResponseWriter)))...)
+			httpError(w, http.StatusNotImplemented)
+			return nil, fmt.Errorf("chiws: accept: %T cannot flush: %w", u.w.ResponseWriter, http.ErrNotSupported)
+		}
+	} else if !canHijack(u.w.ResponseWriter) {
 		m.cfg.log.Error("websocket upgrade impossible: a ResponseWriter below the middleware cannot hijack the connection",
 			append(requestFields(r), zap.String(keyWriter, fmt.Sprintf("%T", u.w.ResponseWriter)))...)
 		httpError(w, http.StatusNotImplemented)
@@ -196,7 +209,11 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.SetReadDeadline(time.Time{})
 
-	wc, err := websocket.Accept(w, r, &so.ws)
+	wr := r // the request coder/websocket sees
+	if u.w.h2 != nil {
+		wr = h2UpgradeRequest(r)
+	}
+	wc, err := websocket.Accept(w, wr, &so.ws)
 	if err != nil {
 		m.logReject(zap.DebugLevel, r, "accept failed", err.Error())
 		return nil, fmt.Errorf("chiws: accept: %w", err)

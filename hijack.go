@@ -19,8 +19,9 @@ import (
 // It is used by the handler's goroutine only, as any ResponseWriter.
 type upgradeWriter struct {
 	http.ResponseWriter
-	conn     *Conn    // the socket the hijacked connection belongs to
-	nc       *netConn // set by Hijack
+	conn     *Conn     // the socket the hijacked connection belongs to
+	h2       *h2Stream // the stream of an HTTP/2 WebSocket (http2.go), or nil
+	nc       *netConn  // set by Hijack
 	hijacked bool
 }
 
@@ -28,7 +29,11 @@ type upgradeWriter struct {
 func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *upgradeWriter) WriteHeader(status int) {
-	if !w.hijacked {
+	switch {
+	case w.hijacked:
+	case w.h2 != nil && status == http.StatusSwitchingProtocols:
+		w.h2.respond() // RFC 8441: 200, not 101
+	default:
 		w.ResponseWriter.WriteHeader(status)
 	}
 }
@@ -51,6 +56,11 @@ func (w *upgradeWriter) Flush() {
 func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.hijacked || w.conn == nil {
 		return nil, nil, http.ErrHijacked
+	}
+	if w.h2 != nil {
+		w.hijacked = true
+		w.nc = newNetConn(w.h2, w.conn.connClosed)
+		return w.nc, bufio.NewReadWriter(bufio.NewReader(w.nc), bufio.NewWriter(w.nc)), nil
 	}
 	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
@@ -75,15 +85,28 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // and a writer that cannot hijack (http.TimeoutHandler's) would buffer a
 // 101 that no socket follows.
 func canHijack(w http.ResponseWriter) bool {
+	return implements(w, func(w http.ResponseWriter) bool { _, ok := w.(http.Hijacker); return ok })
+}
+
+// canFlush is canHijack for HTTP/2 streams, which are flushed, not hijacked.
+func canFlush(w http.ResponseWriter) bool {
+	return implements(w, func(w http.ResponseWriter) bool {
+		_, ok := w.(http.Flusher)
+		_, okErr := w.(interface{ FlushError() error })
+		return ok || okErr
+	})
+}
+
+func implements(w http.ResponseWriter, has func(http.ResponseWriter) bool) bool {
 	for {
-		switch t := w.(type) {
-		case http.Hijacker:
+		if has(w) {
 			return true
-		case interface{ Unwrap() http.ResponseWriter }:
-			w = t.Unwrap()
-		default:
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
 			return false
 		}
+		w = u.Unwrap()
 	}
 }
 
@@ -150,6 +173,15 @@ func (c *netConn) Close() error {
 	err := c.Conn.Close()
 	c.closeOnce.Do(c.onClose)
 	return err
+}
+
+// abort closes the connection without a goodbye: an HTTP/2 stream is
+// reset.
+func (c *netConn) abort() error {
+	if s, ok := c.Conn.(*h2Stream); ok {
+		s.Abort()
+	}
+	return c.Close()
 }
 
 // isClosed reports whether Close was called. Nil (before the hijack)

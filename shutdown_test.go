@@ -248,8 +248,11 @@ func TestShutdownDeadlineWithPingsInFlight(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
 	}
+	// A few milliseconds on an idle machine; the bound is loose for a
+	// loaded one, and still far below coder/websocket's close handshake
+	// timeouts (5 s to write the close frame, 5 s to wait for the answer).
 	t.Logf("Shutdown returned %v after its deadline", took-deadline)
-	if took > deadline+250*time.Millisecond {
+	if took > deadline+2*time.Second {
 		t.Errorf("Shutdown took %v with a %v deadline", took, deadline)
 	}
 	if goroutineIn("chiws.(*heartbeat).run") {

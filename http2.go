@@ -1,0 +1,160 @@
+package chiws
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// This file adapts a WebSocket over an HTTP/2 stream (RFC 8441, extended
+// CONNECT) to what coder/websocket accepts: an HTTP/1.1 upgrade request and
+// a connection to hijack. coder/websocket has no API for an existing stream,
+// so the request it sees is the GET upgrade it expects, its 101 becomes the
+// 200 that RFC 8441 asks for, and the "hijacked connection" is the stream:
+// the request body in, the response writer out.
+
+// h2Key is the Sec-WebSocket-Key of the request coder/websocket sees: RFC
+// 8441 has no key, and the Sec-WebSocket-Accept derived from it is not sent.
+const h2Key = "dGhlIHNhbXBsZSBub25jZQ=="
+
+// h2UpgradeRequest returns r as the HTTP/1.1 upgrade request that
+// coder/websocket expects; subprotocols and extensions are r's.
+func h2UpgradeRequest(r *http.Request) *http.Request {
+	up := r.Clone(r.Context())
+	up.Method = http.MethodGet
+	up.Header.Set("Upgrade", "websocket")
+	up.Header.Set("Connection", "Upgrade")
+	up.Header.Set("Sec-WebSocket-Key", h2Key)
+	up.Header.Del(":protocol")
+	return up
+}
+
+// h2Stream is the net.Conn of a WebSocket over an HTTP/2 stream. Reads come
+// from the request body, which net/http lets a handler read while it
+// writes the response; writes go to the ResponseWriter and are flushed.
+//
+// The ResponseWriter must not be used once the handler has returned, so
+// every use of it is serialised with end, which the middleware calls
+// before it returns. Close sets a read deadline in the past, which ends a
+// read in progress, and the stream ends when the handler returns; Abort
+// also sets a write deadline in the past, which makes net/http reset the
+// stream.
+type h2Stream struct {
+	body   io.Reader
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	local  net.Addr
+	remote net.Addr
+
+	// mu serialises writes; ctl serialises deadlines, which must be set
+	// while a write is blocked by flow control, so not under mu. ended,
+	// set under both, means the handler is returning: w must not be used.
+	mu, ctl sync.Mutex
+	ended   bool
+	closed  atomic.Bool
+}
+
+func newH2Stream(w http.ResponseWriter, r *http.Request) *h2Stream {
+	s := &h2Stream{body: r.Body, w: w, rc: http.NewResponseController(w), remote: h2Addr(r.RemoteAddr)}
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		s.local = a
+	} else {
+		s.local = h2Addr("")
+	}
+	return s
+}
+
+// respond writes the 200 that replaces coder/websocket's 101, without the
+// HTTP/1.1 upgrade headers, and flushes it.
+func (s *h2Stream) respond() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.w.Header()
+	h.Del("Upgrade")
+	h.Del("Connection")
+	h.Del("Sec-WebSocket-Accept")
+	s.w.WriteHeader(http.StatusOK)
+	_ = s.rc.Flush()
+}
+
+func (s *h2Stream) Read(p []byte) (int, error) {
+	if s.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	return s.body.Read(p)
+}
+
+func (s *h2Stream) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended || s.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	n, err := s.w.Write(p)
+	if err == nil {
+		err = s.rc.Flush()
+	}
+	return n, err
+}
+
+// Close ends the reads; the stream itself ends when the handler returns.
+func (s *h2Stream) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.deadline(false)
+	return nil
+}
+
+// Abort resets the stream.
+func (s *h2Stream) Abort() {
+	s.closed.Store(true)
+	s.deadline(true)
+}
+
+// deadline sets the read deadline, and the write deadline when reset is
+// set, in the past. net/http's deadlines exist to end operations in
+// progress (its own timers set them from other goroutines).
+func (s *h2Stream) deadline(reset bool) {
+	s.ctl.Lock()
+	defer s.ctl.Unlock()
+	if s.ended {
+		return
+	}
+	_ = s.rc.SetReadDeadline(pastDeadline)
+	if reset {
+		_ = s.rc.SetWriteDeadline(pastDeadline)
+	}
+}
+
+// pastDeadline is a deadline that has passed.
+var pastDeadline = time.Unix(1, 0)
+
+// end is called by the middleware before the handler returns: from then
+// on, the stream does not touch the ResponseWriter. A write still blocked
+// by flow control (its peer stopped reading) is ended by a reset.
+func (s *h2Stream) end() {
+	s.ctl.Lock()
+	defer s.ctl.Unlock()
+	if !s.mu.TryLock() {
+		_ = s.rc.SetWriteDeadline(pastDeadline)
+		s.mu.Lock()
+	}
+	s.ended = true
+	s.mu.Unlock()
+}
+
+func (s *h2Stream) LocalAddr() net.Addr                { return s.local }
+func (s *h2Stream) RemoteAddr() net.Addr               { return s.remote }
+func (s *h2Stream) SetDeadline(t time.Time) error      { return nil }
+func (s *h2Stream) SetReadDeadline(t time.Time) error  { return nil }
+func (s *h2Stream) SetWriteDeadline(t time.Time) error { return nil }
+
+// h2Addr is a net.Addr for the stream's ends.
+type h2Addr string
+
+func (a h2Addr) Network() string { return "tcp" }
+func (a h2Addr) String() string  { return string(a) }
