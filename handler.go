@@ -186,18 +186,17 @@ func (m *Middleware) socketOptions(opts *AcceptOptions) socketOptions {
 
 func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn, error) {
 	m := u.m
+	// Check before the handshake: coder/websocket writes its 101 before
+	// it hijacks, and nothing must follow a 101 but a socket.
+	able, what := canHijack, "hijack the connection"
 	if u.w.h2 != nil {
-		if !canFlush(u.w.ResponseWriter) {
-			m.cfg.log.Error("websocket upgrade impossible: a ResponseWriter below the middleware cannot flush an HTTP/2 stream",
-				append(requestFields(r), zap.String(keyWriter, fmt.Sprintf("%T", u.w.ResponseWriter)))...)
-			httpError(w, http.StatusNotImplemented)
-			return nil, fmt.Errorf("chiws: accept: %T cannot flush: %w", u.w.ResponseWriter, http.ErrNotSupported)
-		}
-	} else if !canHijack(u.w.ResponseWriter) {
-		m.cfg.log.Error("websocket upgrade impossible: a ResponseWriter below the middleware cannot hijack the connection",
+		able, what = canFlush, "flush an HTTP/2 stream"
+	}
+	if !able(u.w.ResponseWriter) {
+		m.cfg.log.Error("websocket upgrade impossible: a ResponseWriter below the middleware cannot "+what,
 			append(requestFields(r), zap.String(keyWriter, fmt.Sprintf("%T", u.w.ResponseWriter)))...)
 		httpError(w, http.StatusNotImplemented)
-		return nil, fmt.Errorf("chiws: accept: %T cannot hijack: %w", u.w.ResponseWriter, http.ErrNotSupported)
+		return nil, fmt.Errorf("chiws: accept: %T cannot %s: %w", u.w.ResponseWriter, what, http.ErrNotSupported)
 	}
 	so := m.socketOptions(opts)
 	c := newConn(m, r)

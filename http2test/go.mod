@@ -1,0 +1,19 @@
+module github.com/chiws/chiws/http2test
+
+go 1.26.0
+
+replace github.com/chiws/chiws => ../
+
+require (
+	github.com/chiws/chiws v0.0.0-00010101000000-000000000000
+	github.com/coder/websocket v1.8.15
+	github.com/go-chi/chi/v5 v5.5.0
+	go.uber.org/goleak v1.3.0
+	go.uber.org/zap v1.28.0
+	golang.org/x/net v0.58.0
+)
+
+require (
+	go.uber.org/multierr v1.10.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
+)
