@@ -49,12 +49,14 @@ type h2Stream struct {
 	local  net.Addr
 	remote net.Addr
 
-	// mu serialises writes; ctl serialises deadlines, which must be set
-	// while a write is blocked by flow control, so not under mu. ended,
-	// set under both, means the handler is returning: w must not be used.
-	mu, ctl sync.Mutex
-	ended   bool
-	closed  atomic.Bool
+	// mu serialises writes and rmu reads; ctl serialises deadlines, which
+	// must be set while a write or a read is blocked, so under neither.
+	// ended, set under all three, means the handler is returning: neither
+	// w nor the body may be used (net/http forbids reading the body after
+	// or concurrently with the end of ServeHTTP).
+	mu, rmu, ctl sync.Mutex
+	ended        bool
+	closed       atomic.Bool
 }
 
 func newH2Stream(w http.ResponseWriter, r *http.Request) *h2Stream {
@@ -81,7 +83,9 @@ func (s *h2Stream) respond() {
 }
 
 func (s *h2Stream) Read(p []byte) (int, error) {
-	if s.closed.Load() {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if s.ended || s.closed.Load() {
 		return 0, net.ErrClosed
 	}
 	return s.body.Read(p)
@@ -134,17 +138,26 @@ func (s *h2Stream) deadline(reset bool) {
 var pastDeadline = time.Unix(1, 0)
 
 // end is called by the middleware before the handler returns: from then
-// on, the stream does not touch the ResponseWriter. A write still blocked
-// by flow control (its peer stopped reading) is ended by a reset.
+// on, the stream touches neither the ResponseWriter nor the body. A read
+// in progress is ended by the read deadline; a write still blocked by flow
+// control (its peer stopped reading) is ended by a reset.
 func (s *h2Stream) end() {
 	s.ctl.Lock()
 	defer s.ctl.Unlock()
+	if s.ended {
+		return
+	}
+	if !s.rmu.TryLock() {
+		_ = s.rc.SetReadDeadline(pastDeadline)
+		s.rmu.Lock()
+	}
 	if !s.mu.TryLock() {
 		_ = s.rc.SetWriteDeadline(pastDeadline)
 		s.mu.Lock()
 	}
 	s.ended = true
 	s.mu.Unlock()
+	s.rmu.Unlock()
 }
 
 func (s *h2Stream) LocalAddr() net.Addr                { return s.local }

@@ -3,6 +3,7 @@
 //
 //	go run ./example                     # http://localhost:5000
 //	go run ./example -addr :8080 -log-level debug
+//	GODEBUG=http2xconnect=1 go run ./example -tls   # https://localhost:5000, WebSockets over HTTP/2
 //
 // Endpoints: / (echo page), /ws (echo), /broadcast (a room where every
 // message goes to every member). SIGINT or SIGTERM stops the server
@@ -25,6 +26,7 @@ import (
 
 	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/example/app"
+	"github.com/coder/websocket"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -48,15 +50,17 @@ func main() {
 
 // config is the parsed command line.
 type config struct {
-	addr      string
-	app       app.Config
-	logLevel  string
-	logFormat string
+	addr            string
+	app             app.Config
+	logLevel        string
+	logFormat       string
+	tls             bool
+	tlsCert, tlsKey string
 }
 
 func parseFlags(args []string, out io.Writer) (config, error) {
 	var c config
-	var origins string
+	var origins, subprotocols, compression string
 	fs := flag.NewFlagSet("example", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
@@ -75,6 +79,14 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		"how long a pong may take before the socket is aborted; negative waits forever")
 	fs.Int64Var(&c.app.ReadLimit, "read-limit", chiws.DefaultReadLimit, "largest message in bytes; larger ones close the socket with 1009")
 	fs.IntVar(&c.app.MaxConnections, "max-connections", 0, "maximum concurrent WebSockets; 0 means unlimited")
+	fs.StringVar(&compression, "compression", "off",
+		"permessage-deflate: off, context-takeover or no-context-takeover")
+	fs.StringVar(&subprotocols, "subprotocols", "", "comma-separated subprotocols the server speaks, preferred first")
+	fs.BoolVar(&c.tls, "tls", false,
+		"serve HTTPS with HTTP/2, with a self-signed certificate for localhost, 127.0.0.1 and ::1 made at start\n"+
+			"(WebSockets over HTTP/2 need GODEBUG=http2xconnect=1 in the environment)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "certificate file (PEM) for -tls, instead of a self-signed one")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "private key file (PEM) for -tls-cert")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info or warn")
 	fs.StringVar(&c.logFormat, "log-format", "console", "log format: console or json")
 	if err := fs.Parse(args); err != nil {
@@ -83,12 +95,36 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	for _, o := range strings.Split(origins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			c.app.AllowedOrigins = append(c.app.AllowedOrigins, o)
-		}
+	c.app.AllowedOrigins = splitList(origins)
+	c.app.Subprotocols = splitList(subprotocols)
+	switch compression {
+	case "off":
+		c.app.CompressionMode = websocket.CompressionDisabled
+	case "context-takeover":
+		c.app.CompressionMode = websocket.CompressionContextTakeover
+	case "no-context-takeover":
+		c.app.CompressionMode = websocket.CompressionNoContextTakeover
+	default:
+		return c, fmt.Errorf("-compression must be off, context-takeover or no-context-takeover, got %q", compression)
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return c, errors.New("-tls-cert and -tls-key go together")
+	}
+	if c.tlsCert != "" {
+		c.tls = true
 	}
 	return c, nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func newLogger(level, format string, out io.Writer) (*zap.Logger, error) {
@@ -145,12 +181,35 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(addr stri
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
+	scheme := "http"
+	if cfg.tls {
+		scheme = "https"
+		tc, err := tlsConfig(cfg.tlsCert, cfg.tlsKey)
+		if err != nil {
+			_ = ln.Close()
+			_ = a.Shutdown(context.Background())
+			return err
+		}
+		srv.TLSConfig = tc
+		if http2WebSockets() {
+			log.Info("WebSockets over HTTP/2 (RFC 8441) enabled")
+		} else {
+			log.Info("WebSockets over HTTP/2 disabled: browsers use HTTP/1.1 for them; " +
+				"start with GODEBUG=http2xconnect=1 to enable them")
+		}
+	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }() // owned by run, which receives from served
+	go func() { // owned by run, which receives from served
+		if cfg.tls {
+			served <- srv.ServeTLS(ln, "", "")
+		} else {
+			served <- srv.Serve(ln)
+		}
+	}()
 
 	log.Info("listening",
 		zap.String("addr", ln.Addr().String()),
-		zap.String("url", "http://"+displayAddr(ln.Addr())),
+		zap.String("url", scheme+"://"+displayAddr(ln.Addr())),
 		zap.Strings("allowedOrigins", cfg.app.AllowedOrigins))
 	if ready != nil {
 		ready(ln.Addr().String())
@@ -165,9 +224,12 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(addr stri
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	// http.Server.Shutdown stops new requests but does not see hijacked
-	// connections; a.Shutdown closes the sockets with 1001 and waits.
-	err = errors.Join(srv.Shutdown(sctx), a.Shutdown(sctx))
+	// The sockets are drained while the server shuts down: it waits for
+	// HTTP/2 streams, WebSockets included, and does not see hijacked
+	// HTTP/1.1 connections. a.Shutdown closes both kinds with 1001.
+	drained := make(chan error, 1)
+	srv.RegisterOnShutdown(func() { drained <- a.Shutdown(sctx) })
+	err = errors.Join(srv.Shutdown(sctx), <-drained)
 	if serr := <-served; !errors.Is(serr, http.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}
@@ -176,6 +238,17 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(addr stri
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// http2WebSockets reports whether net/http's HTTP/2 server accepts
+// extended CONNECT: it reads GODEBUG once, when the process starts.
+func http2WebSockets() bool {
+	for _, s := range strings.Split(os.Getenv("GODEBUG"), ",") {
+		if strings.TrimSpace(s) == "http2xconnect=1" {
+			return true
+		}
+	}
+	return false
 }
 
 // displayAddr turns a listening address into a clickable host:port.

@@ -30,6 +30,12 @@ type Config struct {
 	ReadLimit         int64
 	MaxConnections    int
 
+	// CompressionMode and Subprotocols are passed to chiws.Options
+	// unchanged: permessage-deflate, and the subprotocols the server
+	// speaks, preferred first.
+	CompressionMode websocket.CompressionMode
+	Subprotocols    []string
+
 	// MemberQueue is how many broadcast messages may wait for one slow
 	// member of the broadcast room before the member is dropped. Zero
 	// means DefaultMemberQueue.
@@ -73,6 +79,8 @@ func New(cfg Config) (*App, error) {
 		KeepAliveTimeout:  cfg.KeepAliveTimeout,
 		ReadLimit:         cfg.ReadLimit,
 		MaxConnections:    cfg.MaxConnections,
+		CompressionMode:   cfg.CompressionMode,
+		Subprotocols:      cfg.Subprotocols,
 		Logger:            log.Named("chiws"),
 	}
 	if err := opts.Validate(); err != nil {
