@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"expvar"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -114,4 +115,36 @@ func ShutdownOnServer(srv *http.Server, ws *chiws.Middleware) {
 // PublishStats is the expvar example of docs/lifecycle.md.
 func PublishStats(ws *chiws.Middleware) {
 	expvar.Publish("websockets", expvar.Func(func() any { return ws.Stats() }))
+}
+
+// ThrottledRouter is the Throttle example of docs/lifecycle.md: chi's
+// Throttle bounds the HTTP routes only, and MaxConnections the sockets.
+func ThrottledRouter(api, socket http.HandlerFunc) (*chiws.Middleware, http.Handler) {
+	ws := chiws.New(chiws.Options{MaxConnections: 1000})
+	r := chi.NewRouter()
+	r.Use(ws.Handler)
+	r.Get("/ws", socket) // a socket holds its slot until it closes
+	r.Group(func(r chi.Router) {
+		// Throttle holds a token until the handler returns: fine for a
+		// request, not for a socket that stays open for hours.
+		r.Use(middleware.Throttle(100))
+		r.Get("/api/items", api)
+	})
+	return ws, r
+}
+
+// CloseReason is the Conn.Context example of docs/lifecycle.md: it waits
+// for the socket to end and says why.
+func CloseReason(c *chiws.Conn) string {
+	<-c.Done()
+	cause := context.Cause(c.Context())
+	switch {
+	case errors.Is(cause, chiws.ErrClosedByPeer):
+		return fmt.Sprintf("the client closed with %d", websocket.CloseStatus(cause))
+	case errors.Is(cause, chiws.ErrKeepAliveTimeout):
+		return "the client vanished"
+	case errors.Is(cause, chiws.ErrShuttingDown):
+		return "the server is shutting down"
+	}
+	return cause.Error()
 }

@@ -17,7 +17,7 @@ func NewWithOrigins(logger *zap.Logger) *chiws.Middleware {
 			"https://*.client.com", // any subdomain, not client.com itself
 			"http://localhost:*",   // local development, any port
 		},
-		Logger: logger, // rejections are logged at Info
+		Logger: logger, // rejections are logged at Debug and counted in Stats
 	})
 }
 

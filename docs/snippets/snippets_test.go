@@ -571,3 +571,74 @@ func TestSubprotocolAndCompression(t *testing.T) {
 	}
 	c.Close(websocket.StatusNormalClosure, "")
 }
+
+// TestThrottledRouter checks the Throttle trap of docs/lifecycle.md: with
+// Throttle mounted for every route, one open socket holds Throttle(1)'s
+// only token and a plain GET gets 429; mounted on the HTTP group only, the
+// GET is served while the socket stays open.
+func TestThrottledRouter(t *testing.T) {
+	api := func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }
+	for _, tt := range []struct {
+		name string
+		use  func(ws *chiws.Middleware) http.Handler // nil result: ThrottledRouter's own
+		want int
+	}{
+		{"Throttle on every route", func(ws *chiws.Middleware) http.Handler {
+			r := chi.NewRouter()
+			r.Use(ws.Handler, middleware.Throttle(1))
+			r.Get("/ws", echoHandler)
+			r.Get("/api/items", api)
+			return r
+		}, http.StatusTooManyRequests},
+		{"Throttle on the HTTP group", func(*chiws.Middleware) http.Handler { return nil }, http.StatusOK},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ws, h := ThrottledRouter(api, echoHandler)
+			if r := tt.use(ws); r != nil {
+				h = r
+			}
+			srv := serve(t, ws, h)
+			c, _ := dial(t, wsURL(srv), nil)
+			ctx := testCtx(t)
+			if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := c.Read(ctx); err != nil {
+				t.Fatal(err) // the socket is open and its handler running
+			}
+			resp, err := http.Get(srv.URL + "/api/items")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Errorf("GET /api/items with a socket open: %d, want %d", resp.StatusCode, tt.want)
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+		})
+	}
+}
+
+// TestCloseReason checks the causes CloseReason tells apart.
+func TestCloseReason(t *testing.T) {
+	reasons := make(chan string, 1)
+	ws := chiws.New(chiws.Options{})
+	srv := serve(t, ws, route(ws, func(w http.ResponseWriter, r *http.Request) {
+		c, err := chiws.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		go echoLoop(c)
+		reasons <- CloseReason(c)
+	}))
+	c, _ := dial(t, wsURL(srv), nil)
+	c.Close(4000, "bye")
+	select {
+	case got := <-reasons:
+		if got != "the client closed with 4000" {
+			t.Errorf("CloseReason = %q", got)
+		}
+	case <-testCtx(t).Done():
+		t.Fatal("socket did not end")
+	}
+}

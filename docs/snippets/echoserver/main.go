@@ -6,6 +6,7 @@ package main
 import (
 	"log"
 	"net/http"
+	"time"
 
 	"github.com/chiws/chiws"
 	"github.com/go-chi/chi/v5"
@@ -25,8 +26,15 @@ func main() {
 	r.Use(ws.Handler) // before the routes that accept WebSockets
 	r.Get("/ws", echo)
 
+	srv := &http.Server{
+		Addr:    "localhost:5000",
+		Handler: r,
+		// Without it, a client that never finishes its headers holds a
+		// connection open for as long as it likes.
+		ReadHeaderTimeout: 10 * time.Second,
+	}
 	log.Print("listening on http://localhost:5000")
-	log.Fatal(http.ListenAndServe("localhost:5000", r))
+	log.Fatal(srv.ListenAndServe())
 }
 
 // echo sends every message back until the client closes the socket.
