@@ -45,15 +45,15 @@
 //
 // # Keep-alive
 //
-// Every Options.KeepAliveInterval (two minutes by default) the server pings
-// each socket; a peer that sends nothing back, neither the pong nor a
-// message, within Options.KeepAliveTimeout (30 s by default) is gone, and
-// the socket is aborted and logged. Each socket costs one runtime timer,
-// not a goroutine, and no goroutine waits for a pong (unless a
-// ResponseWriter wrapper hijacks around chiws's). coder/websocket only
-// sees pongs while someone reads the socket, so a handler must keep
-// reading: Read or Reader in a loop, or CloseRead for a socket the server
-// only writes to.
+// A socket that was quiet for Options.KeepAliveInterval (two minutes by
+// default: nothing read from the peer, or nothing written to it) is
+// pinged; a peer that sends nothing back, neither the pong nor a message,
+// within Options.KeepAliveTimeout (30 s by default) is gone, and the
+// socket is aborted and logged. Busy sockets are not pinged. Each socket
+// costs one runtime timer, and a goroutine only while a ping waits for its
+// pong. coder/websocket only sees pongs while someone reads the socket, so
+// a handler must keep reading: Read or Reader in a loop, or CloseRead for
+// a socket the server only writes to.
 //
 // # Lifecycle
 //
@@ -69,11 +69,21 @@
 //
 // # Shutdown
 //
-// http.Server.Shutdown neither closes nor waits for hijacked connections.
+// http.Server.Shutdown neither closes nor waits for hijacked HTTP/1.1
+// connections, and it waits for HTTP/2 streams, WebSockets included.
 // Middleware.Shutdown closes every socket with 1001 Going Away, refuses new
 // ones with 503, and waits for the handlers to return, within its
-// context's deadline:
+// context's deadline. Start it with the server's shutdown:
 //
-//	err := srv.Shutdown(ctx)                 // stop accepting requests
-//	err = errors.Join(err, ws.Shutdown(ctx)) // drain the sockets
+//	drained := make(chan error, 1)
+//	srv.RegisterOnShutdown(func() { drained <- ws.Shutdown(ctx) })
+//	err := errors.Join(srv.Shutdown(ctx), <-drained)
+//
+// # HTTP/2
+//
+// Browsers open WebSockets over an HTTP/2 connection with an extended
+// CONNECT (RFC 8441) when the server offers it. net/http's HTTP/2 server
+// does when the process starts with GODEBUG=http2xconnect=1; the
+// middleware then accepts those requests as it accepts HTTP/1.1 upgrades,
+// and routes registered for GET receive them. See docs/http2.md.
 package chiws

@@ -34,8 +34,9 @@ const (
 // same-origin browsers only, keep-alive pings every two minutes, a 32 KiB
 // read limit, no compression, no connection limit, no logs.
 type Options struct {
-	// KeepAliveInterval is how often the server sends a ping frame on each
-	// socket, counted from one ping to the next. Zero means
+	// KeepAliveInterval is how long a socket may stay quiet (nothing read
+	// from the peer, or nothing written to it) before the server sends it
+	// a ping frame; busy sockets are not pinged. Zero means
 	// DefaultKeepAliveInterval (2 minutes); a negative value disables
 	// pings. Pongs are only seen while the handler reads the socket (Read,
 	// Reader or CloseRead): see "Keep-alive" in the package documentation.
@@ -46,9 +47,9 @@ type Options struct {
 	// Core) and the timeout is logged. Anything read from the peer after
 	// the ping answers it: the pong, or a data message. A large message
 	// that the peer is still receiving, slowly, also keeps it alive: the
-	// ping waits behind it and the deadline moves to the next interval.
-	// Zero means DefaultKeepAliveTimeout (30 s); a negative value disables
-	// the deadline, leaving unsolicited pings that only keep proxies awake.
+	// ping waits behind it and is tried again an interval later. Zero
+	// means DefaultKeepAliveTimeout (30 s); a negative value disables the
+	// deadline, leaving pings that only keep proxies awake.
 	KeepAliveTimeout time.Duration
 
 	// AllowedOrigins lists the Origin values allowed to open a socket, as
