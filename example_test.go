@@ -185,9 +185,10 @@ func ExampleConn_Wait() {
 	// StatusNormalClosure
 }
 
-// Wire Shutdown next to http.Server.Shutdown: the server stops taking
+// Start Shutdown with http.Server.Shutdown: the server stops taking
 // requests, and the middleware closes every socket with 1001 Going Away and
-// waits for the handlers to return.
+// waits for the handlers to return. Registered this way, it drains HTTP/1.1
+// and HTTP/2 sockets alike (the server waits for HTTP/2 streams).
 func ExampleMiddleware_Shutdown() {
 	ws := chiws.New(chiws.Options{})
 	r := chi.NewRouter()
@@ -220,8 +221,9 @@ func ExampleMiddleware_Shutdown() {
 	// In a real program: on SIGINT/SIGTERM, with http.Server srv.Config.
 	shutdownCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	err = srv.Config.Shutdown(shutdownCtx)
-	err = errors.Join(err, ws.Shutdown(shutdownCtx))
+	drained := make(chan error, 1)
+	srv.Config.RegisterOnShutdown(func() { drained <- ws.Shutdown(shutdownCtx) })
+	err = errors.Join(srv.Config.Shutdown(shutdownCtx), <-drained)
 	fmt.Println("shutdown error:", err)
 	fmt.Println("client saw:", websocket.CloseStatus(<-closed))
 	srv.Close()

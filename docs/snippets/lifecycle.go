@@ -102,16 +102,6 @@ func TimeoutRouter(ws *chiws.Middleware, timeout time.Duration, echo http.Handle
 	return r
 }
 
-// ShutdownOnServer is the RegisterOnShutdown example of docs/lifecycle.md.
-func ShutdownOnServer(srv *http.Server, ws *chiws.Middleware) {
-	srv.RegisterOnShutdown(func() {
-		// net/http runs this in its own goroutine and does not wait for it.
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = ws.Shutdown(ctx) // an incomplete shutdown is logged at Warn
-	})
-}
-
 // PublishStats is the expvar example of docs/lifecycle.md.
 func PublishStats(ws *chiws.Middleware) {
 	expvar.Publish("websockets", expvar.Func(func() any { return ws.Stats() }))

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"expvar"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -469,36 +468,6 @@ func TestTimeoutRouter(t *testing.T) {
 				t.Errorf("server error log %q: hijacked mentioned=%v, want %v", errLog.String(), got, tt.wantLog)
 			}
 		})
-	}
-}
-
-func TestShutdownOnServer(t *testing.T) {
-	ws := chiws.New(chiws.Options{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: route(ws, echoHandler)}
-	ShutdownOnServer(srv, ws)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-
-	c, _ := dial(t, "ws://"+ln.Addr().String()+"/ws", nil)
-	ctx := testCtx(t)
-	if err := srv.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	_, _, err = c.Read(ctx)
-	if websocket.CloseStatus(err) != websocket.StatusGoingAway {
-		t.Errorf("read after Shutdown: %v, want 1001", err)
-	}
-	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-		t.Errorf("Serve: %v", err)
-	}
-	// ws.Shutdown, in net/http's goroutine, returns once the handler has.
-	waitFor(t, "ws.Shutdown", func() bool { return ws.Stats().Active == 0 })
-	if err := ws.Shutdown(ctx); err != nil {
-		t.Error(err)
 	}
 }
 

@@ -51,11 +51,14 @@ func run(ctx context.Context, ln net.Listener) error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	// srv.Shutdown stops new requests and waits for the ordinary ones, but
-	// WebSockets are hijacked connections it neither closes nor waits for:
-	// ws.Shutdown closes them with 1001 Going Away and waits for their
+	// srv.Shutdown stops new requests and waits for the ordinary ones. It
+	// neither closes nor waits for hijacked HTTP/1.1 connections, and it
+	// waits for HTTP/2 streams, WebSockets included: ws.Shutdown, started
+	// with it, closes both kinds with 1001 Going Away and waits for their
 	// handlers to return.
-	err := errors.Join(srv.Shutdown(ctx), ws.Shutdown(ctx))
+	drained := make(chan error, 1)
+	srv.RegisterOnShutdown(func() { drained <- ws.Shutdown(ctx) })
+	err := errors.Join(srv.Shutdown(ctx), <-drained)
 	if serveErr := <-served; !errors.Is(serveErr, http.ErrServerClosed) {
 		err = errors.Join(err, serveErr)
 	}
