@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"os"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/chiws/chiws/example/app"
 	"github.com/chromedp/chromedp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // Timeouts, generous for a loaded 2-core machine.
@@ -49,7 +52,7 @@ func (b *lockedBuffer) String() string {
 
 // newBrowser starts a headless Chromium with a fresh profile. The returned
 // context is the browser's; cleanup stops Chromium and waits for it.
-func newBrowser(t *testing.T) context.Context {
+func newBrowser(t *testing.T, flags ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
 	exe := findTool(t, "chromium", "/usr/bin/chromium", "chromium", "chromium-browser")
 	profile := t.TempDir() // registered first, so removed after Chromium exits
@@ -67,6 +70,7 @@ func newBrowser(t *testing.T) context.Context {
 		chromedp.WindowSize(1100, 900),
 		chromedp.CombinedOutput(out),
 	)
+	opts = append(opts, flags...)
 	parent, cancelParent := context.WithTimeout(context.Background(), browserLifetime)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(parent, opts...)
 	browserCtx, cancelBrowser := chromedp.NewContext(allocCtx)
@@ -265,6 +269,59 @@ func TestEchoPage(t *testing.T) {
 	}
 	if st := a.WS.Stats(); st.Accepted != 1 || st.RejectedOrigin != 0 {
 		t.Errorf("stats = %+v, want one accepted socket", st)
+	}
+}
+
+// TestEchoPageHTTP2: the page and /ws from one TLS HTTP/2 server started
+// with GODEBUG=http2xconnect=1 (TestMain): Chromium opens the socket as an
+// extended CONNECT on the page's connection, and the echo and the close
+// work as over HTTP/1.1.
+func TestEchoPageHTTP2(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	a, err := app.New(app.Config{Logger: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(a.Handler)
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		defer cancel()
+		drained := make(chan error, 1)
+		srv.Config.RegisterOnShutdown(func() { drained <- a.Shutdown(ctx) })
+		if err := errors.Join(srv.Config.Shutdown(ctx), <-drained); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		srv.Close()
+	})
+	// The test server's certificate is self-signed.
+	tb := newTab(t, newBrowser(t, chromedp.Flag("ignore-certificate-errors", true)), "tab")
+	tb.loadPage(srv.URL)
+	if got, want := run(tb, "read url", chromedp.Value(chromedp.ID("url"))), wsURL(srv, "/ws"); got != want {
+		t.Errorf("pre-filled URL = %q, want %q", got, want)
+	}
+	tb.connect(wsURL(srv, "/ws"), "open")
+	const text = "hello over HTTP/2"
+	tb.send(text)
+	tb.do("see the echo", chromedp.Poll[chromedp.Void](logHas("recv", text)))
+	tb.do("close socket",
+		chromedp.Click(chromedp.ID("close")),
+		chromedp.WaitVisible(chromedp.CSS(`#log li[data-kind="close"][data-code="1000"]`)),
+	)
+	accepted := logs.FilterMessage("websocket accepted").All()
+	if len(accepted) != 1 || accepted[0].ContextMap()["proto"] != "HTTP/2.0" {
+		t.Fatalf("accepted logs %v, want one over HTTP/2.0", accepted)
+	}
+	waitClosed := time.Now().Add(stepTimeout)
+	for logs.FilterMessage("websocket closed").Len() == 0 {
+		if time.Now().After(waitClosed) {
+			t.Fatal("no close log")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if f := logs.FilterMessage("websocket closed").All()[0].ContextMap(); f["closeCode"] != int64(1000) || f["closedBy"] != "client" {
+		t.Errorf("close log %v", f)
 	}
 }
 

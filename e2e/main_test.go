@@ -14,10 +14,17 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chiws/chiws/internal/xconnect"
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain runs the tests with GODEBUG=http2xconnect=1, which net/http
+// reads only when the process starts, so that the HTTP/2 browser test's
+// server offers WebSockets over HTTP/2.
+func TestMain(m *testing.M) {
+	xconnect.Reexec()
+	goleak.VerifyTestMain(m)
+}
 
 // required reports whether missing tools fail the tests instead of
 // skipping them.

@@ -5,41 +5,15 @@
 package http2test
 
 import (
-	"errors"
-	"fmt"
-	"os"
-	"os/exec"
-	"strings"
 	"testing"
 
+	"github.com/chiws/chiws/internal/xconnect"
 	"go.uber.org/goleak"
 )
 
-// godebugXConnect enables extended CONNECT in net/http's HTTP/2 server.
-// net/http reads GODEBUG once, when the process starts, so TestMain runs
-// the test binary again with it set when it is missing.
-const godebugXConnect = "http2xconnect=1"
-
+// TestMain runs the tests with GODEBUG=http2xconnect=1, which net/http
+// reads only when the process starts.
 func TestMain(m *testing.M) {
-	if godebug := os.Getenv("GODEBUG"); !strings.Contains(godebug, godebugXConnect) {
-		if godebug != "" {
-			godebug += ","
-		}
-		cmd := exec.Command(os.Args[0], os.Args[1:]...)
-		// The last of duplicate keys wins (os/exec).
-		cmd.Env = append(os.Environ(), "GODEBUG="+godebug+godebugXConnect)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-		err := cmd.Run()
-		var ee *exec.ExitError
-		switch {
-		case err == nil:
-			os.Exit(0)
-		case errors.As(err, &ee) && ee.ExitCode() >= 0:
-			os.Exit(ee.ExitCode())
-		default:
-			fmt.Fprintln(os.Stderr, "http2test: running the tests with GODEBUG="+godebugXConnect+":", err)
-			os.Exit(1)
-		}
-	}
+	xconnect.Reexec()
 	goleak.VerifyTestMain(m)
 }
