@@ -30,7 +30,7 @@ type Conn struct {
 	m      *Middleware
 	req    *http.Request // the request given to Accept, for logs
 	nc     *netConn      // the hijacked connection
-	hb     *heartbeat    // nil when keep-alive is off
+	hb     heartbeat     // armed by startHeartbeat, unless keep-alive is off
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	start  time.Time
@@ -45,24 +45,29 @@ type Conn struct {
 	// socket (coder/websocket's rule), so it is reused.
 	rd msgReader
 
+	// holds counts the reads and pings in progress, plus downBit once the
+	// connection closed; over is set by whoever ends the socket. See
+	// holdEnd.
+	holds atomic.Int64
+	over  atomic.Bool
+
 	mu     sync.Mutex
 	cause  *closeCause // why the socket ended: the first recorded reason
 	end    time.Time   // when the connection closed
-	holds  int         // reads and pings in progress; see holdEnd
-	down   bool        // the connection closed; the socket ends with the last reader
-	over   bool        // the socket ended (see end)
 	logged bool        // the close log is written (see logClose)
 }
 
-// newConn returns the Conn of an upgrade request, before the handshake:
-// its connection and websocket.Conn are set by Accept.
-func newConn(m *Middleware, r *http.Request) *Conn {
-	c := &Conn{m: m, req: r}
+// downBit in Conn.holds means the connection closed.
+const downBit = 1 << 40
+
+// init prepares the Conn of an upgrade request, before the handshake: its
+// connection and websocket.Conn are set by Accept.
+func (c *Conn) init(m *Middleware, r *http.Request) {
+	c.m, c.req = m, r
 	// The request's values without its deadline or cancellation: chi's
 	// Timeout middleware must not end sockets.
 	c.ctx, c.cancel = context.WithCancelCause(context.WithoutCancel(r.Context()))
 	c.rd.c = c
-	return c
 }
 
 // Done returns a channel closed once the socket's network connection is
@@ -319,38 +324,22 @@ func (c *Conn) abort() {
 // close frame, before the read returns the close code, and when a ping's
 // write times out, before Ping returns: the socket's end waits for them,
 // so that its cause says what happened.
-func (c *Conn) holdEnd() {
-	c.mu.Lock()
-	c.holds++
-	c.mu.Unlock()
-}
+func (c *Conn) holdEnd() { c.holds.Add(1) }
 
 func (c *Conn) releaseEnd() {
-	c.mu.Lock()
-	c.holds--
-	last := c.holds == 0 && c.down && !c.over
-	if last {
-		c.over = true
-	}
-	c.mu.Unlock()
-	if last {
+	if c.holds.Add(-1) == downBit && c.over.CompareAndSwap(false, true) {
 		c.ending()
 	}
 }
 
 // connClosed runs once, when the network connection closes, in the
-// goroutine that closed it. The socket ends now, or when the reads in
-// progress return (see holdEnd).
+// goroutine that closed it. The socket ends now, or when the reads and
+// pings in progress return (see holdEnd).
 func (c *Conn) connClosed() {
 	c.mu.Lock()
 	c.end = time.Now()
-	c.down = true
-	now := c.holds == 0
-	if now {
-		c.over = true
-	}
 	c.mu.Unlock()
-	if now {
+	if c.holds.Add(downBit) == downBit && c.over.CompareAndSwap(false, true) {
 		c.ending()
 	}
 }
@@ -363,11 +352,9 @@ func (c *Conn) ending() {
 	if c.cause == nil {
 		c.cause = &closeCause{by: ErrConnectionLost, code: websocket.StatusAbnormalClosure}
 	}
-	cause, hb := c.cause, c.hb
+	cause := c.cause
 	c.mu.Unlock()
-	if hb != nil {
-		hb.stop()
-	}
+	c.hb.stop()
 	registered := c.m.unregister(c)
 	c.cancel(cause)
 	if registered {

@@ -77,12 +77,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.next.ServeHTTP(&u.w, r)
 }
 
-// upgrade is an admitted upgrade request on its way through the route.
+// upgrade is an admitted upgrade request on its way through the route. It
+// holds the socket's Conn and connection, so that an upgrade is one
+// allocation.
 type upgrade struct {
 	m        *Middleware
 	w        upgradeWriter
 	state    atomic.Int32         // stateNew, stateAccepting, stateAccepted
 	accepted atomic.Pointer[Conn] // set once the socket is registered
+	conn     Conn
+	nc       netConn
 }
 
 // upgrade states.
@@ -199,8 +203,9 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 		return nil, fmt.Errorf("chiws: accept: %T cannot %s: %w", u.w.ResponseWriter, what, http.ErrNotSupported)
 	}
 	so := m.socketOptions(opts)
-	c := newConn(m, r)
-	u.w.conn = c
+	c := &u.conn
+	c.init(m, r)
+	u.w.conn, u.w.nc = c, &u.nc
 
 	// The 101 response is written with the connection's write deadline,
 	// which http.Server.WriteTimeout set when the request arrived.
@@ -218,7 +223,7 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 		return nil, fmt.Errorf("chiws: accept: %w", err)
 	}
 	c.Conn = wc
-	if u.w.nc == nil {
+	if !u.w.hijacked {
 		// Someone hijacked past the middleware's writer: chiws would not
 		// see the connection close, so the socket cannot be served.
 		m.cfg.log.Error("websocket closed with 1011: "+ErrHijackBypassed.Error(),

@@ -54,25 +54,25 @@ func (c *Conn) startHeartbeat(interval, timeout time.Duration) {
 	if interval <= 0 {
 		return
 	}
-	h := &heartbeat{c: c, interval: interval, timeout: timeout}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.down {
-		return // ending will not look for it
-	}
+	h := &c.hb
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c.hb = h
+	if h.stopped {
+		return // the socket ended already
+	}
+	h.c, h.interval, h.timeout = c, interval, timeout
 	h.timer = time.AfterFunc(interval, h.run)
 }
 
-// stop ends the keep-alive; a beat in progress ends by itself, as its Ping
-// fails once the connection is closed.
+// stop ends the keep-alive, armed or not; a beat in progress ends by
+// itself, as its Ping fails once the connection is closed.
 func (h *heartbeat) stop() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.stopped = true
-	h.timer.Stop()
+	if h.timer != nil {
+		h.timer.Stop()
+	}
 }
 
 // run is the timer's callback. The middleware's goroutine count holds it

@@ -21,7 +21,7 @@ type upgradeWriter struct {
 	http.ResponseWriter
 	conn     *Conn     // the socket the hijacked connection belongs to
 	h2       *h2Stream // the stream of an HTTP/2 WebSocket (http2.go), or nil
-	nc       *netConn  // set by Hijack
+	nc       *netConn  // set up by Hijack
 	hijacked bool
 }
 
@@ -59,7 +59,7 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	if w.h2 != nil {
 		w.hijacked = true
-		w.nc = newNetConn(w.h2, w.conn.connClosed)
+		w.nc.init(w.h2, w.conn.connClosed)
 		return w.nc, bufio.NewReadWriter(bufio.NewReader(w.nc), bufio.NewWriter(w.nc)), nil
 	}
 	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
@@ -67,7 +67,7 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.hijacked = true
-	w.nc = newNetConn(c, w.conn.connClosed)
+	w.nc.init(c, w.conn.connClosed)
 	// net/http's buffered writer targets the raw connection; point it at
 	// ours so that every byte written is counted, after flushing what it
 	// holds (the 101 when net/http wrote it).
@@ -124,12 +124,11 @@ type netConn struct {
 	writes              atomic.Int32 // Writes in progress
 }
 
-func newNetConn(c net.Conn, onClose func()) *netConn {
-	nc := &netConn{Conn: c, onClose: onClose}
+func (nc *netConn) init(c net.Conn, onClose func()) {
+	nc.Conn, nc.onClose = c, onClose
 	now := int64(monotime())
 	nc.lastRead.Store(now)
 	nc.lastWrite.Store(now)
-	return nc
 }
 
 func (c *netConn) Read(p []byte) (int, error) {
