@@ -51,10 +51,11 @@ type Conn struct {
 	holds atomic.Int64
 	over  atomic.Bool
 
-	mu     sync.Mutex
-	cause  *closeCause // why the socket ended: the first recorded reason
-	end    time.Time   // when the connection closed
-	logged bool        // the close log is written (see logClose)
+	mu       sync.Mutex
+	cause    *closeCause // why the socket ended: the first recorded reason
+	causeVal closeCause  // where cause points, unless amended
+	end      time.Time   // when the connection closed
+	logged   bool        // the close log is written (see logClose)
 }
 
 // downBit in Conn.holds means the connection closed.
@@ -271,7 +272,8 @@ func (c *Conn) record(by error, code websocket.StatusCode, reason string) bool {
 	if c.cause != nil {
 		return false
 	}
-	c.cause = &closeCause{by: by, code: code, reason: reason}
+	c.causeVal = closeCause{by: by, code: code, reason: reason}
+	c.cause = &c.causeVal
 	return true
 }
 
@@ -350,7 +352,8 @@ func (c *Conn) connClosed() {
 func (c *Conn) ending() {
 	c.mu.Lock()
 	if c.cause == nil {
-		c.cause = &closeCause{by: ErrConnectionLost, code: websocket.StatusAbnormalClosure}
+		c.causeVal = closeCause{by: ErrConnectionLost, code: websocket.StatusAbnormalClosure}
+		c.cause = &c.causeVal
 	}
 	cause := c.cause
 	c.mu.Unlock()

@@ -62,7 +62,11 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		w.nc.init(w.h2, w.conn.connClosed)
 		return w.nc, bufio.NewReadWriter(bufio.NewReader(w.nc), bufio.NewWriter(w.nc)), nil
 	}
-	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	hj, ok := find[http.Hijacker](w.ResponseWriter)
+	if !ok {
+		return nil, nil, http.ErrNotSupported
+	}
+	c, brw, err := hj.Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -80,31 +84,32 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // canHijack reports whether w, or a writer it unwraps to, implements
-// http.Hijacker, as http.ResponseController looks for it. Accept checks it
-// before the handshake: coder/websocket writes the 101 before it hijacks,
-// and a writer that cannot hijack (http.TimeoutHandler's) would buffer a
-// 101 that no socket follows.
+// http.Hijacker. Accept checks it before the handshake: coder/websocket
+// writes the 101 before it hijacks, and a writer that cannot hijack
+// (http.TimeoutHandler's) would buffer a 101 that no socket follows.
 func canHijack(w http.ResponseWriter) bool {
-	return implements(w, func(w http.ResponseWriter) bool { _, ok := w.(http.Hijacker); return ok })
+	_, ok := find[http.Hijacker](w)
+	return ok
 }
 
 // canFlush is canHijack for HTTP/2 streams, which are flushed, not hijacked.
 func canFlush(w http.ResponseWriter) bool {
-	return implements(w, func(w http.ResponseWriter) bool {
-		_, ok := w.(http.Flusher)
-		_, okErr := w.(interface{ FlushError() error })
-		return ok || okErr
-	})
+	_, ok := find[http.Flusher](w)
+	_, okErr := find[interface{ FlushError() error }](w)
+	return ok || okErr
 }
 
-func implements(w http.ResponseWriter, has func(http.ResponseWriter) bool) bool {
+// find looks for T in w and the writers it unwraps to, in the order
+// http.ResponseController looks for the methods it calls.
+func find[T any](w http.ResponseWriter) (T, bool) {
 	for {
-		if has(w) {
-			return true
+		if t, ok := w.(T); ok {
+			return t, true
 		}
 		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
 		if !ok {
-			return false
+			var zero T
+			return zero, false
 		}
 		w = u.Unwrap()
 	}
