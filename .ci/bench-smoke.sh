@@ -13,8 +13,8 @@ trap 'rm -f "$out"' EXIT
 go test -count=1 -run 'Test' -bench . -benchtime 10x ./bench/
 timeout 300 go run ./bench/cmd/bench -smoke -out "$out"
 
-for section in "Pass-through" "Upgrade" "Connect rate" "Echo, 128 B" "Idle footprint" \
-  "Keep-alive cost" "Stack per idle connection" "Churn"; do
+for section in "Goals" "Pass-through" "Upgrade" "Connect rate" "Echo, 128 B" "Idle footprint" \
+  "Keep-alive cost" "Stack per idle connection" "Churn" "What is left, and why"; do
   if ! grep -q "## .*$section" "$out"; then
     echo "bench-smoke: section \"$section\" missing from the report" >&2
     cat "$out" >&2

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -23,8 +25,12 @@ import (
 type Client struct {
 	Addr    string // host:port of the WebSocket server, on 127.0.0.1
 	CtlAddr string // host:port of its PathStats listener
-	clients []*http.Client
-	ctl     *http.Client
+	// CPUProfile, if set, is a file that RunIdle writes the server's CPU
+	// profile over its measurement window to (net/http/pprof on the
+	// control listener, instead of sleeping through the window).
+	CPUProfile string
+	clients    []*http.Client
+	ctl        *http.Client
 }
 
 // NewClient returns a client of the server at addr, whose control
@@ -243,6 +249,7 @@ type EchoResult struct {
 	PerSecond  float64   `json:"perSecond"`
 	Latency    Latencies `json:"latency"`
 	ServerCPU  float64   `json:"serverCPU"`  // CPU seconds in the window
+	PingsSent  uint64    `json:"pingsSent"`  // keep-alive pings the server sent in the window
 	CPUPerMsgM float64   `json:"cpuPerMsgM"` // CPU seconds per million messages
 }
 
@@ -308,6 +315,7 @@ func (c *Client) RunEcho(ctx context.Context, conns, size int, warmup, window ti
 		var after ServerStats
 		after, err = c.Stats(false)
 		r.ServerCPU = after.CPU - before.CPU
+		r.PingsSent = after.PingsSent - before.PingsSent
 	}
 	stop.Store(true)
 	wg.Wait()
@@ -363,7 +371,14 @@ func (c *Client) RunIdle(ctx context.Context, conns int, settle, window time.Dur
 		return r, err
 	}
 	t0 := time.Now()
-	time.Sleep(window) // a measurement window, not synchronisation
+	if c.CPUProfile != "" {
+		err = c.profile(window)
+	} else {
+		time.Sleep(window) // a measurement window, not synchronisation
+	}
+	if err != nil {
+		return r, err
+	}
 	if r.WindowEnd, err = c.Stats(false); err != nil {
 		return r, err
 	}
@@ -378,6 +393,30 @@ func (c *Client) RunIdle(ctx context.Context, conns int, settle, window time.Dur
 	}
 	r.After, err = c.Stats(true)
 	return r, err
+}
+
+// profile writes the server's CPU profile over d (whole seconds, at least
+// one) to c.CPUProfile.
+func (c *Client) profile(d time.Duration) error {
+	secs := max(int((d+time.Second/2)/time.Second), 1)
+	hc := &http.Client{Timeout: time.Duration(secs)*time.Second + 30*time.Second}
+	res, err := hc.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", c.CtlAddr, secs))
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("cpu profile: %s", res.Status)
+	}
+	f, err := os.Create(c.CPUProfile)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, res.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	return f.Close()
 }
 
 // ChurnResult is the outcome of RunChurn.

@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/bench"
 )
 
@@ -76,6 +77,7 @@ func main() {
 	out := flag.String("out", "-", "write the Markdown report here (- for stdout)")
 	smoke := flag.Bool("smoke", false, "tiny counts: checks that the harness works")
 	only := flag.String("only", "", "comma-separated sections to run (passthrough,upgrade,connect,echo,idle,churn); empty = all")
+	profileDir := flag.String("cpuprofile", "", "write the server's CPU profile over each idle window of the keep-alive candidates into this directory")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("bench: ")
@@ -95,7 +97,12 @@ func main() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(tmp)
-	h := &harness{plan: p, tmp: tmp}
+	h := &harness{plan: p, tmp: tmp, profileDir: *profileDir}
+	if *profileDir != "" {
+		if err := os.MkdirAll(*profileDir, 0o755); err != nil {
+			log.Fatal(err)
+		}
+	}
 	rep := &report{plan: p, smoke: *smoke}
 
 	if want("passthrough") {
@@ -168,6 +175,7 @@ type harness struct {
 	plan                plan
 	tmp                 string
 	serverBin, clientBn string
+	profileDir          string // -cpuprofile: keep-alive candidates' idle-window CPU profiles
 }
 
 // --- in-process -------------------------------------------------------
@@ -322,26 +330,57 @@ func (h *harness) echo(size int) (map[string][]bench.EchoResult, error) {
 	p := h.plan
 	return rounds(p.rounds, echoCandidates, func(c string) (bench.EchoResult, error) {
 		var r bench.EchoResult
-		err := h.runClient(c, 0, &r, "-mode", "echo", "-conns", fmt.Sprint(p.echoConns),
+		err := h.runClient(c, h.keepAliveFor(c), &r, "-mode", "echo", "-conns", fmt.Sprint(p.echoConns),
 			"-size", fmt.Sprint(size), "-warmup", p.echoWarmup.String(), "-window", p.echoWindow.String())
 		return r, err
 	})
 }
 
-func (h *harness) keepAliveFor(c string) time.Duration {
+// keepAliveFor is the keep-alive a candidate runs with in the echo and idle
+// sections: chiws, coder-ping and gorilla-ping ping every plan.keepAlive
+// (1 s), the others never (-1 disables). armed describes it for the report.
+func (h *harness) keepAliveFor(c string) time.Duration { return keepAliveFor(h.plan, c) }
+
+func keepAliveFor(p plan, c string) time.Duration {
 	switch c {
 	case bench.Chiws, bench.CoderPing, bench.GorillaPing:
-		return h.plan.keepAlive
+		return p.keepAlive
 	}
 	return -1
 }
 
+// armed says in words what keep-alive candidate c has armed at interval
+// ka (as passed to benchserver -keepalive).
+func armed(c string, ka time.Duration) string {
+	if ka < 0 {
+		return "none"
+	}
+	if ka == 0 {
+		ka = chiws.DefaultKeepAliveInterval
+	}
+	switch c {
+	case bench.Chiws:
+		return fmt.Sprintf("every %v: a runtime timer per socket, Ping only on quiet sockets", ka)
+	case bench.CoderPing:
+		return fmt.Sprintf("every %v: a goroutine per socket, ticker + Ping", ka)
+	case bench.GorillaPing:
+		return fmt.Sprintf("every %v: a goroutine per socket, ticker + WriteControl(ping)", ka)
+	}
+	return "none"
+}
+
 func (h *harness) idle() (map[string][]bench.IdleResult, error) {
 	p := h.plan
+	runs := map[string]int{}
 	return rounds(p.idleRounds, idleCandidates, func(c string) (bench.IdleResult, error) {
 		var r bench.IdleResult
-		err := h.runClient(c, h.keepAliveFor(c), &r, "-mode", "idle", "-conns", fmt.Sprint(p.idleConns),
-			"-settle", p.idleSettle.String(), "-window", p.idleWindow.String())
+		args := []string{"-mode", "idle", "-conns", fmt.Sprint(p.idleConns),
+			"-settle", p.idleSettle.String(), "-window", p.idleWindow.String()}
+		if h.profileDir != "" && h.keepAliveFor(c) > 0 {
+			runs[c]++
+			args = append(args, "-cpuprofile", filepath.Join(h.profileDir, fmt.Sprintf("%s-idle-%d.pprof", c, runs[c])))
+		}
+		err := h.runClient(c, h.keepAliveFor(c), &r, args...)
 		return r, err
 	})
 }

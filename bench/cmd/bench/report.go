@@ -32,9 +32,12 @@ type report struct {
 	broken      bool
 }
 
+// goal is a row of the Goals table: an acceptance criterion with met
+// computed from this run's measurements, or (info) a figure reported
+// without a criterion.
 type goal struct {
 	name, measured string
-	met            bool
+	met, info      bool
 }
 
 func median(v []float64) float64 {
@@ -68,6 +71,13 @@ func each[T any](v []T, f func(T) float64) []float64 {
 	return out
 }
 
+func (g goal) result() string {
+	if g.info {
+		return "info"
+	}
+	return metStr(g.met)
+}
+
 func metStr(ok bool) string {
 	if ok {
 		return "met"
@@ -78,7 +88,12 @@ func metStr(ok bool) string {
 func kib(b float64) string { return fmt.Sprintf("%.2f KiB", b/1024) }
 
 func (r *report) addGoal(name string, met bool, format string, args ...any) {
-	r.goals = append(r.goals, goal{name, fmt.Sprintf(format, args...), met})
+	r.goals = append(r.goals, goal{name: name, measured: fmt.Sprintf(format, args...), met: met})
+}
+
+// addInfo adds a row that reports a figure without a criterion.
+func (r *report) addInfo(name string, format string, args ...any) {
+	r.goals = append(r.goals, goal{name: name, measured: fmt.Sprintf(format, args...), info: true})
 }
 
 func osRelease() string {
@@ -103,7 +118,9 @@ func (r *report) render(w io.Writer) {
 	fmt.Fprintln(w, "```")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "The in-process benchmarks also run under `go test -bench . ./bench/`.")
-	fmt.Fprintln(w, "Everything below the goals table is generated; numbers are never typed by hand.")
+	fmt.Fprintln(w, "The whole file is written by the harness: the tables and the Goals (met or missed) from this")
+	fmt.Fprintln(w, "run's measurements, the Method and findings from bench/cmd/bench/notes.md (which holds no")
+	fmt.Fprintln(w, "figures), and \"What is left, and why\" from the goals missed. Figures are never typed by hand.")
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "Machine: %d CPUs (GOMAXPROCS %d), %s, %s/%s, %s. Run on %s, took %v",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH,
@@ -117,6 +134,9 @@ func (r *report) render(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "## Goals")
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Computed from the measurements of this run, side by side; the number is the section below.")
+	fmt.Fprintln(w, "Rows marked info report a figure without a criterion.")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| Goal | Measured | Result |")
 	fmt.Fprintln(w, "| --- | --- | --- |")
 	// By section number; the order of the checks within a section is kept.
@@ -124,12 +144,38 @@ func (r *report) render(w io.Writer) {
 		return strings.Compare(strings.SplitN(a.name, ".", 2)[0], strings.SplitN(b.name, ".", 2)[0])
 	})
 	for _, g := range r.goals {
-		fmt.Fprintf(w, "| %s | %s | %s |\n", g.name, g.measured, metStr(g.met))
+		fmt.Fprintf(w, "| %s | %s | %s |\n", g.name, g.measured, g.result())
 	}
 	fmt.Fprintln(w)
 	io.WriteString(w, body.String())
 	fmt.Fprintln(w)
 	io.WriteString(w, notes)
+	fmt.Fprintln(w)
+	r.renderLeft(w)
+}
+
+// renderLeft writes "What is left, and why": the goals this run missed,
+// listed from the table, and a placeholder for their explanation.
+func (r *report) renderLeft(w io.Writer) {
+	fmt.Fprintln(w, "## What is left, and why")
+	fmt.Fprintln(w)
+	var missed []goal
+	for _, g := range r.goals {
+		if !g.info && !g.met {
+			missed = append(missed, g)
+		}
+	}
+	if len(missed) == 0 {
+		fmt.Fprintln(w, "Every goal in the table was met in this run.")
+		return
+	}
+	fmt.Fprintln(w, "Goals missed in this run (listed from the Goals table):")
+	fmt.Fprintln(w)
+	for _, g := range missed {
+		fmt.Fprintf(w, "- **%s**: %s.\n", g.name, g.measured)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "_Why: to be written after review of this run's profiles (see Method for how to take them)._")
 }
 
 func (r *report) renderBody(w io.Writer) {
@@ -157,8 +203,9 @@ func (r *report) renderBody(w io.Writer) {
 		extraChi := median(byName["chi+chiws"].allocs) - median(byName["chi"].allocs)
 		rChi := ratio(byName["chi+chiws"].ns, byName["chi"].ns)
 		rBare := ratio(byName["chiws(bare)"].ns, byName["bare"].ns)
-		r.addGoal("1. Pass-through: +0 allocations", extra == 0 && extraChi == 0, "%+.0f allocs (bare), %+.0f (chi)", extra, extraChi)
-		r.addGoal("1. Pass-through: under 5% extra time (behind chi)", rChi <= 1.05,
+		r.addGoal("1. Pass-through: +0 allocations (bare and behind chi)", extra == 0 && extraChi == 0,
+			"%+.0f allocs (bare), %+.0f (behind chi)", extra, extraChi)
+		r.addInfo("1. Pass-through: time",
 			"%.3fx behind chi; %.2fx against an empty handler (%+.1f ns)", rChi, rBare,
 			median(byName["chiws(bare)"].ns)-median(byName["bare"].ns))
 	}
@@ -189,19 +236,20 @@ func (r *report) renderBody(w io.Writer) {
 			ratio(chiws.ns, chiCoder.ns), median(chiws.allocs)-median(chiCoder.allocs), median(chiws.bytes)-median(chiCoder.bytes))
 		extra := median(chiws.allocs) - median(coder.allocs)
 		rt := ratio(chiws.ns, coder.ns)
-		r.addGoal("2. Upgrade: at most 1 extra allocation over bare Accept", extra <= 1,
-			"%+.0f allocs (%+.0f from chi, %+.0f from chiws)", extra,
-			median(chiCoder.allocs)-median(coder.allocs), median(chiws.allocs)-median(chiCoder.allocs))
-		r.addGoal("2. Upgrade: at most 5% extra time over bare Accept", rt <= 1.05,
-			"%.2fx (%.2fx over chi + bare Accept)", rt, ratio(chiws.ns, chiCoder.ns))
+		r.addInfo("2. Upgrade: allocations and time over bare Accept (in process)",
+			"%+.0f allocs (%+.0f from chi, %+.0f from chiws); %.2fx time (%.2fx over chi + bare Accept)", extra,
+			median(chiCoder.allocs)-median(coder.allocs), median(chiws.allocs)-median(chiCoder.allocs),
+			rt, ratio(chiws.ns, chiCoder.ns))
 	}
 	if r.connect != nil {
 		fmt.Fprintf(w, "## 3. Connect rate (benchclient process, %d workers, %v per run, %d rounds)\n\n",
 			p.connectWorkers, p.connectFor, p.rounds)
 		fmt.Fprintln(w, "Each worker loops: dial, upgrade, close handshake. Handshake latency is dial to upgraded.")
+		fmt.Fprintln(w, "chiws runs with its default keep-alive (armed on every socket; the sockets close long before")
+		fmt.Fprintln(w, "it would fire).")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| Candidate | conns/s | p50 handshake | p99 handshake | rate vs coder | p99 vs coder | errors |")
-		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+		fmt.Fprintln(w, "| Candidate | keep-alive armed | conns/s | p50 handshake | p99 handshake | rate vs coder | p99 vs coder | errors |")
+		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 		rate := func(c string) []float64 {
 			return each(r.connect[c], func(x bench.ConnectResult) float64 { return x.PerSecond })
 		}
@@ -211,13 +259,13 @@ func (r *report) renderBody(w io.Writer) {
 		for _, c := range connectCandidates {
 			p50 := each(r.connect[c], func(x bench.ConnectResult) float64 { return x.Handshake.P50 })
 			errs := each(r.connect[c], func(x bench.ConnectResult) float64 { return float64(x.Errors) })
-			fmt.Fprintf(w, "| %s | %.0f | %.0f µs | %.0f µs | %.3fx | %.2fx | %.0f |\n", c, median(rate(c)), median(p50),
+			fmt.Fprintf(w, "| %s | %s | %.0f | %.0f µs | %.0f µs | %.3fx | %.2fx | %.0f |\n", c, armed(c, 0), median(rate(c)), median(p50),
 				median(p99(c)), ratio(rate(c), rate(bench.Coder)), ratio(p99(c), p99(bench.Coder)), median(errs))
 		}
 		fmt.Fprintln(w)
 		rr, pr := ratio(rate(bench.Chiws), rate(bench.Coder)), ratio(p99(bench.Chiws), p99(bench.Coder))
-		r.addGoal("3. Connect rate at least 0.95x coder", rr >= 0.95, "%.3fx", rr)
-		r.addGoal("3. p99 handshake at most 1.1x coder", pr <= 1.1, "%.2fx", pr)
+		r.addGoal("3. Connect rate at least 0.95x raw coder/websocket", rr >= 0.95, "%.3fx", rr)
+		r.addInfo("3. p99 handshake vs raw coder/websocket", "%.2fx", pr)
 	}
 	for _, e := range r.echo {
 		var size int
@@ -227,15 +275,17 @@ func (r *report) renderBody(w io.Writer) {
 		fmt.Fprintf(w, "## 4. Echo, %d B messages (%d connections, %v window, %d rounds)\n\n",
 			size, p.echoConns, p.echoWindow, p.rounds)
 		fmt.Fprintln(w, "Every connection sends a message and waits for its echo, in a loop. CPU is the server")
-		fmt.Fprintln(w, "process's user+system time (getrusage) over the window.")
+		fmt.Fprintln(w, "process's user+system time (getrusage) over the window. chiws has its keep-alive armed")
+		fmt.Fprintf(w, "(every %v); the sockets are busy, so it should find none of them quiet and send no ping.\n", p.keepAlive)
+		fmt.Fprintln(w, "coder and gorilla have no keep-alive.")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| Candidate | msgs/s | p50 | p99 | p99.9 | server CPU s / M msgs | msgs/s vs coder | CPU/msg vs coder |")
-		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		fmt.Fprintln(w, "| Candidate | keep-alive armed | msgs/s | p50 | p99 | p99.9 | server CPU s / M msgs | msgs/s vs coder | CPU/msg vs coder |")
+		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 		f := func(c string, g func(bench.EchoResult) float64) []float64 { return each(e[c], g) }
 		rate := func(x bench.EchoResult) float64 { return x.PerSecond }
 		cpu := func(x bench.EchoResult) float64 { return x.CPUPerMsgM }
 		for _, c := range echoCandidates {
-			fmt.Fprintf(w, "| %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %.1f | %.3fx | %.2fx |\n", c, median(f(c, rate)),
+			fmt.Fprintf(w, "| %s | %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %.1f | %.3fx | %.2fx |\n", c, armed(c, keepAliveFor(p, c)), median(f(c, rate)),
 				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P50 }))/1e3,
 				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P99 }))/1e3,
 				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P999 }))/1e3,
@@ -243,8 +293,15 @@ func (r *report) renderBody(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 		rr := ratio(f(bench.Chiws, rate), f(bench.Coder, rate))
-		r.addGoal(fmt.Sprintf("4. Echo %d B: at least 0.97x coder msgs/s", size), rr >= 0.97, "%.3fx (CPU per message %.2fx)",
-			rr, ratio(f(bench.Chiws, cpu), f(bench.Coder, cpu)))
+		var pings []float64
+		for _, x := range e[bench.Chiws] {
+			pings = append(pings, float64(x.PingsSent))
+		}
+		armedOK := keepAliveFor(p, bench.Chiws) > 0 && keepAliveFor(p, bench.Coder) < 0
+		r.addGoal(fmt.Sprintf("4. Echo %d B, %d busy sockets, chiws keep-alive armed (%v): at least 0.97x raw coder/websocket without keep-alive, msgs/s",
+			size, p.echoConns, p.keepAlive), rr >= 0.97 && armedOK && p.echoConns >= 1000,
+			"%.3fx (CPU per message %.2fx; chiws pings sent in the window: %.0f)%s",
+			rr, ratio(f(bench.Chiws, cpu), f(bench.Coder, cpu)), median(pings), echoShort(p, armedOK))
 	}
 	if r.idle != nil {
 		r.renderIdle(w)
@@ -253,7 +310,7 @@ func (r *report) renderBody(w io.Writer) {
 		r.renderHeadroom(w)
 	}
 	if c := r.churn; c != nil {
-		fmt.Fprintf(w, "## 7. Churn (chiws, keep-alive %v)\n\n", p.keepAlive)
+		fmt.Fprintf(w, "## 7. Churn (chiws, keep-alive armed every %v)\n\n", p.keepAlive)
 		fmt.Fprintf(w, "%d connect/close cycles (16 workers, %.1f s, %d errors) while %d sockets stay open.\n",
 			c.Cycles, c.Seconds, c.Errors, c.Open)
 		fmt.Fprintln(w, "Snapshots after two GCs.")
@@ -279,10 +336,14 @@ func (r *report) renderBody(w io.Writer) {
 		perCycle := second / float64(c.Cycles-c.Cycles/2)
 		ok := dg <= 2 && dFinal <= 2 && c.After.Active == int64(c.Open) &&
 			second < 0.05*float64(c.WithOpen.HeapLive)
-		r.addGoal("7. Churn: goroutines back to baseline; heap growth in the second half under 5%", ok,
-			"%+d goroutines with the long-lived sockets open, %+d after closing all; heap %+.2f MiB over all "+
+		check := "goroutines back to baseline and heap growth in the second half under 5%"
+		if !ok {
+			check = "**not** back to baseline, or heap grew 5% or more in the second half"
+		}
+		r.addInfo("7. Churn (chiws, keep-alive armed)",
+			"%s: %+d goroutines with the long-lived sockets open, %+d after closing all; heap %+.2f MiB over all "+
 				"%d cycles, %+.2f MiB (%+.1f B/cycle) in the second half",
-			dg, dFinal, dh/(1<<20), c.Cycles, second/(1<<20), perCycle)
+			check, dg, dFinal, dh/(1<<20), c.Cycles, second/(1<<20), perCycle)
 	}
 }
 
@@ -306,30 +367,43 @@ func (r *report) renderIdle(w io.Writer) {
 	fmt.Fprintf(w, "## 5. Idle footprint (%d connections, %d rounds)\n\n", p.idleConns, p.idleRounds)
 	fmt.Fprintf(w, "Server in one process, clients in another (every client reads, so pings are answered).\n")
 	fmt.Fprintf(w, "Per connection: (snapshot with the sockets open - snapshot before any) / connections, both after\n")
-	fmt.Fprintf(w, "two GCs. chiws, coder-ping and gorilla-ping ping every %v; coder and gorilla never ping.\n\n", p.keepAlive)
-	fmt.Fprintln(w, "| Candidate | heap/conn | stack/conn | heap+stack/conn | vs coder | goroutines/conn | RSS/conn |")
-	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintf(w, "two GCs, taken at the end of the keep-alive window of section 6 (pings in flight included).\n")
+	fmt.Fprintf(w, "chiws, coder-ping and gorilla-ping ping every %v; coder and gorilla never ping.\n\n", p.keepAlive)
+	fmt.Fprintln(w, "| Candidate | keep-alive armed | heap/conn | stack/conn | heap+stack/conn | heap+stack vs coder-ping | goroutines/conn | RSS/conn |")
+	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, c := range idleCandidates {
 		x := m[c]
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %+.2f KiB | %.3f | %s |\n", c, kib(median(x.heap)), kib(median(x.stack)),
-			kib(median(x.mem)), (median(x.mem)-median(m[bench.Coder].mem))/1024, median(x.gor), kib(median(x.rss)))
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %+.2f KiB | %.3f | %s |\n", c, armed(c, keepAliveFor(p, c)),
+			kib(median(x.heap)), kib(median(x.stack)), kib(median(x.mem)),
+			(median(x.mem)-median(m[bench.CoderPing].mem))/1024, median(x.gor), kib(median(x.rss)))
 	}
 	fmt.Fprintln(w)
-	gc, gr := median(m[bench.Chiws].gor), median(m[bench.Coder].gor)
-	r.addGoal("5. Idle: goroutines/conn with keep-alive <= coder without (+0.1 for pings in flight)", gc <= gr+0.1,
-		"%.3f vs %.3f", gc, gr)
-	dm := median(m[bench.Chiws].mem) - median(m[bench.Coder].mem)
-	r.addGoal("5. Idle: at most 1 KiB more memory/conn than coder", dm <= 1024, "%+.2f KiB (heap+stack)", dm/1024)
-	dg := median(m[bench.Chiws].mem) - median(m[bench.Gorilla].mem)
-	r.addGoal("5. Idle (stretch): gorilla's footprint", dg <= 0, "%+.2f KiB vs gorilla", dg/1024)
+	enough := p.idleConns >= 15000 && keepAliveFor(p, bench.Chiws) == time.Second && keepAliveFor(p, bench.CoderPing) == time.Second
+	where := fmt.Sprintf("keep-alive every %v, %d idle sockets", p.keepAlive, p.idleConns)
+	short := ""
+	if !enough {
+		short = " (not counted: needs 15,000+ idle sockets and a 1 s keep-alive)"
+	}
+	ch, cp := m[bench.Chiws], m[bench.CoderPing]
+	gc := median(ch.gor)
+	r.addGoal(fmt.Sprintf("5. Idle (%s): at most 1.05 goroutines per idle socket (chiws)", where), gc <= 1.05 && enough,
+		"%.3f (coder-ping %.3f, coder without keep-alive %.3f)%s", gc, median(cp.gor), median(m[bench.Coder].gor), short)
+	hc, hp := median(ch.heap), median(cp.heap)
+	r.addGoal(fmt.Sprintf("5. Idle (%s): heap per idle socket after GC at most coder-ping's", where), hc <= hp && enough,
+		"%s vs %s (%+.2f KiB); heap+stack %s vs %s; RSS %s vs %s%s", kib(hc), kib(hp), (hc-hp)/1024,
+		kib(median(ch.mem)), kib(median(cp.mem)), kib(median(ch.rss)), kib(median(cp.rss)), short)
+	r.addInfo("5. Idle: heap+stack per socket vs raw coder/websocket without keep-alive, and vs gorilla",
+		"%+.2f KiB vs coder, %+.2f KiB vs gorilla, %+.2f KiB vs gorilla-ping",
+		(median(ch.mem)-median(m[bench.Coder].mem))/1024, (median(ch.mem)-median(m[bench.Gorilla].mem))/1024,
+		(median(ch.mem)-median(m[bench.GorillaPing].mem))/1024)
 
-	fmt.Fprintf(w, "## 6. Keep-alive cost (%d idle connections, %v window after %v settling)\n\n",
-		p.idleConns, p.idleWindow, p.idleSettle)
+	fmt.Fprintf(w, "## 6. Keep-alive cost (%d idle connections, keep-alive every %v, %v window after %v settling)\n\n",
+		p.idleConns, p.keepAlive, p.idleWindow, p.idleSettle)
 	fmt.Fprintln(w, "Server CPU over the window divided by the pings sent in it (chiws's Stats().PingsSent,")
 	fmt.Fprintln(w, "coder-ping's and gorilla-ping's counters). Extrapolation: CPU per ping x 100,000 connections / 30 s.")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| Candidate | pings/s | server CPU (% of a core) | CPU per ping | vs coder-ping | 100k conns @ 30 s |")
-	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintln(w, "| Candidate | keep-alive armed | pings/s | server CPU (% of a core) | CPU per ping | vs coder-ping | 100k conns @ 30 s |")
+	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 	perPing := map[string][]float64{}
 	for _, c := range idleCandidates {
 		var pps, load, cpp []float64
@@ -343,11 +417,12 @@ func (r *report) renderIdle(w io.Writer) {
 			}
 		}
 		perPing[c] = cpp
+		ka := armed(c, keepAliveFor(p, c))
 		if len(cpp) == 0 {
-			fmt.Fprintf(w, "| %s | 0 | %.1f%% | - | - | - |\n", c, median(load))
+			fmt.Fprintf(w, "| %s | %s | 0 | %.1f%% | - | - | - |\n", c, ka, median(load))
 			continue
 		}
-		fmt.Fprintf(w, "| %s | %.0f | %.1f%% | %.1f µs | %.2fx | %.2f%% of a core |\n", c, median(pps), median(load),
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.1f%% | %.1f µs | %.2fx | %.2f%% of a core |\n", c, ka, median(pps), median(load),
 			median(cpp)*1e6, ratio(cpp, perPing[bench.CoderPing]), 100*median(cpp)*100000/30)
 	}
 	fmt.Fprintln(w)
@@ -360,23 +435,24 @@ func (r *report) renderIdle(w io.Writer) {
 	}
 	rc := ratio(perPing[bench.Chiws], perPing[bench.CoderPing])
 	rg := ratio(perPing[bench.GorillaPing], perPing[bench.CoderPing])
-	r.addGoal("6. Keep-alive: CPU per ping at most 0.5x a ping goroutine per connection", rc <= 0.5,
-		"%.2fx (gorilla-ping, whose ping waits for nothing: %.2fx)", rc, rg)
+	r.addGoal(fmt.Sprintf("6. Idle (%s): keep-alive CPU per ping at most 1.0x coder-ping (a goroutine per socket, ticker + Ping)", where),
+		rc <= 1.0 && len(perPing[bench.Chiws]) > 0 && enough,
+		"%.2fx (%.1f µs vs %.1f µs)%s", rc, median(perPing[bench.Chiws])*1e6, median(perPing[bench.CoderPing])*1e6, short)
 	ext := 100 * median(perPing[bench.Chiws]) * 100000 / 30
-	r.addGoal("6. Keep-alive: under 5% of a core at 100k connections / 30 s", ext < 5 && len(perPing[bench.Chiws]) > 0,
-		"%.2f%% (extrapolated; the system calls alone: %.2f%%)", ext, floorExt)
+	r.addInfo("6. Keep-alive: gorilla-ping's CPU per ping; chiws extrapolated to 100k sockets / 30 s",
+		"gorilla-ping %.2fx coder-ping; chiws %.2f%% of a core (the system calls alone: %.2f%%)", rg, ext, floorExt)
 }
 
 func (r *report) renderHeadroom(w io.Writer) {
 	fmt.Fprintf(w, "## 5b. Stack per idle connection under application middleware (%d connections, no ping in flight)\n\n",
 		r.plan.headroomConns)
-	fmt.Fprintln(w, "chiws runs with its default keep-alive (a ping every 2 minutes: the timer is armed, no ping is")
-	fmt.Fprintln(w, "sent during the run), coder and chi-coder without. This is the steady state of section 5")
-	fmt.Fprintln(w, "between pings.")
+	fmt.Fprintf(w, "chiws runs with its default keep-alive (%s; armed, no ping is sent during the run),\n",
+		armed(bench.Chiws, 0))
+	fmt.Fprintln(w, "coder and chi-coder without. This is the steady state between pings.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "The candidate runs under N extra nested calls of about 100 bytes of stack each (bench.Pad), a")
-	fmt.Fprintln(w, "stand-in for the application's own middleware (chi's RequestID, RealIP, Logger and Recoverer")
-	fmt.Fprintln(w, "take a few hundred bytes). Goroutine stacks are powers of two: 8 KiB or 16 KiB here.")
+	fmt.Fprintln(w, "stand-in for the application's own middleware. Goroutine stacks are powers of two, and a stack")
+	fmt.Fprintln(w, "that grew during the upgrade may stay grown while the socket is parked in Read.")
 	fmt.Fprintln(w)
 	fmt.Fprint(w, "| Candidate |")
 	for _, p := range headroomPads {
@@ -402,7 +478,14 @@ func (r *report) renderHeadroom(w io.Writer) {
 	mem := func(ir bench.IdleResult) float64 {
 		return (float64(ir.Loaded.HeapLive+ir.Loaded.StackInuse) - float64(ir.Base.HeapLive+ir.Base.StackInuse)) / float64(ir.Conns)
 	}
-	d := mem(chiws) - mem(coder)
-	r.addGoal("5. Idle between pings (keep-alive armed, none in flight): at most 1 KiB more memory/conn than coder",
-		d <= 1024, "%+.2f KiB (heap+stack, table 5b)", d/1024)
+	r.addInfo("5b. Idle between pings (chiws keep-alive armed, none in flight): heap+stack per socket vs coder",
+		"%+.2f KiB (table 5b)", (mem(chiws)-mem(coder))/1024)
+}
+
+// echoShort says why an echo goal cannot be met with plan p, or nothing.
+func echoShort(p plan, armedOK bool) string {
+	if armedOK && p.echoConns >= 1000 {
+		return ""
+	}
+	return " (not counted: needs 1,000+ sockets, chiws's keep-alive armed and coder's off)"
 }

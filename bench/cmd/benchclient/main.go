@@ -30,6 +30,7 @@ func main() {
 	open := flag.Int("open", 5000, "churn: long-lived sockets")
 	cycles := flag.Int("cycles", 100000, "churn: connect/close cycles")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
+	cpuProfile := flag.String("cpuprofile", "", "idle: write the server's CPU profile over the window (whole seconds) to this file")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("benchclient: ")
@@ -41,6 +42,7 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	c := bench.NewClient(*addr, *ctl, *sources)
+	c.CPUProfile = *cpuProfile
 	defer c.Close()
 	var (
 		res any
