@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -275,6 +276,13 @@ func (c *Conn) record(by error, code websocket.StatusCode, reason string) bool {
 	c.causeVal = closeCause{by: by, code: code, reason: reason}
 	c.cause = &c.causeVal
 	return true
+}
+
+// endedBy reports whether the recorded cause is one of causes.
+func (c *Conn) endedBy(causes ...error) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause != nil && slices.Contains(causes, c.cause.by)
 }
 
 // closeWith records why and performs the close handshake, unless the

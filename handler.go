@@ -10,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // This file is an upgrade request's path through the route: the request is
@@ -154,22 +155,30 @@ type socketOptions struct {
 	readLimit         int64
 }
 
-func (m *Middleware) socketOptions(opts *AcceptOptions) socketOptions {
-	cfg := &m.cfg
-	o := socketOptions{
+// defaultSocketOptions are the options of a socket accepted without
+// AcceptOptions, from the middleware's.
+func (c *config) defaultSocketOptions() socketOptions {
+	return socketOptions{
 		ws: websocket.AcceptOptions{
-			Subprotocols:         cfg.subprotocols,
+			Subprotocols:         c.subprotocols,
 			InsecureSkipVerify:   true, // the middleware applied the origin policy
-			CompressionMode:      cfg.compression,
-			CompressionThreshold: cfg.compressionThreshold,
+			CompressionMode:      c.compression,
+			CompressionThreshold: c.compressionThreshold,
 		},
-		interval:  cfg.keepAlive,
-		timeout:   cfg.keepAliveTimeout,
-		readLimit: cfg.readLimit,
+		interval:  c.keepAlive,
+		timeout:   c.keepAliveTimeout,
+		readLimit: c.readLimit,
 	}
+}
+
+// socketOptions resolves the options of one socket. Without overrides they
+// are the middleware's, shared: coder/websocket's Accept does not modify
+// its options.
+func (m *Middleware) socketOptions(opts *AcceptOptions) *socketOptions {
 	if opts == nil {
-		return o
+		return &m.cfg.socket
 	}
+	o := m.cfg.socket
 	o.ws.OnPingReceived, o.ws.OnPongReceived = opts.OnPingReceived, opts.OnPongReceived
 	if opts.Subprotocols != nil {
 		o.ws.Subprotocols = opts.Subprotocols
@@ -185,7 +194,7 @@ func (m *Middleware) socketOptions(opts *AcceptOptions) socketOptions {
 	if opts.ReadLimit > 0 {
 		o.readLimit = opts.ReadLimit
 	}
-	return o
+	return &o
 }
 
 func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn, error) {
@@ -197,8 +206,7 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 		able, what = canFlush, "flush an HTTP/2 stream"
 	}
 	if !able(u.w.ResponseWriter) {
-		m.cfg.log.Error("websocket upgrade impossible: a ResponseWriter below the middleware cannot "+what,
-			append(requestFields(r), zap.String(keyWriter, fmt.Sprintf("%T", u.w.ResponseWriter)))...)
+		m.logMisconfigured(r, "websocket upgrade impossible: a ResponseWriter below the middleware cannot "+what, u.w.ResponseWriter)
 		httpError(w, http.StatusNotImplemented)
 		return nil, fmt.Errorf("chiws: accept: %T cannot %s: %w", u.w.ResponseWriter, what, http.ErrNotSupported)
 	}
@@ -226,8 +234,7 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	if !u.w.hijacked {
 		// Someone hijacked past the middleware's writer: chiws would not
 		// see the connection close, so the socket cannot be served.
-		m.cfg.log.Error("websocket closed with 1011: "+ErrHijackBypassed.Error(),
-			append(requestFields(r), zap.String(keyWriter, fmt.Sprintf("%T", w)))...)
+		m.logMisconfigured(r, "websocket closed with 1011: "+ErrHijackBypassed.Error(), w)
 		_ = wc.Close(websocket.StatusInternalError, "server misconfigured")
 		return nil, fmt.Errorf("chiws: accept: %w", ErrHijackBypassed)
 	}
@@ -244,16 +251,26 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	u.accepted.Store(c)
 	c.startHeartbeat(so.interval, so.timeout)
 	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket accepted"); ce != nil {
-		ce.Write(append(requestFields(r),
-			zap.String(keyProto, r.Proto),
-			zap.String(keySubprotocol, wc.Subprotocol()),
-			zap.Bool(keyCompression, w.Header().Get("Sec-WebSocket-Extensions") != ""),
-			zap.Duration(keyKeepAlive, so.interval),
-			zap.Duration(keyKeepAliveTimeout, so.timeout),
-			zap.Int64(keyReadLimit, so.readLimit),
-		)...)
+		logAccepted(ce, r, wc.Subprotocol(), w.Header().Get("Sec-WebSocket-Extensions") != "", so)
 	}
 	return c, nil
+}
+
+// logAccepted and logMisconfigured keep their zap fields out of accept's
+// stack frame, which is on the stack when the upgrade is deepest.
+func logAccepted(ce *zapcore.CheckedEntry, r *http.Request, subprotocol string, compression bool, so *socketOptions) {
+	ce.Write(append(requestFields(r),
+		zap.String(keyProto, r.Proto),
+		zap.String(keySubprotocol, subprotocol),
+		zap.Bool(keyCompression, compression),
+		zap.Duration(keyKeepAlive, so.interval),
+		zap.Duration(keyKeepAliveTimeout, so.timeout),
+		zap.Int64(keyReadLimit, so.readLimit),
+	)...)
+}
+
+func (m *Middleware) logMisconfigured(r *http.Request, msg string, w http.ResponseWriter) {
+	m.cfg.log.Error(msg, append(requestFields(r), zap.String(keyWriter, fmt.Sprintf("%T", w)))...)
 }
 
 // finish runs when the route handler returns or panics (the middleware
@@ -280,6 +297,10 @@ func (u *upgrade) finish(r *http.Request) {
 			append(requestFields(r), zap.Any(keyPanic, p), zap.Stack(keyStack))...)
 		_ = c.closeBounded(ErrHandlerPanicked, websocket.StatusInternalError, "internal error")
 	case c.nc.isClosed():
+	case c.sawEnd.Load() && c.endedBy(ErrClosedByPeer, ErrConnectionLost):
+		// The peer's close frame was answered, or the connection broke:
+		// there is no handshake left to wait for.
+		_ = c.Conn.CloseNow()
 	case c.sawEnd.Load():
 		// The handler saw its socket end; finish the close handshake
 		// that coder/websocket began (1009 over the read limit, say).

@@ -33,6 +33,13 @@ func (w *upgradeWriter) WriteHeader(status int) {
 	case w.hijacked:
 	case w.h2 != nil && status == http.StatusSwitchingProtocols:
 		w.h2.respond() // RFC 8441: 200, not 101
+	case status == http.StatusSwitchingProtocols:
+		// No Date on a 101 (RFC 9110 6.6.1 makes it optional on 1xx):
+		// net/http formats it while it hijacks, the deepest point of a
+		// socket's life, and the stack that grows for it stays grown.
+		// A nil value suppresses it, as http.ResponseWriter documents.
+		w.ResponseWriter.Header()["Date"] = nil
+		w.ResponseWriter.WriteHeader(status)
 	default:
 		w.ResponseWriter.WriteHeader(status)
 	}

@@ -135,6 +135,7 @@ type config struct {
 	readLimit                   int64
 	maxConns                    int
 	log                         *zap.Logger
+	socket                      socketOptions // of sockets accepted without AcceptOptions
 }
 
 func newConfig(o Options) (config, error) {
@@ -173,6 +174,7 @@ func newConfig(o Options) (config, error) {
 	if c.log == nil {
 		c.log = zap.NewNop()
 	}
+	c.socket = c.defaultSocketOptions()
 	return c, nil
 }
 
