@@ -45,7 +45,7 @@ type StateNotifier interface {
 	// NotifyState calls f with false when the broker loses its server and
 	// with true when it is back, on changes only. f runs synchronously on
 	// the broker's goroutine and must not block. The returned function
-	// stops the notifications.
+	// stops the notifications; one already under way may still complete.
 	NotifyState(f func(up bool)) (stop func())
 }
 

@@ -294,13 +294,13 @@ func (h *Hub) CloseAll(code websocket.StatusCode, reason string) {
 // called more than once. It does not close the broker.
 func (h *Hub) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
-	if !h.closed {
-		h.closed = true
-		if h.stopState != nil {
-			h.stopState()
-		}
-	}
+	first := !h.closed
+	h.closed = true
 	h.mu.Unlock()
+	if first && h.stopState != nil {
+		// Outside mu: a notification under way may be in CloseAll.
+		h.stopState()
+	}
 	h.CloseAll(websocket.StatusGoingAway, "server shutting down")
 
 	done := make(chan struct{})
