@@ -25,6 +25,10 @@ import (
 // DefaultSubjectPrefix is prepended to topics to make NATS subjects.
 const DefaultSubjectPrefix = "chiws.broadcast."
 
+// DefaultConfirmTimeout bounds Subscribe's confirmation round trip when
+// its context has no deadline.
+const DefaultConfirmTimeout = 10 * time.Second
+
 // Options configures a Broker.
 type Options struct {
 	// SubjectPrefix is prepended to every topic to make its NATS subject,
@@ -135,7 +139,8 @@ func (b *Broker) wrap(err error) error {
 }
 
 // Subscribe calls h with every message published to topic. It returns once
-// the server has confirmed the subscription (a flush round trip).
+// the server has confirmed the subscription (a flush round trip), within
+// ctx's deadline or DefaultConfirmTimeout.
 func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (broadcast.Subscription, error) {
 	subj, err := b.subject(topic)
 	if err != nil {
@@ -156,6 +161,12 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (b
 	// Pending limits: h never blocks, so these only guard against a
 	// stalled process; NATS drops (at most once) rather than grow.
 	_ = sub.SetPendingLimits(1<<16, 64<<20)
+	if _, ok := ctx.Deadline(); !ok {
+		// FlushWithContext insists on a deadline.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultConfirmTimeout)
+		defer cancel()
+	}
 	if err := b.nc.FlushWithContext(ctx); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("natsbroker: subscribe: %w", b.wrap(err))

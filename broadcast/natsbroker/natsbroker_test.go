@@ -119,6 +119,12 @@ func TestBadInput(t *testing.T) {
 	}
 	defer b.Close()
 	ctx := context.Background()
+	// A context without a deadline is fine (nats.go's flush needs one).
+	sub, err := b.Subscribe(ctx, "ok", func([]byte) {})
+	if err != nil {
+		t.Fatalf("Subscribe without a deadline: %v", err)
+	}
+	_ = sub.Unsubscribe()
 	if err := b.Publish(ctx, "a.>", nil); !errors.Is(err, broadcast.ErrInvalidTopic) {
 		t.Errorf("Publish(a.>) = %v, want ErrInvalidTopic", err)
 	}
