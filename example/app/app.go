@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/chiws/chiws"
@@ -103,6 +104,8 @@ func New(cfg Config) (*App, error) {
 	if b == nil {
 		b = broadcast.NewMemory()
 	}
+	// The broker may report a change before NewHub has returned.
+	var hub atomic.Pointer[broadcast.Hub]
 	a.Hub = broadcast.NewHub(b, broadcast.Options{
 		QueueMessages: cfg.MemberQueue,
 		WriteTimeout:  cfg.WriteTimeout,
@@ -110,11 +113,12 @@ func New(cfg Config) (*App, error) {
 		// Messages are lost while the broker is away: members reconnect
 		// (1013 Try Again Later) rather than silently miss them.
 		OnBrokerState: func(up bool) {
-			if !up {
-				a.Hub.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
+			if h := hub.Load(); h != nil && !up {
+				h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
 			}
 		},
 	})
+	hub.Store(a.Hub)
 
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
