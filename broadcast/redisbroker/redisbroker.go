@@ -82,8 +82,8 @@ type psConn struct {
 	ps       *redis.PubSub
 	channels map[string]*channel
 	failing  bool
-	cancel   context.CancelFunc
-	done     chan struct{} // closed when the receive goroutine ends
+	cancel   context.CancelFunc // nil until start
+	done     chan struct{}      // closed when the receive goroutine ends
 }
 
 type channel struct {
@@ -130,23 +130,38 @@ func New(client redis.UniversalClient, opts Options) (*Broker, error) {
 		b.log = zap.NewNop()
 	}
 	if !b.sharded {
-		b.shared = b.startConn(client.Subscribe(context.Background()))
+		b.shared = newConn(client.Subscribe(context.Background()))
+		b.start(b.shared)
 	}
 	return b, nil
 }
 
-// startConn starts ps's receive goroutine.
-func (b *Broker) startConn(ps *redis.PubSub) *psConn {
+func newConn(ps *redis.PubSub) *psConn {
+	return &psConn{ps: ps, channels: make(map[string]*channel), done: make(chan struct{})}
+}
+
+// start starts pc's receive goroutine. A sharded connection starts only
+// once its first SSUBSCRIBE has made go-redis dial the shard that owns the
+// channel: a read before that would dial a random node.
+func (b *Broker) start(pc *psConn) {
 	ctx, cancel := context.WithCancel(context.Background())
-	pc := &psConn{ps: ps, channels: make(map[string]*channel), cancel: cancel, done: make(chan struct{})}
+	b.mu.Lock()
+	pc.cancel = cancel
+	b.mu.Unlock()
 	// Owned by the broker: stopped by cancel and ps.Close in closeConn,
 	// which waits for done.
 	go b.receive(ctx, pc)
-	return pc
 }
 
 func (b *Broker) closeConn(pc *psConn) {
-	pc.cancel()
+	b.mu.Lock()
+	cancel := pc.cancel
+	b.mu.Unlock()
+	if cancel == nil { // never started
+		_ = pc.ps.Close()
+		return
+	}
+	cancel()
 	_ = pc.ps.Close()
 	<-pc.done
 	b.setFailing(pc, false)
@@ -344,7 +359,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (b
 	if b.sharded {
 		pc = b.conns[ch]
 		if pc == nil {
-			pc = b.startConn(b.client.SSubscribe(context.Background()))
+			pc = newConn(b.client.SSubscribe(context.Background()))
 			b.conns[ch] = pc
 		}
 	}
@@ -361,6 +376,9 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (b
 	if first {
 		if b.sharded {
 			err = pc.ps.SSubscribe(ctx, ch)
+			if err == nil {
+				b.start(pc) // one connection per sharded channel: this is its first
+			}
 		} else {
 			err = pc.ps.Subscribe(ctx, ch)
 		}

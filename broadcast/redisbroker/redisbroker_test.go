@@ -31,12 +31,7 @@ type redisServer struct {
 // CI=true or CHIWS_E2E=1 (as .ci/run sets).
 func startRedis(t *testing.T) *redisServer {
 	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("CI") == "true" || os.Getenv("CHIWS_E2E") == "1" {
-			t.Fatal("redis-server is not installed: apt-get install -y redis-server")
-		}
-		t.Skip("redis-server is not installed: apt-get install -y redis-server")
-	}
+	startRedisCheck(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -169,5 +164,17 @@ func TestBadInput(t *testing.T) {
 	_ = b.Close()
 	if err := b.Publish(ctx, "a", nil); !errors.Is(err, broadcast.ErrBrokerClosed) {
 		t.Errorf("Publish after Close = %v, want ErrBrokerClosed", err)
+	}
+}
+
+// startRedisCheck skips the test without redis-server, or fails it under
+// CI=true or CHIWS_E2E=1.
+func startRedisCheck(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("CI") == "true" || os.Getenv("CHIWS_E2E") == "1" {
+			t.Fatal("redis-server is not installed: apt-get install -y redis-server")
+		}
+		t.Skip("redis-server is not installed: apt-get install -y redis-server")
 	}
 }
