@@ -71,14 +71,10 @@ func natsBus() (*bus, error) {
 		stops = append(stops, func() { _ = b.Close() })
 		bs.brokers = append(bs.brokers, b)
 	}
-	deadline := time.Now().Add(20 * time.Second)
 	for _, e := range servers {
-		for e.Server().NumRoutes() < 2 {
-			if time.Now().After(deadline) {
-				bs.stop()
-				return nil, fmt.Errorf("NATS cluster not formed")
-			}
-			time.Sleep(10 * time.Millisecond) // polling a server's route count
+		if err := waitUntil(func() bool { return e.Server().NumRoutes() >= 2 }); err != nil {
+			bs.stop()
+			return nil, fmt.Errorf("NATS cluster not formed: %w", err)
 		}
 	}
 	return bs, nil
@@ -111,13 +107,9 @@ func redisBus() (*bus, error) {
 	}
 	probe := redis.NewClient(&redis.Options{Addr: addr})
 	defer probe.Close()
-	deadline := time.Now().Add(20 * time.Second)
-	for probe.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			bs.stop()
-			return nil, fmt.Errorf("redis-server not answering")
-		}
-		time.Sleep(10 * time.Millisecond) // polling a starting process
+	if err := waitUntil(func() bool { return probe.Ping(context.Background()).Err() == nil }); err != nil {
+		bs.stop()
+		return nil, fmt.Errorf("redis-server not answering: %w", err)
 	}
 	for range 3 {
 		c := redis.NewClient(&redis.Options{Addr: addr})

@@ -359,9 +359,15 @@ func waitUntil(cond func() bool) error {
 // brokerCost publishes n envelope-sized messages on the first broker to a
 // subscription on the second.
 func brokerCost(bs *bus, n int) (ns, cpu, allocs, bytesPer float64, err error) {
-	var got atomic.Int64
+	// Warm-up messages (first byte 0) cross the cluster until one
+	// arrives; only measured ones (first byte 1) are counted.
+	var warm, got atomic.Int64
 	done := make(chan struct{})
-	sub, err := bs.brokers[1].Subscribe(context.Background(), "cost", func([]byte) {
+	sub, err := bs.brokers[1].Subscribe(context.Background(), "cost", func(p []byte) {
+		if len(p) > 0 && p[0] == 0 {
+			warm.Add(1)
+			return
+		}
 		if got.Add(1) == int64(n) {
 			close(done)
 		}
@@ -371,20 +377,19 @@ func brokerCost(bs *bus, n int) (ns, cpu, allocs, bytesPer float64, err error) {
 	}
 	defer sub.Unsubscribe()
 	p := make([]byte, 2+128)
-	// Interest may need a moment to cross a cluster: send until one
-	// arrives, then start counting afresh.
-	warm := time.Now().Add(30 * time.Second)
-	for got.Load() == 0 {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.Now().Add(30 * time.Second)
+	for warm.Load() == 0 {
 		if err := bs.brokers[0].Publish(context.Background(), "cost", p); err != nil {
 			return 0, 0, 0, 0, err
 		}
-		if time.Now().After(warm) {
+		if time.Now().After(deadline) {
 			return 0, 0, 0, 0, fmt.Errorf("cost subscription never received")
 		}
-		time.Sleep(10 * time.Millisecond) // pacing the warm-up probes
+		<-tick.C
 	}
-	time.Sleep(100 * time.Millisecond) // let stray warm-up messages land before the count restarts
-	got.Store(0)
+	p[0] = 1
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	c0 := cpuTime()
