@@ -238,21 +238,62 @@ func TestBinarySignal(t *testing.T) {
 // embedded NATS servers joined by a route: a client of one and a client of
 // the other are in the same /broadcast room.
 func TestTwoInstancesShareTheRoom(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	freePort := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}
-	routeA, routeB := freePort(), freePort()
-	args := [][]string{
+	routeA, routeB := freePort(t), freePort(t)
+	twoInstances(t, [][]string{
 		{"-addr", "127.0.0.1:0", "-nats-cluster", routeA},
 		{"-addr", "127.0.0.1:0", "-nats-cluster", routeB, "-nats-routes", "nats://" + routeA},
+	})
+}
+
+// TestTwoInstancesShareTheRoomOnRedis does the same with -redis, when
+// redis-server is installed.
+func TestTwoInstancesShareTheRoomOnRedis(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server is not installed: apt-get install -y redis-server")
 	}
+	addr := freePort(t)
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	// run pings Redis at start; wait until the server listens.
+	deadline := time.Now().Add(testTimeout)
+	tick := time.NewTicker(10 * time.Millisecond) // polling a starting process
+	defer tick.Stop()
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server not listening")
+		}
+		<-tick.C
+	}
+	twoInstances(t, [][]string{
+		{"-addr", "127.0.0.1:0", "-redis", addr},
+		{"-addr", "127.0.0.1:0", "-redis", addr},
+	})
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// twoInstances runs the command twice with args and checks that a client
+// of the first and a client of the second are in the same room.
+func twoInstances(t *testing.T, args [][]string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var addrs []string
 	done := make(chan error, len(args))
 	for _, a := range args {
