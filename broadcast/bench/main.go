@@ -126,7 +126,9 @@ func run(w io.Writer, cfg config, buses []namedBus) error {
 	fmt.Fprintf(w, "Three hubs, each behind an httptest server with the chiws middleware, in one process; "+
 		"%d coder/websocket clients spread over them; one publisher (a goroutine calling Hub.Publish on node 1) "+
 		"sends %d-byte binary messages carrying a sequence number and a timestamp. Everything is on loopback "+
-		"and shares the same 2 cores, so the figures are the whole system's, servers included.\n\n", cfg.clients, cfg.size)
+		"and shares the same cores, so the figures are the whole system's, servers included. The machine is shared and noisy: "+
+		"successive runs of this section have differed by up to a factor of two in saturation throughput, so read orders of "+
+		"magnitude, not the ranking of close figures.\n\n", cfg.clients, cfg.size)
 	fmt.Fprintf(w, "- **Saturation**: %d messages with at most %d in flight (the publisher waits until every socket has "+
 		"message i-%d before sending i). Deliveries per second = messages x sockets / time.\n", cfg.burst, cfg.window, cfg.window)
 	fmt.Fprintf(w, "- **Paced**: %d messages per second for %s (%d deliveries per second); latency from Publish to the client's Read.\n",
@@ -159,6 +161,12 @@ func run(w io.Writer, cfg config, buses []namedBus) error {
 		"over the deliveries of the saturation phase. "+
 		"The broker's own cost per message is small next to the sockets': one message fans out to %d socket writes.\n\n",
 		cfg.window, cfg.clients, cfg.clients)
+	if r := results[0]; r.err == nil {
+		fanout := r.cpuPerDelivery * time.Duration(cfg.clients) / time.Duration(runtime.GOMAXPROCS(0))
+		fmt.Fprintf(w, "Most of the paced latency is that fan-out: on %s, one message to %d sockets takes %d x %.1f µs of CPU "+
+			"(server and clients, as both run here), %s on %d cores, before the last socket has it.\n\n",
+			r.name, cfg.clients, cfg.clients, float64(r.cpuPerDelivery)/1e3, ms(fanout), runtime.GOMAXPROCS(0))
+	}
 	return nil
 }
 
