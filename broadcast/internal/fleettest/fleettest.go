@@ -223,7 +223,7 @@ func (s *Server) Dial(t *testing.T, rcvBuf int, topics ...string) *Client {
 // closes it and waits.
 func (c *Client) Read() {
 	c.start.Do(func() {
-		go func() {
+		go func() { // owned by the client: ends when the connection closes; the cleanup waits (done)
 			defer close(c.done)
 			for {
 				typ, p, err := c.Conn.Read(context.Background())
