@@ -393,9 +393,9 @@ func TestBroadcastTabs(t *testing.T) {
 func waitHub(t *testing.T, a *app.App, n int) {
 	t.Helper()
 	deadline := time.Now().Add(stepTimeout)
-	for a.Hub.Len() != n {
+	for a.Hub.Len(app.Room) != n {
 		if time.Now().After(deadline) {
-			t.Fatalf("hub has %d members, want %d", a.Hub.Len(), n)
+			t.Fatalf("hub has %d members, want %d", a.Hub.Len(app.Room), n)
 		}
 		time.Sleep(10 * time.Millisecond) // polling a counter, not synchronisation
 	}

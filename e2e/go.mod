@@ -1,10 +1,14 @@
 module github.com/chiws/chiws/e2e
 
-go 1.25
+go 1.26.0
 
 replace github.com/chiws/chiws => ../
 
 replace github.com/chiws/chiws/example => ../example
+
+replace github.com/chiws/chiws/broadcast/natsbroker => ../broadcast/natsbroker
+
+replace github.com/chiws/chiws/broadcast/redisbroker => ../broadcast/redisbroker
 
 require (
 	github.com/chiws/chiws v0.0.0-00010101000000-000000000000

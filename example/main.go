@@ -6,8 +6,16 @@
 //	GODEBUG=http2xconnect=1 go run ./example -tls   # https://localhost:5000, WebSockets over HTTP/2
 //
 // Endpoints: / (echo page), /ws (echo), /broadcast (a room where every
-// message goes to every member). SIGINT or SIGTERM stops the server
-// gracefully: every socket receives 1001 Going Away and the process exits 0.
+// message goes to every member). The room is in memory by default; with
+// -nats-cluster and -nats-routes, instances run embedded NATS servers
+// joined by routes and share the room; -nats-url uses an operated NATS
+// and -redis a Redis instead:
+//
+//	go run ./example -addr localhost:5000 -nats-cluster localhost:6222
+//	go run ./example -addr localhost:5001 -nats-cluster localhost:6223 -nats-routes nats://localhost:6222
+//
+// SIGINT or SIGTERM stops the server gracefully: every socket receives 1001
+// Going Away and the process exits 0.
 package main
 
 import (
@@ -25,8 +33,12 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/broadcast"
+	"github.com/chiws/chiws/broadcast/natsbroker"
+	"github.com/chiws/chiws/broadcast/redisbroker"
 	"github.com/chiws/chiws/example/app"
 	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -56,6 +68,13 @@ type config struct {
 	logFormat       string
 	tls             bool
 	tlsCert, tlsKey string
+
+	// The broadcast room's broker: at most one of natsURL, redisAddr and
+	// the embedded server (natsCluster, natsRoutes).
+	natsCluster string
+	natsRoutes  []string
+	natsURL     string
+	redisAddr   string
 }
 
 func parseFlags(args []string, out io.Writer) (config, error) {
@@ -89,8 +108,28 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "private key file (PEM) for -tls-cert")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info or warn")
 	fs.StringVar(&c.logFormat, "log-format", "console", "log format: console or json")
+	var routes string
+	fs.StringVar(&c.natsCluster, "nats-cluster", "",
+		"run an embedded NATS server for /broadcast that listens for routes from other instances on this host:port")
+	fs.StringVar(&routes, "nats-routes", "",
+		"comma-separated nats://host:port routes to other instances' embedded NATS servers (needs -nats-cluster)")
+	fs.StringVar(&c.natsURL, "nats-url", "", "use this external NATS (nats://host:port, comma-separated for a cluster) for /broadcast")
+	fs.StringVar(&c.redisAddr, "redis", "", "use Redis pub/sub at this host:port for /broadcast")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	c.natsRoutes = splitList(routes)
+	brokers := 0
+	for _, set := range []bool{c.natsCluster != "", c.natsURL != "", c.redisAddr != ""} {
+		if set {
+			brokers++
+		}
+	}
+	switch {
+	case brokers > 1:
+		return c, errors.New("choose one of -nats-cluster, -nats-url and -redis")
+	case len(c.natsRoutes) > 0 && c.natsCluster == "":
+		return c, errors.New("-nats-routes needs -nats-cluster")
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
@@ -166,6 +205,13 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(addr stri
 	}
 	defer func() { _ = log.Sync() }()
 	cfg.app.Logger = log
+
+	b, closeBroker, err := newBroker(cfg, log.Named("broker"))
+	if err != nil {
+		return err
+	}
+	defer closeBroker()
+	cfg.app.Broker = b
 
 	a, err := app.New(cfg.app)
 	if err != nil {
@@ -261,4 +307,51 @@ func displayAddr(a net.Addr) string {
 		host = "localhost"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// newBroker returns the broadcast room's broker from the flags, and a
+// function that closes it and what it runs. A nil broker means the
+// application's in-memory one.
+func newBroker(cfg config, log *zap.Logger) (broadcast.Broker, func(), error) {
+	nop := func() {}
+	switch {
+	case cfg.natsCluster != "":
+		e, err := natsbroker.StartEmbedded(natsbroker.EmbeddedOptions{
+			ClusterAddr: cfg.natsCluster,
+			Routes:      cfg.natsRoutes,
+		})
+		if err != nil {
+			return nil, nop, err
+		}
+		b, err := e.Connect(natsbroker.Options{Logger: log})
+		if err != nil {
+			e.Shutdown()
+			return nil, nop, err
+		}
+		log.Info("broadcast on embedded NATS", zap.String("routesFrom", e.ClusterURL()), zap.Strings("routes", cfg.natsRoutes))
+		return b, func() { _ = b.Close(); e.Shutdown() }, nil
+	case cfg.natsURL != "":
+		b, err := natsbroker.Connect(cfg.natsURL, natsbroker.Options{Logger: log})
+		if err != nil {
+			return nil, nop, err
+		}
+		log.Info("broadcast on NATS", zap.String("url", cfg.natsURL))
+		return b, func() { _ = b.Close() }, nil
+	case cfg.redisAddr != "":
+		c := redis.NewClient(&redis.Options{Addr: cfg.redisAddr})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.Ping(ctx).Err(); err != nil {
+			_ = c.Close()
+			return nil, nop, fmt.Errorf("redis %s: %w", cfg.redisAddr, err)
+		}
+		b, err := redisbroker.New(c, redisbroker.Options{Logger: log})
+		if err != nil {
+			_ = c.Close()
+			return nil, nop, err
+		}
+		log.Info("broadcast on Redis", zap.String("addr", cfg.redisAddr))
+		return b, func() { _ = b.Close(); _ = c.Close() }, nil
+	}
+	return nil, nop, nil
 }

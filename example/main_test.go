@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,6 +91,11 @@ func TestRunInvalid(t *testing.T) {
 		{"-allowed-origins", "https://a.example/path"},
 		{"-read-limit", "-5"},
 		{"-addr", "256.0.0.1:bad"},
+		{"-nats-routes", "nats://127.0.0.1:1"},
+		{"-nats-url", "nats://127.0.0.1:1", "-redis", "127.0.0.1:1"},
+		{"-nats-cluster", "127.0.0.1:0", "-nats-routes", "http://not-nats"},
+		{"-nats-url", "nats://127.0.0.1:1"},
+		{"-redis", "127.0.0.1:1"},
 	}
 	// A cancelled context makes run return at once if it does start.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -224,5 +231,134 @@ func TestBinarySignal(t *testing.T) {
 				t.Errorf("no stopped line; logs:\n%s", tail)
 			}
 		})
+	}
+}
+
+// TestTwoInstancesShareTheRoom runs two instances as the README shows, with
+// embedded NATS servers joined by a route: a client of one and a client of
+// the other are in the same /broadcast room.
+func TestTwoInstancesShareTheRoom(t *testing.T) {
+	routeA, routeB := freePort(t), freePort(t)
+	twoInstances(t, [][]string{
+		{"-addr", "127.0.0.1:0", "-nats-cluster", routeA},
+		{"-addr", "127.0.0.1:0", "-nats-cluster", routeB, "-nats-routes", "nats://" + routeA},
+	})
+}
+
+// TestTwoInstancesShareTheRoomOnRedis does the same with -redis, when
+// redis-server is installed.
+func TestTwoInstancesShareTheRoomOnRedis(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server is not installed: apt-get install -y redis-server")
+	}
+	addr := freePort(t)
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	// run pings Redis at start; wait until the server listens.
+	deadline := time.Now().Add(testTimeout)
+	tick := time.NewTicker(10 * time.Millisecond) // polling a starting process
+	defer tick.Stop()
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server not listening")
+		}
+		<-tick.C
+	}
+	twoInstances(t, [][]string{
+		{"-addr", "127.0.0.1:0", "-redis", addr},
+		{"-addr", "127.0.0.1:0", "-redis", addr},
+	})
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// twoInstances runs the command twice with args and checks that a client
+// of the first and a client of the second are in the same room.
+func twoInstances(t *testing.T, args [][]string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var addrs []string
+	done := make(chan error, len(args))
+	for _, a := range args {
+		ready := make(chan string, 1)
+		go func() { // ends when ctx is cancelled; received from below
+			done <- run(ctx, a, io.Discard, func(addr string) { ready <- addr })
+		}()
+		select {
+		case addr := <-ready:
+			addrs = append(addrs, addr)
+		case err := <-done:
+			t.Fatalf("run %q: %v", a, err)
+		}
+	}
+	defer func() {
+		cancel()
+		for range args {
+			if err := <-done; err != nil {
+				t.Errorf("run: %v", err)
+			}
+		}
+	}()
+
+	dctx, dcancel := context.WithTimeout(context.Background(), testTimeout)
+	defer dcancel()
+	var conns []*websocket.Conn
+	for _, addr := range addrs {
+		c, _, err := websocket.Dial(dctx, "ws://"+addr+"/broadcast", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		conns = append(conns, c)
+	}
+	got := make(chan string, 1024)
+	go func() { // ends when the connection closes (deferred CloseNow or shutdown)
+		for {
+			_, p, err := conns[1].Read(context.Background())
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- string(p)
+		}
+	}()
+	// The route and the room's interest reach the other server
+	// asynchronously: send until the other instance's client hears.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		if err := conns[0].Write(dctx, websocket.MessageText, []byte(fmt.Sprintf("hello %d", i))); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m, ok := <-got:
+			if !ok {
+				t.Fatal("connection to the second instance closed")
+			}
+			if !strings.HasPrefix(m, "hello ") {
+				t.Fatalf("second instance's client got %q", m)
+			}
+			return
+		case <-tick.C:
+		case <-dctx.Done():
+			t.Fatal("the two instances never shared the room")
+		}
 	}
 }

@@ -10,9 +10,11 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/broadcast"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
@@ -37,13 +39,20 @@ type Config struct {
 	Subprotocols    []string
 
 	// MemberQueue is how many broadcast messages may wait for one slow
-	// member of the broadcast room before the member is dropped. Zero
-	// means DefaultMemberQueue.
+	// member of the broadcast room before the member is closed with 1008
+	// "too slow". Zero means broadcast.DefaultQueueMessages.
 	MemberQueue int
 
 	// WriteTimeout bounds one write to a broadcast member. A member whose
-	// write takes longer is disconnected. Zero means DefaultWriteTimeout.
+	// write takes longer is disconnected. Zero means
+	// broadcast.DefaultWriteTimeout.
 	WriteTimeout time.Duration
+
+	// Broker carries the broadcast room between instances: a NATS or
+	// Redis broker makes every instance that shares it one room. Nil
+	// means broadcast.NewMemory(), a room in this process only. The App
+	// does not close it.
+	Broker broadcast.Broker
 
 	// Logger receives the application's and the middleware's logs. Nil
 	// means no logs.
@@ -60,14 +69,16 @@ type App struct {
 	// WS is the WebSocket middleware mounted in Handler.
 	WS *chiws.Middleware
 
-	// Hub runs the broadcast room.
-	Hub *Hub
+	// Hub runs the broadcast room, topic Room.
+	Hub *broadcast.Hub
 
 	log *zap.Logger
 }
 
-// New validates cfg and builds the application. It starts the broadcast
-// hub's goroutine, which Shutdown stops.
+// Room is the broadcast room's topic.
+const Room = "room"
+
+// New validates cfg and builds the application. It starts no goroutine.
 func New(cfg Config) (*App, error) {
 	log := cfg.Logger
 	if log == nil {
@@ -97,13 +108,25 @@ func New(cfg Config) (*App, error) {
 		WS:  chiws.New(opts),
 		log: log,
 	}
-	a.Hub = NewHub(HubOptions{
-		Queue:        cfg.MemberQueue,
-		WriteTimeout: cfg.WriteTimeout,
-		Logger:       log.Named("hub"),
+	b := cfg.Broker
+	if b == nil {
+		b = broadcast.NewMemory()
+	}
+	// The broker may report a change before NewHub has returned.
+	var hub atomic.Pointer[broadcast.Hub]
+	a.Hub = broadcast.NewHub(b, broadcast.Options{
+		QueueMessages: cfg.MemberQueue,
+		WriteTimeout:  cfg.WriteTimeout,
+		Logger:        log.Named("hub"),
+		// Messages are lost while the broker is away: members reconnect
+		// (1013 Try Again Later) rather than silently miss them.
+		OnBrokerState: func(up bool) {
+			if h := hub.Load(); h != nil && !up {
+				h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
+			}
+		},
 	})
-	// The hub goroutine is owned by the App: Shutdown stops it and waits.
-	go a.Hub.Run()
+	hub.Store(a.Hub)
 
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
@@ -143,10 +166,11 @@ func (a *App) echo(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// broadcast hands the socket to the hub, which reads it and writes to it
-// from its own goroutines, and waits until the socket is closed: the
-// handler must not return while the socket is in use (the reference's
-// TaskCompletionSource pattern).
+// broadcast joins the socket to the room: the hub writes every message of
+// the room to it, from its own goroutine, while this handler reads what
+// the client sends and publishes it to the room (the sender included),
+// with its type. Reading until the socket closes also keeps the handler
+// from returning while the socket is in use.
 func (a *App) broadcast(w http.ResponseWriter, r *http.Request) {
 	if !chiws.IsWebSocketRequest(r) {
 		http.Error(w, "this endpoint expects a WebSocket request", http.StatusBadRequest)
@@ -157,19 +181,39 @@ func (a *App) broadcast(w http.ResponseWriter, r *http.Request) {
 		a.log.Debug("accept failed", zap.Error(err))
 		return
 	}
-	if err := a.Hub.Join(c); err != nil {
-		_ = c.Close(websocket.StatusGoingAway, "server shutting down")
+	if _, err := a.Hub.Join(c, Room); err != nil {
+		if errors.Is(err, broadcast.ErrHubClosed) {
+			_ = c.Close(websocket.StatusGoingAway, "server shutting down")
+		} else {
+			a.log.Info("broadcast join failed", zap.Error(err))
+			_ = c.Close(websocket.StatusTryAgainLater, "broker unavailable")
+		}
 		return
 	}
-	_ = c.Wait(context.Background())
+	ctx := c.Context()
+	for {
+		typ, p, err := c.Read(ctx)
+		if err != nil {
+			return // closed: the member has left the room
+		}
+		if err := a.Hub.Publish(ctx, Room, typ, p); err != nil {
+			if errors.Is(err, broadcast.ErrHubClosed) {
+				_ = c.Wait(context.Background()) // the hub is closing it with 1001
+				return
+			}
+			a.log.Info("broadcast publish failed", zap.Error(err))
+			_ = c.Close(websocket.StatusTryAgainLater, "broker unavailable")
+			return
+		}
+	}
 }
 
 // Shutdown closes every socket with 1001 Going Away, waits for the
-// WebSocket handlers to return, then stops the broadcast hub and waits for
-// its goroutines. It honours ctx and may be called more than once. Call it
+// WebSocket handlers to return, then shuts the broadcast hub down and waits
+// for its goroutines. It honours ctx and may be called more than once. Call it
 // together with http.Server.Shutdown, which does not see hijacked
 // connections.
 func (a *App) Shutdown(ctx context.Context) error {
 	err := a.WS.Shutdown(ctx)
-	return errors.Join(err, a.Hub.Stop(ctx))
+	return errors.Join(err, a.Hub.Shutdown(ctx))
 }

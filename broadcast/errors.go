@@ -1,0 +1,34 @@
+package broadcast
+
+import "errors"
+
+// Sentinel errors. Each is wrapped with a short context ("broadcast:
+// publish: ..."), so compare with errors.Is.
+var (
+	// ErrBrokerUnavailable means the broker cannot reach its server right
+	// now. Publish returns it at once rather than buffering; the broker
+	// reconnects by itself.
+	ErrBrokerUnavailable = errors.New("broker unavailable")
+
+	// ErrBrokerClosed means Close was called on the broker.
+	ErrBrokerClosed = errors.New("broker closed")
+
+	// ErrHubClosed means Shutdown was called on the hub.
+	ErrHubClosed = errors.New("hub shut down")
+
+	// ErrMemberLeft means the member has left the hub: its socket closed,
+	// or it was dropped for being too slow.
+	ErrMemberLeft = errors.New("member has left")
+
+	// ErrInvalidTopic means a topic is empty, too long, or holds a byte
+	// outside printable ASCII, a space, '*' or '>', or an empty
+	// dot-separated token. See ValidateTopic.
+	ErrInvalidTopic = errors.New("invalid topic")
+
+	// ErrInvalidMessage means a message type other than text or binary,
+	// or a text message that is not valid UTF-8.
+	ErrInvalidMessage = errors.New("invalid message")
+
+	// ErrMessageTooBig means a message larger than Options.MaxMessageBytes.
+	ErrMessageTooBig = errors.New("message too big")
+)

@@ -1,0 +1,269 @@
+package broadcast_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chiws/chiws/broadcast"
+	"github.com/chiws/chiws/broadcast/internal/fleettest"
+	"github.com/coder/websocket"
+)
+
+// memoryNodes shares one Memory broker among three hubs, as three hubs of
+// one process would.
+func memoryNodes(t *testing.T) []fleettest.Node {
+	b := broadcast.NewMemory()
+	t.Cleanup(func() { _ = b.Close() })
+	return []fleettest.Node{{Broker: b}, {Broker: b}, {Broker: b}}
+}
+
+func TestHubOnMemory(t *testing.T) {
+	fleettest.Run(t, memoryNodes)
+}
+
+func TestPublishRejectsBadInput(t *testing.T) {
+	hub := broadcast.NewHub(broadcast.NewMemory(), broadcast.Options{MaxMessageBytes: 8})
+	defer func() { _ = hub.Shutdown(context.Background()) }()
+	tests := []struct {
+		name  string
+		topic string
+		typ   websocket.MessageType
+		give  []byte
+		want  error
+	}{
+		{"empty topic", "", websocket.MessageText, nil, broadcast.ErrInvalidTopic},
+		{"wildcard topic", "room.*", websocket.MessageText, nil, broadcast.ErrInvalidTopic},
+		{"space in topic", "a room", websocket.MessageText, nil, broadcast.ErrInvalidTopic},
+		{"empty token", "room..a", websocket.MessageText, nil, broadcast.ErrInvalidTopic},
+		{"long topic", strings.Repeat("a", broadcast.MaxTopicLen+1), websocket.MessageText, nil, broadcast.ErrInvalidTopic},
+		{"bad type", "room", 3, nil, broadcast.ErrInvalidMessage},
+		{"text not UTF-8", "room", websocket.MessageText, []byte{0xff}, broadcast.ErrInvalidMessage},
+		{"too big", "room", websocket.MessageBinary, make([]byte, 9), broadcast.ErrMessageTooBig},
+		{"ok", "room.a:b/c-d_e", websocket.MessageBinary, make([]byte, 8), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := hub.Publish(context.Background(), tt.topic, tt.typ, tt.give)
+			if !errors.Is(err, tt.want) || (tt.want == nil) != (err == nil) {
+				t.Fatalf("Publish = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestNewHubPanicsOnBadOptions(t *testing.T) {
+	tests := []struct {
+		name string
+		b    broadcast.Broker
+		opts broadcast.Options
+		want string
+	}{
+		{"nil broker", nil, broadcast.Options{}, "nil Broker"},
+		{"negative queue", broadcast.NewMemory(), broadcast.Options{QueueMessages: -1}, "QueueMessages"},
+		{"negative bytes", broadcast.NewMemory(), broadcast.Options{QueueBytes: -1}, "QueueBytes"},
+		{"negative timeout", broadcast.NewMemory(), broadcast.Options{WriteTimeout: -1}, "WriteTimeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			defer func() {
+				r := recover()
+				if s, _ := r.(string); !strings.Contains(s, tt.want) {
+					t.Fatalf("panic %v, want one naming %s", r, tt.want)
+				}
+			}()
+			broadcast.NewHub(tt.b, tt.opts)
+		})
+	}
+}
+
+// TestMalformedBrokerMessagesAreDropped publishes on the broker payloads
+// that no hub would encode: they are counted and dropped.
+func TestMalformedBrokerMessagesAreDropped(t *testing.T) {
+	b := broadcast.NewMemory()
+	defer b.Close()
+	nodes := []fleettest.Node{{Broker: b}}
+	f := fleettest.Start(t, nodes, broadcast.Options{})
+	c := f.Nodes[0].Dial(t, 0, "room")
+	c.Read()
+	f.Nodes[0].WaitMembers(t, "room", 1)
+	ctx := context.Background()
+	for _, p := range [][]byte{nil, {1}, {9, 1, 'x'}, {1, 7, 'x'}, {1, 1, 0xff}} {
+		if err := b.Publish(ctx, "room", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hub := f.Nodes[0].Hub
+	if err := hub.Publish(ctx, "room", websocket.MessageText, []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.Next(t); m.Data != "ok" {
+		t.Fatalf("got %q, want ok", m.Data)
+	}
+	if got := hub.Stats().Malformed; got != 5 {
+		t.Fatalf("Malformed = %d, want 5", got)
+	}
+}
+
+// countingBroker counts the hub's broker subscriptions.
+type countingBroker struct {
+	broadcast.Broker
+	subs, unsubs atomic.Int32
+}
+
+type countingSub struct {
+	broadcast.Subscription
+	b *countingBroker
+}
+
+func (b *countingBroker) Subscribe(ctx context.Context, topic string, h func([]byte)) (broadcast.Subscription, error) {
+	s, err := b.Broker.Subscribe(ctx, topic, h)
+	if err != nil {
+		return nil, err
+	}
+	b.subs.Add(1)
+	return countingSub{s, b}, nil
+}
+
+func (s countingSub) Unsubscribe() error {
+	s.b.unsubs.Add(1)
+	return s.Subscription.Unsubscribe()
+}
+
+// TestOneSubscriptionPerTopic: members share the hub's broker
+// subscription, which ends with the last of them.
+func TestOneSubscriptionPerTopic(t *testing.T) {
+	b := &countingBroker{Broker: broadcast.NewMemory()}
+	f := fleettest.Start(t, []fleettest.Node{{Broker: b}}, broadcast.Options{})
+	s := f.Nodes[0]
+	var cs []*fleettest.Client
+	for range 5 {
+		cs = append(cs, s.Dial(t, 0, "room"))
+	}
+	s.WaitMembers(t, "room", 5)
+	if got := b.subs.Load(); got != 1 {
+		t.Fatalf("%d broker subscriptions for one topic, want 1", got)
+	}
+	for _, c := range cs {
+		_ = c.Conn.Close(websocket.StatusNormalClosure, "")
+	}
+	s.WaitMembers(t, "room", 0)
+	if st := s.Hub.Stats(); st.Topics != 0 || st.Members != 0 {
+		t.Fatalf("after every member left: %+v", st)
+	}
+	if got := b.unsubs.Load(); got != 1 {
+		t.Fatalf("%d unsubscriptions, want 1", got)
+	}
+}
+
+// failingBroker refuses subscriptions.
+type failingBroker struct{ broadcast.Broker }
+
+func (failingBroker) Subscribe(context.Context, string, func([]byte)) (broadcast.Subscription, error) {
+	return nil, broadcast.ErrBrokerUnavailable
+}
+
+func TestJoinFailsWhenTheBrokerDoes(t *testing.T) {
+	f := fleettest.Start(t, []fleettest.Node{{Broker: failingBroker{broadcast.NewMemory()}}}, broadcast.Options{})
+	c := f.Nodes[0].Dial(t, 0, "room")
+	if code, _ := c.Closed(t); code != websocket.StatusTryAgainLater {
+		t.Fatalf("closed with %v, want 1013 from the handler after Join failed", code)
+	}
+	if st := f.Nodes[0].Hub.Stats(); st.Members != 0 || st.Topics != 0 {
+		t.Fatalf("after a failed Join: %+v", st)
+	}
+}
+
+// TestMemberSubscribeUnsubscribe moves a member between topics while it
+// is connected.
+func TestMemberSubscribeUnsubscribe(t *testing.T) {
+	f := fleettest.Start(t, memoryNodes(t)[:1], broadcast.Options{})
+	s := f.Nodes[0]
+	c := s.Dial(t, 0, "lobby")
+	c.Read()
+	m := <-s.Joined
+	ctx := context.Background()
+	publish := func(topic, msg string) {
+		t.Helper()
+		if err := s.Hub.Publish(ctx, topic, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.Subscribe("game.1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Subscribe("game.1"); err != nil {
+		t.Fatalf("second Subscribe: %v", err)
+	}
+	if err := m.Subscribe("game*"); !errors.Is(err, broadcast.ErrInvalidTopic) {
+		t.Fatalf("Subscribe(game*) = %v, want ErrInvalidTopic", err)
+	}
+	publish("game.1", "move")
+	if got := c.Next(t).Data; got != "move" {
+		t.Fatalf("got %q, want move", got)
+	}
+	if err := m.Unsubscribe("lobby"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Unsubscribe("never-joined"); err != nil {
+		t.Fatal(err)
+	}
+	publish("lobby", "lobby news")
+	publish("game.1", "move 2")
+	if got := c.Next(t).Data; got != "move 2" {
+		t.Fatalf("got %q, want move 2 (lobby news after Unsubscribe?)", got)
+	}
+	if n := s.Hub.Len("lobby"); n != 0 {
+		t.Fatalf("Len(lobby) = %d after Unsubscribe", n)
+	}
+	_ = c.Conn.Close(websocket.StatusNormalClosure, "")
+	s.WaitMembers(t, "game.1", 0)
+	if err := m.Subscribe("lobby"); !errors.Is(err, broadcast.ErrMemberLeft) {
+		t.Fatalf("Subscribe after leaving = %v, want ErrMemberLeft", err)
+	}
+}
+
+// TestCloseAllOnBrokerState closes the sockets with 1013, as an
+// application does when its broker goes down.
+func TestCloseAll(t *testing.T) {
+	f := fleettest.Start(t, memoryNodes(t)[:1], broadcast.Options{})
+	s := f.Nodes[0]
+	c := s.Dial(t, 0, "room")
+	c.Read()
+	s.WaitMembers(t, "room", 1)
+	s.Hub.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
+	if code, reason := c.Closed(t); code != websocket.StatusTryAgainLater || reason != "broker unavailable" {
+		t.Fatalf("closed with %v %q", code, reason)
+	}
+	s.WaitMembers(t, "room", 0)
+}
+
+// TestShutdownDeadline: a member that never answers the close handshake
+// does not hold Shutdown past its context.
+func TestShutdownDeadline(t *testing.T) {
+	f := fleettest.Start(t, memoryNodes(t)[:1], broadcast.Options{})
+	s := f.Nodes[0]
+	// Never reads until after Shutdown: no close frame comes back in time.
+	c := s.Dial(t, 0, "room")
+	s.WaitMembers(t, "room", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := s.Hub.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Shutdown took %v past its deadline", d)
+	}
+	if code, _ := c.Closed(t); code != websocket.StatusGoingAway {
+		t.Fatalf("closed with %v, want 1001", code)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	if err := s.Hub.Shutdown(ctx); err != nil {
+		t.Fatalf("second Shutdown = %v", err)
+	}
+}

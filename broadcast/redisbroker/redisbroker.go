@@ -1,0 +1,460 @@
+// Package redisbroker is a broadcast.Broker on Redis pub/sub (go-redis v9).
+// A *redis.Client uses PUBLISH and SUBSCRIBE on one pub/sub connection for
+// every topic; a *redis.ClusterClient uses sharded pub/sub (SPUBLISH and
+// SSUBSCRIBE, Redis 7), so each message goes only to the shard that owns
+// its channel, with one pub/sub connection per topic to that shard.
+//
+// Redis pub/sub delivers at most once and keeps one publisher's messages
+// in order. go-redis restores the subscriptions after a reconnect; the
+// broker notices the outage, fails Publish at once meanwhile, and reports
+// both edges (broadcast.StateNotifier).
+package redisbroker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/chiws/chiws/broadcast"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Defaults for Options.
+const (
+	DefaultChannelPrefix  = "chiws.broadcast."
+	DefaultHealthInterval = 5 * time.Second
+)
+
+// Options configures a Broker.
+type Options struct {
+	// ChannelPrefix is prepended to every topic to make its Redis
+	// channel, so that several applications can share a Redis. Empty
+	// means DefaultChannelPrefix.
+	ChannelPrefix string
+
+	// Sharded uses sharded pub/sub (SPUBLISH, SSUBSCRIBE; Redis 7 or
+	// later) with a *redis.Client too. It is always on for a
+	// *redis.ClusterClient, where plain PUBLISH would reach every node.
+	Sharded bool
+
+	// HealthInterval is how long a pub/sub connection may stay silent
+	// before the broker pings it; a ping left unanswered for another
+	// interval reports the broker down. Zero means DefaultHealthInterval.
+	HealthInterval time.Duration
+
+	// Logger receives connection changes. Nil means no logs.
+	Logger *zap.Logger
+}
+
+// Broker is a broadcast.Broker on Redis pub/sub. It also implements
+// broadcast.StateNotifier.
+//
+// Goroutines: each pub/sub connection has one receive goroutine, owned by
+// the broker; Close (or the last Unsubscribe of a sharded topic) stops it
+// and waits.
+type Broker struct {
+	client  redis.UniversalClient
+	prefix  string
+	sharded bool
+	health  time.Duration
+	log     *zap.Logger
+
+	// mu guards everything below and the channels of every psConn. It is
+	// held for reading while handlers run, so an Unsubscribe that
+	// returned has no handler running.
+	mu      sync.RWMutex
+	shared  *psConn            // unsharded: every channel
+	conns   map[string]*psConn // sharded: one per channel
+	failing int                // connections currently failing
+	notify  map[int]func(up bool)
+	nextID  int
+	closed  bool
+
+	notifyMu sync.Mutex // serialises state changes and their callbacks
+}
+
+// psConn is one pub/sub connection and its receive goroutine.
+type psConn struct {
+	ps       *redis.PubSub
+	channels map[string]*channel
+	failing  bool
+	cancel   context.CancelFunc // nil until start
+	done     chan struct{}      // closed when the receive goroutine ends
+}
+
+type channel struct {
+	subs      map[*subscription]func([]byte)
+	confirmed chan struct{} // closed at the first confirmation
+	ok        bool
+}
+
+type subscription struct {
+	b  *Broker
+	pc *psConn
+	ch string
+}
+
+// New returns a broker on client, which it does not own: close the client
+// after the broker. For an unsharded client it opens the pub/sub
+// connection and starts its receive goroutine now.
+func New(client redis.UniversalClient, opts Options) (*Broker, error) {
+	if client == nil {
+		return nil, errors.New("redisbroker: nil client")
+	}
+	if opts.HealthInterval < 0 {
+		return nil, fmt.Errorf("redisbroker: HealthInterval must not be negative, got %v", opts.HealthInterval)
+	}
+	b := &Broker{
+		client:  client,
+		prefix:  opts.ChannelPrefix,
+		sharded: opts.Sharded,
+		health:  opts.HealthInterval,
+		log:     opts.Logger,
+		conns:   make(map[string]*psConn),
+		notify:  make(map[int]func(bool)),
+	}
+	if _, ok := client.(*redis.ClusterClient); ok {
+		b.sharded = true
+	}
+	if b.prefix == "" {
+		b.prefix = DefaultChannelPrefix
+	}
+	if b.health == 0 {
+		b.health = DefaultHealthInterval
+	}
+	if b.log == nil {
+		b.log = zap.NewNop()
+	}
+	if !b.sharded {
+		b.shared = newConn(client.Subscribe(context.Background()))
+		b.start(b.shared)
+	}
+	return b, nil
+}
+
+func newConn(ps *redis.PubSub) *psConn {
+	return &psConn{ps: ps, channels: make(map[string]*channel), done: make(chan struct{})}
+}
+
+// start starts pc's receive goroutine. A sharded connection starts only
+// once its first SSUBSCRIBE has made go-redis dial the shard that owns the
+// channel: a read before that would dial a random node.
+func (b *Broker) start(pc *psConn) {
+	ctx, cancel := context.WithCancel(context.Background())
+	b.mu.Lock()
+	pc.cancel = cancel
+	b.mu.Unlock()
+	// Owned by the broker: stopped by cancel and ps.Close in closeConn,
+	// which waits for done.
+	go b.receive(ctx, pc)
+}
+
+func (b *Broker) closeConn(pc *psConn) {
+	b.mu.Lock()
+	cancel := pc.cancel
+	b.mu.Unlock()
+	if cancel == nil { // never started
+		_ = pc.ps.Close()
+		return
+	}
+	cancel()
+	_ = pc.ps.Close()
+	<-pc.done
+	b.setFailing(pc, false)
+}
+
+// receive reads pc's connection until ctx is cancelled: messages go to the
+// handlers, confirmations wake Subscribe, errors mark the broker down
+// until the connection works again. go-redis redials and resubscribes on
+// the next call after an error.
+func (b *Broker) receive(ctx context.Context, pc *psConn) {
+	defer close(pc.done)
+	const minBackoff, maxBackoff = 50 * time.Millisecond, time.Second
+	backoff := minBackoff
+	pinged := false
+	for {
+		msg, err := pc.ps.ReceiveTimeout(ctx, b.health)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if pinged { // the last ping was not answered
+					b.fail(pc, errors.New("ping not answered"))
+				}
+				pinged = true
+				if perr := pc.ps.Ping(ctx); perr == nil {
+					continue
+				} else {
+					err = perr
+				}
+			}
+			b.fail(pc, err)
+			// Wait, then ping: that redials, resubscribes every channel
+			// and, once answered, brings a message to the loop.
+			for {
+				t := time.NewTimer(backoff)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+				backoff = min(2*backoff, maxBackoff)
+				if pc.ps.Ping(ctx) == nil {
+					break
+				}
+			}
+			continue
+		}
+		pinged = false
+		backoff = minBackoff
+		b.setFailing(pc, false)
+		b.mu.Lock()
+		if s, ok := msg.(*redis.Subscription); ok && (s.Kind == "subscribe" || s.Kind == "ssubscribe") {
+			if c := pc.channels[s.Channel]; c != nil && !c.ok {
+				c.ok = true
+				close(c.confirmed)
+			}
+		}
+		b.mu.Unlock()
+		if m, ok := msg.(*redis.Message); ok {
+			p := []byte(m.Payload)
+			b.mu.RLock()
+			if c := pc.channels[m.Channel]; c != nil {
+				for _, h := range c.subs {
+					h(p)
+				}
+			}
+			b.mu.RUnlock()
+		}
+	}
+}
+
+func (b *Broker) fail(pc *psConn, err error) {
+	b.mu.RLock()
+	first := !pc.failing
+	b.mu.RUnlock()
+	if first {
+		b.log.Warn("redis pub/sub connection lost", zap.Error(err))
+	}
+	b.setFailing(pc, true)
+}
+
+// setFailing records pc's health; the broker is up when no connection
+// fails. Edges are reported outside mu, in the order they happened
+// (notifyMu), so a callback may call the broker.
+func (b *Broker) setFailing(pc *psConn, failing bool) {
+	b.notifyMu.Lock()
+	defer b.notifyMu.Unlock()
+	b.mu.Lock()
+	if pc.failing == failing {
+		b.mu.Unlock()
+		return
+	}
+	pc.failing = failing
+	before := b.failing
+	if failing {
+		b.failing++
+	} else {
+		b.failing--
+	}
+	var fs []func(bool)
+	if !b.closed && (before == 0) != (b.failing == 0) {
+		for _, f := range b.notify {
+			fs = append(fs, f)
+		}
+	}
+	up := b.failing == 0
+	b.mu.Unlock()
+	if len(fs) > 0 && up {
+		b.log.Info("redis pub/sub connection back")
+	}
+	for _, f := range fs {
+		f(up)
+	}
+}
+
+// NotifyState implements broadcast.StateNotifier. f runs on a receive
+// goroutine and must not block.
+func (b *Broker) NotifyState(f func(up bool)) (stop func()) {
+	b.mu.Lock()
+	id := b.nextID
+	b.nextID++
+	b.notify[id] = f
+	b.mu.Unlock()
+	return func() {
+		b.mu.Lock()
+		delete(b.notify, id)
+		b.mu.Unlock()
+	}
+}
+
+func (b *Broker) channel(topic string) (string, error) {
+	if err := broadcast.ValidateTopic(topic); err != nil {
+		return "", err
+	}
+	return b.prefix + topic, nil
+}
+
+// Publish sends payload to topic. While a pub/sub connection is down it
+// fails at once with broadcast.ErrBrokerUnavailable; a failed PUBLISH
+// wraps it too.
+func (b *Broker) Publish(ctx context.Context, topic string, payload []byte) error {
+	ch, err := b.channel(topic)
+	if err != nil {
+		return fmt.Errorf("redisbroker: publish: %w", err)
+	}
+	b.mu.RLock()
+	closed, down := b.closed, b.failing > 0
+	b.mu.RUnlock()
+	switch {
+	case closed:
+		return fmt.Errorf("redisbroker: publish: %w", broadcast.ErrBrokerClosed)
+	case down:
+		return fmt.Errorf("redisbroker: publish: %w", broadcast.ErrBrokerUnavailable)
+	}
+	if b.sharded {
+		err = b.client.SPublish(ctx, ch, payload).Err()
+	} else {
+		err = b.client.Publish(ctx, ch, payload).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("redisbroker: publish: %w", wrap(err))
+	}
+	return nil
+}
+
+// wrap marks errors other than Redis's own replies and the caller's
+// context as the server being unavailable.
+func wrap(err error) error {
+	var rerr redis.Error
+	if errors.As(err, &rerr) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", broadcast.ErrBrokerUnavailable, err)
+}
+
+// Subscribe calls h with every message published to topic. It returns once
+// Redis has confirmed the subscription.
+func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (broadcast.Subscription, error) {
+	ch, err := b.channel(topic)
+	if err != nil {
+		return nil, fmt.Errorf("redisbroker: subscribe: %w", err)
+	}
+	if h == nil {
+		return nil, errors.New("redisbroker: subscribe: nil handler")
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, fmt.Errorf("redisbroker: subscribe: %w", broadcast.ErrBrokerClosed)
+	}
+	pc := b.shared
+	if b.sharded {
+		pc = b.conns[ch]
+		if pc == nil {
+			pc = newConn(b.client.SSubscribe(context.Background()))
+			b.conns[ch] = pc
+		}
+	}
+	c := pc.channels[ch]
+	first := c == nil
+	if first {
+		c = &channel{subs: make(map[*subscription]func([]byte)), confirmed: make(chan struct{})}
+		pc.channels[ch] = c
+	}
+	s := &subscription{b: b, pc: pc, ch: ch}
+	c.subs[s] = h
+	b.mu.Unlock()
+
+	if first {
+		if b.sharded {
+			err = pc.ps.SSubscribe(ctx, ch)
+			if err == nil {
+				b.start(pc) // one connection per sharded channel: this is its first
+			}
+		} else {
+			err = pc.ps.Subscribe(ctx, ch)
+		}
+		if err != nil {
+			_ = s.Unsubscribe()
+			return nil, fmt.Errorf("redisbroker: subscribe: %w", wrap(err))
+		}
+	}
+	select {
+	case <-c.confirmed:
+		return s, nil
+	case <-ctx.Done():
+		_ = s.Unsubscribe()
+		return nil, fmt.Errorf("redisbroker: subscribe: not confirmed: %w: %w", broadcast.ErrBrokerUnavailable, ctx.Err())
+	}
+}
+
+// Unsubscribe implements broadcast.Subscription. The last subscription to
+// a channel unsubscribes the connection (or, sharded, closes it); an error
+// there is not returned, since go-redis has forgotten the channel and
+// will not resubscribe it.
+func (s *subscription) Unsubscribe() error {
+	b := s.b
+	b.mu.Lock()
+	c := s.pc.channels[s.ch]
+	if c == nil {
+		b.mu.Unlock()
+		return nil
+	}
+	if _, ok := c.subs[s]; !ok {
+		b.mu.Unlock()
+		return nil
+	}
+	delete(c.subs, s)
+	last := len(c.subs) == 0
+	if last {
+		delete(s.pc.channels, s.ch)
+	}
+	closeConn := last && b.sharded && b.conns[s.ch] == s.pc && !b.closed
+	if closeConn {
+		delete(b.conns, s.ch)
+	}
+	b.mu.Unlock()
+	switch {
+	case closeConn:
+		b.closeConn(s.pc)
+	case last && !b.sharded:
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.pc.ps.Unsubscribe(ctx, s.ch); err != nil {
+			b.log.Debug("redis unsubscribe failed; the channel is forgotten anyway", zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// Close closes the broker's pub/sub connections and waits for their
+// goroutines. It does not close the client.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	var pcs []*psConn
+	if b.shared != nil {
+		pcs = append(pcs, b.shared)
+	}
+	for _, pc := range b.conns {
+		pcs = append(pcs, pc)
+	}
+	clear(b.conns)
+	b.mu.Unlock()
+	for _, pc := range pcs {
+		b.closeConn(pc)
+	}
+	return nil
+}

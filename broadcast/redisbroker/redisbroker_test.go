@@ -1,0 +1,180 @@
+package redisbroker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chiws/chiws/broadcast"
+	"github.com/chiws/chiws/broadcast/internal/fleettest"
+	"github.com/chiws/chiws/broadcast/redisbroker"
+	"github.com/redis/go-redis/v9"
+)
+
+// redisServer is a redis-server process on a loopback port.
+type redisServer struct {
+	port int
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has been waited for
+}
+
+// startRedis starts redis-server on a free loopback port, without
+// persistence. Without redis-server the test is skipped, or fails under
+// CI=true or CHIWS_E2E=1 (as .ci/run sets).
+func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	startRedisCheck(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	_ = ln.Close()
+	s := &redisServer{port: port}
+	s.start(t)
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
+
+func (s *redisServer) start(t *testing.T) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cmd := exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--protected-mode", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { // owned by the server: stop waits for it
+		_ = cmd.Wait()
+		close(done)
+	}()
+	s.cmd, s.done = cmd, done
+	// Wait until it answers.
+	c := redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1})
+	defer c.Close()
+	deadline := time.NewTimer(fleettest.Timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for c.Ping(context.Background()).Err() != nil {
+		select {
+		case <-done:
+			t.Fatal("redis-server exited at start")
+		case <-deadline.C:
+			t.Fatal("redis-server not answering")
+		case <-tick.C:
+		}
+	}
+}
+
+// stop kills the server and waits for it.
+func (s *redisServer) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+}
+
+// nodes returns three nodes, each with its own client and broker, on s.
+func (s *redisServer) nodes(t *testing.T, opts redisbroker.Options) []fleettest.Node {
+	t.Helper()
+	var nodes []fleettest.Node
+	for range 3 {
+		c := redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1})
+		b, err := redisbroker.New(c, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var once sync.Once
+		stop := func() {
+			once.Do(func() {
+				_ = b.Close()
+				_ = c.Close()
+			})
+		}
+		t.Cleanup(stop)
+		nodes = append(nodes, fleettest.Node{Broker: b, Stop: stop})
+	}
+	return nodes
+}
+
+func TestHubOnRedis(t *testing.T) {
+	s := startRedis(t)
+	fleettest.Run(t, func(t *testing.T) []fleettest.Node { return s.nodes(t, redisbroker.Options{}) })
+}
+
+// TestHubOnShardedPubSub runs sharded pub/sub (what a Redis Cluster uses)
+// against one Redis 7 server, which accepts SSUBSCRIBE too.
+func TestHubOnShardedPubSub(t *testing.T) {
+	s := startRedis(t)
+	fleettest.Run(t, func(t *testing.T) []fleettest.Node { return s.nodes(t, redisbroker.Options{Sharded: true}) })
+}
+
+func TestRedisRestart(t *testing.T) {
+	for _, sharded := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sharded=%v", sharded), func(t *testing.T) {
+			s := startRedis(t)
+			opts := redisbroker.Options{Sharded: sharded, HealthInterval: time.Second}
+			fleettest.RunOutage(t, s.nodes(t, opts), func(t *testing.T) func() {
+				s.stop()
+				return func() { s.start(t) }
+			})
+		})
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	s := startRedis(t)
+	c := redis.NewClient(&redis.Options{Addr: s.addr()})
+	defer c.Close()
+	b, err := redisbroker.New(c, redisbroker.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	if err := b.Publish(ctx, "a.*", nil); !errors.Is(err, broadcast.ErrInvalidTopic) {
+		t.Errorf("Publish(a.*) = %v, want ErrInvalidTopic", err)
+	}
+	if _, err := b.Subscribe(ctx, "", func([]byte) {}); !errors.Is(err, broadcast.ErrInvalidTopic) {
+		t.Errorf("Subscribe(\"\") = %v, want ErrInvalidTopic", err)
+	}
+	if _, err := redisbroker.New(nil, redisbroker.Options{}); err == nil {
+		t.Error("New(nil) succeeded")
+	}
+	if _, err := redisbroker.New(c, redisbroker.Options{HealthInterval: -1}); err == nil {
+		t.Error("New with a negative HealthInterval succeeded")
+	}
+	_ = b.Close()
+	if err := b.Publish(ctx, "a", nil); !errors.Is(err, broadcast.ErrBrokerClosed) {
+		t.Errorf("Publish after Close = %v, want ErrBrokerClosed", err)
+	}
+}
+
+// startRedisCheck skips the test without redis-server, or fails it under
+// CI=true or CHIWS_E2E=1.
+func startRedisCheck(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("CI") == "true" || os.Getenv("CHIWS_E2E") == "1" {
+			t.Fatal("redis-server is not installed: apt-get install -y redis-server")
+		}
+		t.Skip("redis-server is not installed: apt-get install -y redis-server")
+	}
+}
