@@ -128,16 +128,18 @@ func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) 
 	defer c.releaseEnd()
 	typ, p, err := c.Conn.Read(ctx)
 	if err == nil && typ == websocket.MessageText && !utf8.Valid(p) {
-		c.sawEnd.Store(true)
 		_ = c.closeBounded(ErrClosedByServer, websocket.StatusInvalidFramePayloadData, "invalid UTF-8")
+		c.sawEnd.Store(true)
 		return typ, nil, errInvalidUTF8
 	}
 	c.readDone(err)
 	return typ, p, err
 }
 
-// errInvalidUTF8 is returned by Read for a text message that is not UTF-8.
-var errInvalidUTF8 = errors.New("chiws: read: text message is not valid UTF-8; closed with 1007")
+// errInvalidUTF8 is returned by Read for a text message that is not UTF-8:
+// websocket.CloseStatus gives the 1007 the socket was closed with.
+var errInvalidUTF8 = fmt.Errorf("chiws: read: text message is not valid UTF-8: %w",
+	websocket.CloseError{Code: websocket.StatusInvalidFramePayloadData, Reason: "invalid UTF-8"})
 
 // Reader returns a reader for the next message; see websocket.Conn.Reader.
 // Text messages read this way are not checked for UTF-8.
@@ -190,13 +192,16 @@ func (c *Conn) wrote(err error) {
 		return
 	}
 	// A failed write leaves the socket unusable (coder/websocket closes
-	// it): the handler returning now is not an early return.
-	c.sawEnd.Store(true)
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	// it): the handler returning now is not an early return. net.ErrClosed
+	// means someone else closed it, who records why.
+	switch {
+	case errors.Is(err, net.ErrClosed):
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		c.record(ErrClosedByServer, websocket.StatusAbnormalClosure, "write context done")
-	} else {
+	default:
 		c.record(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
 	}
+	c.sawEnd.Store(true)
 }
 
 // readDone accounts for the result of a read: a message, or the error
@@ -206,9 +211,11 @@ func (c *Conn) readDone(err error) {
 		c.msgsIn.Add(1)
 		return
 	}
-	c.sawEnd.Store(true)
+	defer c.sawEnd.Store(true) // after the cause: see upgrade.finish
 	var ce websocket.CloseError
 	switch {
+	case errors.Is(err, net.ErrClosed):
+		// Closed by someone else, who records why.
 	case errors.As(err, &ce):
 		c.record(ErrClosedByPeer, ce.Code, ce.Reason)
 	case errors.Is(err, websocket.ErrMessageTooBig):
@@ -230,12 +237,11 @@ func (c *Conn) readDone(err error) {
 	}
 }
 
-// isConnLost reports whether err means the connection itself is gone: the
-// peer vanished, reset it or closed it without a close frame.
+// isConnLost reports whether err means the peer is gone: it vanished,
+// reset the connection or closed it without a close frame.
 func isConnLost(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // closeCause is the cause of Conn.Context's cancellation and the content of
@@ -303,12 +309,15 @@ func (c *Conn) closeWith(by error, code websocket.StatusCode, reason string) err
 const closeTimeout = time.Second
 
 // closeBounded performs the close handshake, and aborts the connection if
-// the peer has not completed it within closeTimeout.
+// the peer has not completed it within closeTimeout. It records by first,
+// unless by is nil.
 func (c *Conn) closeBounded(by error, code websocket.StatusCode, reason string) error {
 	if c.nc.isClosed() {
 		return nil
 	}
-	c.record(by, code, reason)
+	if by != nil {
+		c.record(by, code, reason)
+	}
 	aborted := make(chan struct{})
 	t := time.AfterFunc(closeTimeout, func() { // owned by closeBounded, which waits for it
 		defer close(aborted)

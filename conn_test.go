@@ -503,3 +503,45 @@ func TestResetIsConnectionLost(t *testing.T) {
 		t.Fatalf("close log %v, want connection-lost 1006", f)
 	}
 }
+
+// TestPeerCloseWhileWriting: a peer's close frame, read while another
+// goroutine writes, is the cause of the socket's end, not the write that
+// fails because the connection was closed in between.
+func TestPeerCloseWhileWriting(t *testing.T) {
+	const clients = 50
+	causes := make(chan error, clients)
+	_, srv := server(t, chiws.Options{}, func(r chi.Router) {
+		r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			ctx := c.Context()
+			wrote := make(chan struct{})
+			go func() { // owned by the handler, which waits on wrote
+				defer close(wrote)
+				for c.Write(ctx, websocket.MessageText, []byte("tick")) == nil {
+				}
+			}()
+			for {
+				if _, _, err := c.Read(ctx); err != nil {
+					break
+				}
+			}
+			<-wrote
+			causes <- context.Cause(ctx)
+		})
+	})
+	for range clients {
+		c := dial(t, wsURL(srv, "/ws"), nil)
+		if _, _, err := c.Read(testCtx(t)); err != nil { // the writer is running
+			t.Fatal(err)
+		}
+		c.Close(websocket.StatusNormalClosure, "bye")
+	}
+	for range clients {
+		if cause := <-causes; !errors.Is(cause, chiws.ErrClosedByPeer) || websocket.CloseStatus(cause) != websocket.StatusNormalClosure {
+			t.Fatalf("cause %v, want the peer's 1000", cause)
+		}
+	}
+}

@@ -20,7 +20,7 @@ var (
 	// ErrHijackBypassed means a ResponseWriter wrapper between the
 	// middleware and Accept hijacked the connection without going through
 	// the middleware's ResponseWriter, so chiws cannot see the connection
-	// close. Accept closes the socket with 1011 and returns it. Wrappers
+	// close. Accept closes the socket with 1011 and returns this error. Wrappers
 	// must reach the middleware's writer through Unwrap or delegate their
 	// Hijack to it, as chi's middleware.WrapResponseWriter does.
 	ErrHijackBypassed = errors.New("a ResponseWriter wrapper hijacked the connection " +

@@ -2,7 +2,6 @@ package chiws
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -141,11 +140,9 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 	if !u.state.CompareAndSwap(stateNew, stateAccepting) {
 		return nil, fmt.Errorf("chiws: accept: %w", ErrAlreadyAccepted)
 	}
-	c, err := u.accept(w, r, opts)
-	if c == nil {
-		u.state.Store(stateNew)
-	}
-	return c, err
+	// A failed Accept has answered the request or spent the connection:
+	// the state stays stateAccepting, and a second Accept fails.
+	return u.accept(w, r, opts)
 }
 
 // socketOptions resolves the options of one socket.
@@ -210,6 +207,12 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 		httpError(w, http.StatusNotImplemented)
 		return nil, fmt.Errorf("chiws: accept: %T cannot %s: %w", u.w.ResponseWriter, what, http.ErrNotSupported)
 	}
+	if m.shuttingDown() {
+		m.logReject(zap.DebugLevel, r, "shutting down", ErrShuttingDown.Error())
+		w.Header().Set("Retry-After", "5")
+		httpError(w, http.StatusServiceUnavailable)
+		return nil, fmt.Errorf("chiws: accept: %w", ErrShuttingDown)
+	}
 	so := m.socketOptions(opts)
 	c := &u.conn
 	c.init(m, r)
@@ -235,6 +238,8 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 		// Someone hijacked past the middleware's writer: chiws would not
 		// see the connection close, so the socket cannot be served.
 		m.logMisconfigured(r, "websocket closed with 1011: "+ErrHijackBypassed.Error(), w)
+		// The connection is not the middleware's to abort: coder/websocket
+		// bounds this handshake itself.
 		_ = wc.Close(websocket.StatusInternalError, "server misconfigured")
 		return nil, fmt.Errorf("chiws: accept: %w", ErrHijackBypassed)
 	}
@@ -243,8 +248,9 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	wc.SetReadLimit(so.readLimit)
 	m.stats.accepted.Add(1)
 	if !m.register(c) {
-		_ = c.closeWith(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
-		c.logClose(nil)
+		// Shutdown began during the handshake: it does not know this
+		// socket, so the close is bounded here, and not logged.
+		_ = c.closeBounded(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
 		return nil, fmt.Errorf("chiws: accept: %w", ErrShuttingDown)
 	}
 	u.state.Store(stateAccepted)
@@ -307,15 +313,20 @@ func (u *upgrade) finish(r *http.Request) {
 		_ = c.closeBounded(ErrConnectionLost, websocket.StatusNormalClosure, "")
 	default:
 		// The handler returned with the socket open, unless
-		// coder/websocket failed it in a read the middleware does not
-		// see (wsjson through the embedded Conn): then its close frame
-		// is out, and the peer answers with that code, not 1011.
-		err := c.closeBounded(ErrHandlerReturned, websocket.StatusInternalError, "handler returned")
+		// coder/websocket failed it in a read the middleware does not see
+		// (wsjson through the embedded Conn): its close frame is out then,
+		// and the peer's answer carries the code coder/websocket sends for
+		// a fault, not 1011. The socket's end is held until the cause is
+		// known, so that Conn.Context and the log agree.
+		c.holdEnd()
+		err := c.closeBounded(nil, websocket.StatusInternalError, "handler returned")
 		code := websocket.CloseStatus(err)
-		early = code == -1 || code == websocket.StatusInternalError
-		if !early {
-			c.amend(ErrHandlerReturned, ErrClosedByServer, code)
+		if early = !sentOnFault(code); early {
+			c.record(ErrHandlerReturned, websocket.StatusInternalError, "handler returned")
+		} else {
+			c.record(ErrClosedByServer, code, "")
 		}
+		c.releaseEnd()
 	}
 	if !c.nc.isClosed() {
 		c.abort() // a close above failed half-way
@@ -335,12 +346,13 @@ func (u *upgrade) finish(r *http.Request) {
 	}
 }
 
-// amend replaces a cause recorded as from with a server close with code:
-// the close log then says what was sent.
-func (c *Conn) amend(from, to error, code websocket.StatusCode) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cause != nil && errors.Is(c.cause.by, from) {
-		c.cause = &closeCause{by: to, code: code, reason: "protocol error"}
+// sentOnFault reports whether coder/websocket sends code itself when the
+// peer breaks the protocol (1002), sends a message over the read limit
+// (1009), or a data message after CloseRead (1008).
+func sentOnFault(code websocket.StatusCode) bool {
+	switch code {
+	case websocket.StatusProtocolError, websocket.StatusMessageTooBig, websocket.StatusPolicyViolation:
+		return true
 	}
+	return false
 }

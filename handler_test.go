@@ -578,3 +578,98 @@ func TestAbortHandlerAfterAccept(t *testing.T) {
 		t.Errorf("ErrAbortHandler logged as a panic: %v", logs.All())
 	}
 }
+
+// TestEarlyReturnPeerAnswersOtherCode: a peer may answer the middleware's
+// 1011 with a code of its own (some clients always answer 1000); the
+// handler still returned early, and the log and the cause say so.
+func TestEarlyReturnPeerAnswersOtherCode(t *testing.T) {
+	logger, logs := observedLogger()
+	ctxs := make(chan context.Context, 1)
+	ws, srv := server(t, chiws.Options{Logger: logger}, func(r chi.Router) {
+		r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+			if c, err := chiws.Accept(w, r, nil); err == nil {
+				ctxs <- c.Context()
+			}
+		})
+	})
+	c, err := wstest.Handshake(hostOf(srv), "/ws", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+	f, err := c.ReadFrame()
+	if err != nil || f.Opcode != wstest.OpClose || f.CloseCode() != 1011 {
+		t.Fatalf("frame %v %v, want a 1011 close", f, err)
+	}
+	if err := c.WriteFrame(wstest.Frame{Fin: true, Opcode: wstest.OpClose, Masked: true, Payload: wstest.ClosePayload(1000, "")}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := <-ctxs
+	<-ctx.Done()
+	if cause := context.Cause(ctx); !errors.Is(cause, chiws.ErrHandlerReturned) {
+		t.Errorf("cause %v, want ErrHandlerReturned", cause)
+	}
+	waitFor(t, "close log", func() bool { return logs.FilterMessage("websocket closed").Len() == 1 })
+	if f := logs.FilterMessage("websocket closed").All()[0].ContextMap(); f["closedBy"] != "handler-return" || f["closeCode"] != int64(1011) {
+		t.Errorf("close log %v", f)
+	}
+	if st := ws.Stats(); st.EarlyReturns != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestAcceptAfterShutdown: an upgrade whose handler calls Accept after
+// Shutdown began is answered 503 before any 101, and nothing is logged
+// after Shutdown returned.
+func TestAcceptAfterShutdown(t *testing.T) {
+	logger, logs := observedLogger()
+	entered := make(chan struct{})
+	proceed := make(chan struct{})
+	accepted := make(chan error, 1)
+	ws, srv := server(t, chiws.Options{Logger: logger}, func(r chi.Router) {
+		r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+			close(entered)
+			<-proceed
+			_, err := chiws.Accept(w, r, nil)
+			accepted <- err
+		})
+	})
+	status := make(chan int, 1)
+	go func() { // owned by the test, which receives from status
+		c, resp, err := websocket.Dial(testCtx(t), wsURL(srv, "/ws"), nil)
+		if err == nil {
+			c.CloseNow()
+			status <- http.StatusSwitchingProtocols
+			return
+		}
+		if resp == nil {
+			status <- 0
+			return
+		}
+		status <- resp.StatusCode
+	}()
+	<-entered
+	shutdownDone := make(chan error, 1)
+	go func() { // owned by the test, which receives from shutdownDone
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		shutdownDone <- ws.Shutdown(ctx)
+	}()
+	waitFor(t, "Shutdown to begin", func() bool {
+		return logs.FilterMessage("websocket shutdown: closing sockets").Len() == 1
+	})
+	close(proceed)
+	if err := <-accepted; !errors.Is(err, chiws.ErrShuttingDown) {
+		t.Errorf("Accept = %v, want ErrShuttingDown", err)
+	}
+	if got := <-status; got != http.StatusServiceUnavailable {
+		t.Errorf("client got %d, want 503", got)
+	}
+	if err := <-shutdownDone; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if n := logs.FilterMessage("websocket closed").Len(); n != 0 {
+		t.Errorf("%d close logs for a socket that was never opened", n)
+	}
+}

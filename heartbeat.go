@@ -123,10 +123,18 @@ func (h *heartbeat) beat() time.Duration {
 	err := h.c.Conn.Ping(ctx)
 	cancel()
 	switch {
-	case err == nil, h.timeout <= 0:
+	case err == nil:
 		return h.interval
 	case nc.isClosed() && !errors.Is(err, context.DeadlineExceeded):
 		return 0 // closed by someone else, who said why
+	case h.timeout <= 0 && !nc.isClosed():
+		return h.interval // pings without a deadline
+	case h.timeout <= 0:
+		// coder/websocket bounds the write of a ping (five seconds) and
+		// closes the connection when it is exceeded: the peer stopped
+		// reading, whatever the deadline says.
+		h.expire()
+		return 0
 	}
 	// No pong in time; the ping's write may also have timed out, and
 	// coder/websocket then closed the connection: judge says which.

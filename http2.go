@@ -104,7 +104,9 @@ func (s *h2Stream) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Close ends the reads; the stream itself ends when the handler returns.
+// Close ends the reads, and a write blocked by flow control (its peer
+// stopped reading), which resets the stream; otherwise the stream ends
+// when the handler returns.
 func (s *h2Stream) Close() error {
 	if s.closed.Swap(true) {
 		return nil
@@ -129,9 +131,11 @@ func (s *h2Stream) deadline(reset bool) {
 		return
 	}
 	_ = s.rc.SetReadDeadline(pastDeadline)
-	if reset {
-		_ = s.rc.SetWriteDeadline(pastDeadline)
+	if !reset && s.mu.TryLock() {
+		s.mu.Unlock() // no write in progress; later ones see closed
+		return
 	}
+	_ = s.rc.SetWriteDeadline(pastDeadline)
 }
 
 // pastDeadline is a deadline that has passed.

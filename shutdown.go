@@ -3,7 +3,6 @@ package chiws
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
@@ -18,12 +17,16 @@ func (m *Middleware) register(c *Conn) bool {
 	if m.closing {
 		return false
 	}
-	if c.nc.isClosed() {
-		return true // closed already: it ends without the registry
-	}
 	m.goroutines.Add(1)
 	m.sockets[c] = struct{}{}
 	return true
+}
+
+// shuttingDown reports whether Shutdown was called.
+func (m *Middleware) shuttingDown() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closing
 }
 
 // unregister removes a socket and reports whether it was registered.
@@ -37,17 +40,20 @@ func (m *Middleware) unregister(c *Conn) bool {
 
 // Shutdown closes every open socket with 1001 Going Away, refuses new ones
 // with 503, and waits until every WebSocket handler has returned and every
-// keep-alive goroutine has ended. When ctx ends first, the sockets still
-// open are aborted (closed without a handshake), all at once, and Shutdown
-// returns ctx.Err() as soon as they are closed; a handler that is still
-// running then is no longer waited for. Nothing of the middleware runs or
-// logs after Shutdown returns, except for handlers that outlive it.
+// keep-alive goroutine has ended. When ctx ends first, the sockets are
+// aborted (closed without a handshake; an HTTP/2 stream is reset), all at
+// once, and Shutdown returns ctx.Err() as soon as they are closed; a
+// handler that is still running then is no longer waited for. Nothing of
+// the middleware runs or logs after Shutdown returns, except for handlers
+// that outlive it.
 //
-// http.Server.Shutdown neither closes nor waits for hijacked connections,
-// WebSockets included, so call both, the server first:
+// http.Server.Shutdown neither closes nor waits for hijacked HTTP/1.1
+// connections, and it waits for HTTP/2 streams, WebSockets included. Start
+// Shutdown with the server's, which drains both kinds:
 //
-//	err := srv.Shutdown(ctx)                 // no new requests
-//	err = errors.Join(err, ws.Shutdown(ctx)) // drain the sockets
+//	drained := make(chan error, 1)
+//	srv.RegisterOnShutdown(func() { drained <- ws.Shutdown(ctx) })
+//	err := errors.Join(srv.Shutdown(ctx), <-drained)
 //
 // Shutdown may be called more than once; ordinary requests keep flowing
 // through the middleware.
@@ -69,42 +75,43 @@ func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.cfg.log.Info("websocket shutdown: closing sockets", zap.Int(keySockets, len(socks)))
 
 	// One goroutine per socket, owned by Shutdown, which waits for all of
-	// them below. Each performs the close handshake (coder/websocket bounds
-	// it) and, if ctx ends first, aborts the connection, which ends the
-	// handshake at once.
-	var (
-		closers sync.WaitGroup
-		aborted atomic.Bool
-	)
+	// them below: each performs the close handshake (coder/websocket
+	// bounds it). When ctx ends, every socket is aborted, which also ends
+	// the handshakes under way and a write its handler is stuck in.
+	var closers sync.WaitGroup
 	for _, c := range socks {
 		closers.Add(1)
 		go func() {
 			defer closers.Done()
-			abortDone := make(chan struct{})
-			stop := context.AfterFunc(ctx, func() {
-				defer close(abortDone)
-				aborted.Store(true)
-				c.record(ErrShuttingDown, websocket.StatusAbnormalClosure, "")
-				c.abort()
-			})
 			_ = c.closeWith(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
-			if !stop() {
-				<-abortDone
-			}
 		}()
 	}
+	aborted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { // waited for below
+		defer close(aborted)
+		var wg sync.WaitGroup
+		for _, c := range socks {
+			wg.Add(1)
+			go func() { // owned by this function, which waits
+				defer wg.Done()
+				c.record(ErrShuttingDown, websocket.StatusAbnormalClosure, "")
+				c.abort()
+			}()
+		}
+		wg.Wait()
+	})
 	closers.Wait()
 
 	var err error
-	if aborted.Load() {
-		err = ctx.Err()
-	}
-	if drained != nil && err == nil {
+	if drained != nil {
 		select {
 		case <-drained:
 		case <-ctx.Done():
-			err = ctx.Err()
 		}
+	}
+	if !stop() {
+		<-aborted // ctx ended: the sockets were aborted
+		err = ctx.Err()
 	}
 	// Every registered socket is closed now; what is left of
 	// m.goroutines are keep-alive goroutines, whose Ping fails at once on
