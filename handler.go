@@ -75,6 +75,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer u.finish(r)
 	h.next.ServeHTTP(&u.w, r)
+	if u.w.h2 != nil && !u.w.answered && u.accepted.Load() == nil {
+		// net/http would answer 200, which RFC 8441 takes for an open
+		// socket.
+		httpError(w, http.StatusInternalServerError)
+	}
 }
 
 // upgrade is an admitted upgrade request on its way through the route. It

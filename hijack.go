@@ -23,12 +23,14 @@ type upgradeWriter struct {
 	h2       *h2Stream // the stream of an HTTP/2 WebSocket (http2.go), or nil
 	nc       *netConn  // set up by Hijack
 	hijacked bool
+	answered bool // WriteHeader or Write was called
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.
 func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *upgradeWriter) WriteHeader(status int) {
+	w.answered = true
 	switch {
 	case w.hijacked:
 	case w.h2 != nil && status == http.StatusSwitchingProtocols:
@@ -49,6 +51,7 @@ func (w *upgradeWriter) Write(p []byte) (int, error) {
 	if w.hijacked {
 		return 0, http.ErrHijacked
 	}
+	w.answered = true
 	return w.ResponseWriter.Write(p)
 }
 
