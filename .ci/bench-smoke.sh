@@ -14,7 +14,8 @@ go test -count=1 -run 'Test' -bench . -benchtime 10x ./bench/
 timeout 300 go run ./bench/cmd/bench -smoke -out "$out"
 
 for section in "Goals" "Pass-through" "Upgrade" "Connect rate" "Echo, 128 B" "Idle footprint" \
-  "Keep-alive cost" "Stack per idle connection" "Churn" "What is left, and why"; do
+  "Keep-alive cost" "Stack per idle connection" "Churn" \
+  "HTTP/2: connect rate and echo over h2 beside HTTP/1.1" "What is left, and why"; do
   if ! grep -q "## .*$section" "$out"; then
     echo "bench-smoke: section \"$section\" missing from the report" >&2
     cat "$out" >&2

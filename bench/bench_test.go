@@ -3,10 +3,16 @@ package bench
 import (
 	"testing"
 
+	"github.com/chiws/chiws/internal/xconnect"
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain runs the tests with GODEBUG=http2xconnect=1 (net/http reads it
+// only when the process starts), which TestH2CClient's server needs.
+func TestMain(m *testing.M) {
+	xconnect.Reexec()
+	goleak.VerifyTestMain(m)
+}
 
 // BenchmarkPassThrough compares an ordinary request through the chiws
 // middleware with the bare handler, with and without a chi router.

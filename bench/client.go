@@ -31,6 +31,7 @@ type Client struct {
 	CPUProfile string
 	clients    []*http.Client
 	ctl        *http.Client
+	tcpDials   atomic.Int64 // TCP connections dialled to Addr
 }
 
 // NewClient returns a client of the server at addr, whose control
@@ -42,7 +43,11 @@ func NewClient(addr, ctlAddr string, sources int) *Client {
 			Timeout:   10 * time.Second,
 			LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i))},
 		}
-		c.clients = append(c.clients, &http.Client{Transport: &http.Transport{DialContext: d.DialContext}})
+		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c.tcpDials.Add(1)
+			return d.DialContext(ctx, network, addr)
+		}
+		c.clients = append(c.clients, &http.Client{Transport: &http.Transport{DialContext: dial}})
 	}
 	return c
 }
@@ -131,6 +136,7 @@ type ConnectResult struct {
 	Seconds   float64   `json:"seconds"`
 	PerSecond float64   `json:"perSecond"`
 	Handshake Latencies `json:"handshake"`
+	TCPDials  int64     `json:"tcpDials"` // TCP connections the client dialled during the run
 }
 
 // RunConnect runs workers loops of dial, upgrade and close handshake for d
@@ -144,6 +150,7 @@ func (c *Client) RunConnect(ctx context.Context, workers int, d time.Duration) (
 		mu      sync.Mutex
 		all     []time.Duration
 		errs    atomic.Int64
+		dials0  = c.tcpDials.Load()
 		started = time.Now()
 	)
 	for w := range workers {
@@ -169,7 +176,7 @@ func (c *Client) RunConnect(ctx context.Context, workers int, d time.Duration) (
 	wg.Wait()
 	secs := time.Since(started).Seconds()
 	r := ConnectResult{Conns: len(all), Errors: int(errs.Load()), Seconds: secs,
-		PerSecond: float64(len(all)) / secs, Handshake: summarise(all)}
+		PerSecond: float64(len(all)) / secs, Handshake: summarise(all), TCPDials: c.tcpDials.Load() - dials0}
 	if r.Conns == 0 {
 		return r, errors.New("connect: no connection succeeded")
 	}
@@ -251,6 +258,7 @@ type EchoResult struct {
 	ServerCPU  float64   `json:"serverCPU"`  // CPU seconds in the window
 	PingsSent  uint64    `json:"pingsSent"`  // keep-alive pings the server sent in the window
 	CPUPerMsgM float64   `json:"cpuPerMsgM"` // CPU seconds per million messages
+	TCPDials   int64     `json:"tcpDials"`   // TCP connections the client dialled for the sockets
 }
 
 // RunEcho opens conns sockets to PathEcho; each sends a size-byte message
@@ -259,6 +267,7 @@ type EchoResult struct {
 // ends of the window.
 func (c *Client) RunEcho(ctx context.Context, conns, size int, warmup, window time.Duration) (EchoResult, error) {
 	r := EchoResult{Conns: conns, Size: size}
+	dials0 := c.tcpDials.Load()
 	sockets := make([]*websocket.Conn, 0, conns)
 	for i := range conns {
 		ws, err := c.Dial(ctx, i, PathEcho)
@@ -270,6 +279,7 @@ func (c *Client) RunEcho(ctx context.Context, conns, size int, warmup, window ti
 		}
 		sockets = append(sockets, ws)
 	}
+	r.TCPDials = c.tcpDials.Load() - dials0
 	var (
 		measuring, stop atomic.Bool
 		msgs            atomic.Int64

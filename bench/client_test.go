@@ -82,3 +82,54 @@ func TestPad(t *testing.T) {
 		t.Fatal("not upgraded")
 	}
 }
+
+// TestH2CClient runs the h2c client (RFC 8441 over cleartext HTTP/2)
+// against chiws on a server configured by ConfigureH2C: the sockets of a
+// source share one TCP connection, and the HTTP/1.1 client still works on
+// the same server.
+func TestH2CClient(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := NewServer(ServerConfig{Candidate: Chiws, KeepAlive: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := httptest.NewUnstartedServer(s)
+	ConfigureH2C(ws.Config)
+	ws.Start()
+	ctl := httptest.NewServer(StatsHandler(s))
+	const sources = 2
+	h2 := NewH2CClient(ws.Listener.Addr().String(), ctl.Listener.Addr().String(), sources)
+	h1 := NewClient(ws.Listener.Addr().String(), ctl.Listener.Addr().String(), sources)
+	t.Cleanup(func() {
+		h2.Close()
+		h1.Close()
+		ctl.Close()
+		ws.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+	})
+
+	cr, err := h2.RunConnect(ctx, 4, 100*time.Millisecond)
+	if err != nil || cr.Conns == 0 || cr.Errors != 0 {
+		t.Fatalf("h2c connect: %+v, %v", cr, err)
+	}
+	if cr.TCPDials > sources {
+		t.Fatalf("h2c connect: %d sockets over %d TCP connections, want at most %d", cr.Conns, cr.TCPDials, sources)
+	}
+	er, err := h2.RunEcho(ctx, 8, 128, 20*time.Millisecond, 100*time.Millisecond)
+	if err != nil || er.Msgs == 0 {
+		t.Fatalf("h2c echo: %+v, %v", er, err)
+	}
+	if er.TCPDials > sources {
+		t.Fatalf("h2c echo: %d sockets over %d new TCP connections, want at most %d", er.Conns, er.TCPDials, sources)
+	}
+	if _, err := h2.waitActive(0, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	cr, err = h1.RunConnect(ctx, 2, 100*time.Millisecond)
+	if err != nil || cr.Conns == 0 || cr.TCPDials < int64(cr.Conns) {
+		t.Fatalf("h1 connect on the h2c server: %+v, %v", cr, err)
+	}
+}

@@ -1,6 +1,6 @@
 module github.com/chiws/chiws/bench
 
-go 1.25
+go 1.26.0
 
 replace github.com/chiws/chiws => ../
 
@@ -10,9 +10,11 @@ require (
 	github.com/go-chi/chi/v5 v5.5.0
 	github.com/gorilla/websocket v1.5.3
 	go.uber.org/goleak v1.3.0
+	golang.org/x/net v0.58.0
 )
 
 require (
 	go.uber.org/multierr v1.10.0 // indirect
 	go.uber.org/zap v1.28.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
 )

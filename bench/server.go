@@ -2,7 +2,8 @@
 // in-process benchmarks of the request path (go test -bench) and a
 // multi-process harness (cmd/bench) that measures connect rate, echo
 // throughput and latency, idle footprint, keep-alive cost and churn on
-// loopback. See docs/benchmarks.md.
+// loopback, and chiws's WebSockets over cleartext HTTP/2 (RFC 8441) beside
+// HTTP/1.1. See docs/benchmarks.md.
 package bench
 
 import (

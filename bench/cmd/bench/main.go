@@ -30,6 +30,7 @@ import (
 
 	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/bench"
+	"github.com/chiws/chiws/internal/xconnect"
 )
 
 // plan holds the counts of a run.
@@ -76,7 +77,7 @@ func main() {
 	testing.Init()
 	out := flag.String("out", "-", "write the Markdown report here (- for stdout)")
 	smoke := flag.Bool("smoke", false, "tiny counts: checks that the harness works")
-	only := flag.String("only", "", "comma-separated sections to run (passthrough,upgrade,connect,echo,idle,churn); empty = all")
+	only := flag.String("only", "", "comma-separated sections to run (passthrough,upgrade,connect,echo,idle,churn,h2); empty = all")
 	profileDir := flag.String("cpuprofile", "", "write the server's CPU profile over each idle window of the keep-alive candidates into this directory")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
@@ -113,7 +114,7 @@ func main() {
 		log.Print("upgrade")
 		rep.upgrade = h.inProcess(bench.UpgradeHandlers(), bench.BenchUpgrade)
 	}
-	if want("connect") || want("echo") || want("idle") || want("churn") {
+	if want("connect") || want("echo") || want("idle") || want("churn") || want("h2") {
 		if err := h.build(); err != nil {
 			log.Fatal(err)
 		}
@@ -148,6 +149,14 @@ func main() {
 	if want("churn") {
 		log.Print("churn")
 		rep.churn, err = h.churnRun()
+		check(err)
+	}
+	if want("h2") {
+		log.Print("HTTP/2: connect rate")
+		rep.h2Connect, err = h.h2Connect()
+		check(err)
+		log.Printf("HTTP/2: echo %d B", h2EchoSize)
+		rep.h2Echo, err = h.h2Echo()
 		check(err)
 	}
 	rep.elapsed = time.Since(started)
@@ -226,10 +235,33 @@ type server struct {
 	stderr bytes.Buffer
 }
 
-func (h *harness) startServer(candidate string, keepAlive time.Duration, pad int) (*server, error) {
+// serverOpts selects a benchserver run.
+type serverOpts struct {
+	candidate string
+	keepAlive time.Duration
+	pad       int
+	// h2c serves cleartext HTTP/2 beside HTTP/1.1 (benchserver -h2c),
+	// with GODEBUG=http2xconnect=1 in the server's environment.
+	h2c bool
+}
+
+func (h *harness) startServer(o serverOpts) (*server, error) {
 	s := &server{}
-	s.cmd = exec.Command(h.serverBin, "-candidate", candidate, "-keepalive", keepAlive.String(),
-		"-pad", fmt.Sprint(pad), "-max", "10m")
+	candidate := o.candidate
+	args := []string{"-candidate", candidate, "-keepalive", o.keepAlive.String(), "-pad", fmt.Sprint(o.pad), "-max", "10m"}
+	if o.h2c {
+		args = append(args, "-h2c")
+	}
+	s.cmd = exec.Command(h.serverBin, args...)
+	if o.h2c {
+		// net/http reads it when the process starts; of duplicate keys
+		// in Env, os/exec uses the last.
+		godebug := os.Getenv("GODEBUG")
+		if godebug != "" {
+			godebug += ","
+		}
+		s.cmd.Env = append(os.Environ(), "GODEBUG="+godebug+xconnect.Setting)
+	}
 	s.cmd.Stderr = &s.stderr
 	var err error
 	if s.stdin, err = s.cmd.StdinPipe(); err != nil {
@@ -277,7 +309,14 @@ func (h *harness) runClient(candidate string, keepAlive time.Duration, res any, 
 // runClientPad is runClient with the candidate under pad extra stack
 // frames (bench.Pad).
 func (h *harness) runClientPad(candidate string, keepAlive time.Duration, pad int, res any, args ...string) error {
-	s, err := h.startServer(candidate, keepAlive, pad)
+	return h.runClientWith(serverOpts{candidate: candidate, keepAlive: keepAlive, pad: pad}, res, args...)
+}
+
+// runClientWith runs benchclient with args against a fresh server started
+// with o and decodes its JSON result into res.
+func (h *harness) runClientWith(o serverOpts, res any, args ...string) error {
+	candidate := o.candidate
+	s, err := h.startServer(o)
 	if err != nil {
 		return err
 	}
@@ -425,4 +464,43 @@ func (h *harness) churnRun() (*bench.ChurnResult, error) {
 		return nil, err
 	}
 	return &r, nil
+}
+
+// The HTTP/2 section's rows: chiws served by the same benchserver (-h2c,
+// GODEBUG=http2xconnect=1), dialled over HTTP/1.1 or over h2c.
+const (
+	chiwsH1  = "chiws-h1"
+	chiwsH2C = "chiws-h2c"
+)
+
+var (
+	h2Candidates = []string{chiwsH1, chiwsH2C}
+	h2Proto      = map[string]string{chiwsH1: bench.ProtoH1, chiwsH2C: bench.ProtoH2C}
+)
+
+// h2EchoSize is the message size of the HTTP/2 echo.
+const h2EchoSize = 128
+
+// h2Connect is section 3's loop for chiws over HTTP/1.1 and over h2c,
+// the two alternating within each round.
+func (h *harness) h2Connect() (map[string][]bench.ConnectResult, error) {
+	p := h.plan
+	return rounds(p.rounds, h2Candidates, func(c string) (bench.ConnectResult, error) {
+		var r bench.ConnectResult
+		err := h.runClientWith(serverOpts{candidate: bench.Chiws, h2c: true}, &r, "-proto", h2Proto[c], "-mode", "connect",
+			"-workers", fmt.Sprint(p.connectWorkers), "-duration", p.connectFor.String())
+		return r, err
+	})
+}
+
+// h2Echo is section 4's 128 B echo for chiws over HTTP/1.1 and over h2c.
+func (h *harness) h2Echo() (map[string][]bench.EchoResult, error) {
+	p := h.plan
+	return rounds(p.rounds, h2Candidates, func(c string) (bench.EchoResult, error) {
+		var r bench.EchoResult
+		err := h.runClientWith(serverOpts{candidate: bench.Chiws, keepAlive: h.keepAliveFor(bench.Chiws), h2c: true}, &r,
+			"-proto", h2Proto[c], "-mode", "echo", "-conns", fmt.Sprint(p.echoConns), "-size", fmt.Sprint(h2EchoSize),
+			"-warmup", p.echoWarmup.String(), "-window", p.echoWindow.String())
+		return r, err
+	})
 }

@@ -28,6 +28,8 @@ type report struct {
 	idle        map[string][]bench.IdleResult
 	headroom    map[string]map[int]bench.IdleResult
 	churn       *bench.ChurnResult
+	h2Connect   map[string][]bench.ConnectResult
+	h2Echo      map[string][]bench.EchoResult
 	goals       []goal
 	broken      bool
 }
@@ -111,7 +113,7 @@ func (r *report) render(w io.Writer) {
 	fmt.Fprintln(w, "# Benchmarks")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "chiws against raw coder/websocket (the library it wraps) and gorilla/websocket v1.5.3,")
-	fmt.Fprintln(w, "side by side on loopback. Regenerate this file with one command (about 9 minutes):")
+	fmt.Fprintln(w, "side by side on loopback. Regenerate this file with one command (about 10 minutes):")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "```sh")
 	fmt.Fprintln(w, "go run ./bench/cmd/bench -out docs/benchmarks.md")
@@ -345,6 +347,9 @@ func (r *report) renderBody(w io.Writer) {
 				"%d cycles, %+.2f MiB (%+.1f B/cycle) in the second half",
 			check, dg, dFinal, dh/(1<<20), c.Cycles, second/(1<<20), perCycle)
 	}
+	if r.h2Connect != nil || r.h2Echo != nil {
+		r.renderH2(w)
+	}
 }
 
 func (r *report) renderIdle(w io.Writer) {
@@ -488,4 +493,82 @@ func echoShort(p plan, armedOK bool) string {
 		return ""
 	}
 	return " (not counted: needs 1,000+ sockets, chiws's keep-alive armed and coder's off)"
+}
+
+// renderH2 writes section 8: chiws over h2c beside chiws over HTTP/1.1.
+func (r *report) renderH2(w io.Writer) {
+	p := r.plan
+	fmt.Fprintf(w, "## 8. HTTP/2: connect rate and echo over h2 beside HTTP/1.1 (chiws, %d rounds)\n\n", p.rounds)
+	fmt.Fprintln(w, "chiws only: no other Go WebSocket library accepts RFC 8441's extended CONNECT. Both rows")
+	fmt.Fprintln(w, "run against the same benchserver: started with `GODEBUG=http2xconnect=1` and `-h2c`, it serves")
+	fmt.Fprintln(w, "HTTP/1.1 and cleartext HTTP/2 with prior knowledge (h2c, no TLS) on one listener")
+	fmt.Fprintln(w, "(`http.Server.Protocols`), with `http.Server.HTTP2 = &http.HTTP2Config{...}`:")
+	fmt.Fprintf(w, "`MaxConcurrentStreams: %d` (net/http's default is 250 per connection),\n", bench.H2MaxConcurrentStreams)
+	fmt.Fprintf(w, "`MaxReceiveBufferPerStream: %d << 10`, `MaxReceiveBufferPerConnection: %d` (docs/http2.md).\n",
+		bench.H2MaxReceiveBufferPerStream>>10, bench.H2MaxReceiveBufferPerConnection)
+	fmt.Fprintln(w, "Only the client differs:")
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "- **chiws-h1**: coder/websocket's `Dial` on net/http's Transport, an HTTP/1.1 upgrade and a TCP\n")
+	fmt.Fprintf(w, "  connection per socket, from %d source addresses.\n", p.sources)
+	fmt.Fprintf(w, "- **chiws-h2c**: the same `Dial` through a RoundTripper that sends the upgrade as an extended\n")
+	fmt.Fprintf(w, "  CONNECT on golang.org/x/net/http2's Transport (bench/h2client.go), one Transport per source\n")
+	fmt.Fprintf(w, "  address (%d): the sockets of a source are streams on one TCP connection (column \"TCP conns\":\n", p.sources)
+	fmt.Fprintln(w, "  the connections the client dialled per run). Its request body is an `io.Pipe` per stream, so")
+	fmt.Fprintln(w, "  client-side costs that HTTP/1.1 does not have are in the msgs/s and latencies of this row;")
+	fmt.Fprintln(w, "  server CPU per message is the server process's alone. Client and server share the cores.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Ratios are h2c / HTTP/1.1, the median of per-round ratios.")
+	fmt.Fprintln(w)
+	if r.h2Connect != nil {
+		fmt.Fprintf(w, "### 8a. h2c connect rate beside HTTP/1.1 (%d workers, %v per run)\n\n", p.connectWorkers, p.connectFor)
+		fmt.Fprintln(w, "Section 3's loop: dial, upgrade, close handshake; handshake latency is dial to upgraded. Over")
+		fmt.Fprintln(w, "h2c a dial opens a stream on a connection the transport already has (the first dial of each")
+		fmt.Fprintln(w, "source opens it), so there is no TCP handshake or teardown per socket. chiws runs with its")
+		fmt.Fprintln(w, "default keep-alive (armed; the sockets close long before it would fire).")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| Candidate | TCP conns | conns/s | p50 handshake | p99 handshake | rate h2c/h1 | p99 h2c/h1 | errors |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		f := func(c string, g func(bench.ConnectResult) float64) []float64 { return each(r.h2Connect[c], g) }
+		rate := func(x bench.ConnectResult) float64 { return x.PerSecond }
+		p99 := func(x bench.ConnectResult) float64 { return x.Handshake.P99 }
+		for _, c := range h2Candidates {
+			fmt.Fprintf(w, "| %s | %.0f | %.0f | %.0f µs | %.0f µs | %.3fx | %.2fx | %.0f |\n", c,
+				median(f(c, func(x bench.ConnectResult) float64 { return float64(x.TCPDials) })), median(f(c, rate)),
+				median(f(c, func(x bench.ConnectResult) float64 { return x.Handshake.P50 })), median(f(c, p99)),
+				ratio(f(c, rate), f(chiwsH1, rate)), ratio(f(c, p99), f(chiwsH1, p99)),
+				median(f(c, func(x bench.ConnectResult) float64 { return float64(x.Errors) })))
+		}
+		fmt.Fprintln(w)
+		r.addInfo("8. HTTP/2 (h2c) vs HTTP/1.1, chiws: connect rate",
+			"%.3fx conns/s, p99 handshake %.2fx (h2c: streams on %.0f TCP connections; HTTP/1.1: one per socket)",
+			ratio(f(chiwsH2C, rate), f(chiwsH1, rate)), ratio(f(chiwsH2C, p99), f(chiwsH1, p99)),
+			median(f(chiwsH2C, func(x bench.ConnectResult) float64 { return float64(x.TCPDials) })))
+	}
+	if e := r.h2Echo; e != nil {
+		fmt.Fprintf(w, "### 8b. h2c echo, %d B messages, beside HTTP/1.1 (%d sockets, %v window)\n\n", h2EchoSize, p.echoConns, p.echoWindow)
+		fmt.Fprintf(w, "Section 4's loop: every socket sends a message and waits for its echo. chiws has its keep-alive\n")
+		fmt.Fprintf(w, "armed (every %v); busy sockets get no ping. Over h2c the %d sockets are spread over the\n", p.keepAlive, p.echoConns)
+		fmt.Fprintf(w, "sources' connections (about %d streams each, under the stream limit).\n", (p.echoConns+p.sources-1)/max(p.sources, 1))
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| Candidate | TCP conns | msgs/s | p50 | p99 | p99.9 | server CPU s / M msgs | pings sent | msgs/s h2c/h1 | CPU/msg h2c/h1 |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		f := func(c string, g func(bench.EchoResult) float64) []float64 { return each(e[c], g) }
+		rate := func(x bench.EchoResult) float64 { return x.PerSecond }
+		cpu := func(x bench.EchoResult) float64 { return x.CPUPerMsgM }
+		p99 := func(x bench.EchoResult) float64 { return x.Latency.P99 }
+		for _, c := range h2Candidates {
+			fmt.Fprintf(w, "| %s | %.0f | %.0f | %.2f ms | %.2f ms | %.2f ms | %.1f | %.0f | %.3fx | %.2fx |\n", c,
+				median(f(c, func(x bench.EchoResult) float64 { return float64(x.TCPDials) })), median(f(c, rate)),
+				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P50 }))/1e3, median(f(c, p99))/1e3,
+				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P999 }))/1e3, median(f(c, cpu)),
+				median(f(c, func(x bench.EchoResult) float64 { return float64(x.PingsSent) })),
+				ratio(f(c, rate), f(chiwsH1, rate)), ratio(f(c, cpu), f(chiwsH1, cpu)))
+		}
+		fmt.Fprintln(w)
+		r.addInfo(fmt.Sprintf("8. HTTP/2 (h2c) vs HTTP/1.1, chiws: echo %d B, %d busy sockets", h2EchoSize, p.echoConns),
+			"%.3fx msgs/s, p99 %.2fx, server CPU per message %.2fx (h2c: the sockets on %.0f TCP connections)",
+			ratio(f(chiwsH2C, rate), f(chiwsH1, rate)), ratio(f(chiwsH2C, p99), f(chiwsH1, p99)),
+			ratio(f(chiwsH2C, cpu), f(chiwsH1, cpu)),
+			median(f(chiwsH2C, func(x bench.EchoResult) float64 { return float64(x.TCPDials) })))
+	}
 }

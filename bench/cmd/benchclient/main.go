@@ -20,6 +20,7 @@ func main() {
 	ctl := flag.String("ctl", "", "server control host:port (127.0.0.1)")
 	mode := flag.String("mode", "", "connect, echo, idle or churn")
 	sources := flag.Int("sources", 8, "local addresses 127.0.0.2.. to dial from")
+	proto := flag.String("proto", bench.ProtoH1, "h1: an HTTP/1.1 upgrade per socket; h2c: RFC 8441 extended CONNECT over cleartext HTTP/2, one TCP connection per source")
 	workers := flag.Int("workers", 16, "connect/churn: parallel loops")
 	duration := flag.Duration("duration", 5*time.Second, "connect: how long")
 	conns := flag.Int("conns", 1000, "echo/idle: sockets")
@@ -41,7 +42,15 @@ func main() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	c := bench.NewClient(*addr, *ctl, *sources)
+	var c *bench.Client
+	switch *proto {
+	case bench.ProtoH1:
+		c = bench.NewClient(*addr, *ctl, *sources)
+	case bench.ProtoH2C:
+		c = bench.NewH2CClient(*addr, *ctl, *sources)
+	default:
+		log.Fatalf("unknown -proto %q", *proto)
+	}
 	c.CPUProfile = *cpuProfile
 	defer c.Close()
 	var (

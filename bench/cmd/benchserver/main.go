@@ -2,7 +2,10 @@
 // bench harness: it prints "LISTEN host:port ctlhost:port" on stdout,
 // serves /echo and /idle on the first address and the /_stats control
 // endpoint and net/http/pprof on the second, and exits when its standard
-// input closes, on SIGINT/SIGTERM, or after -max.
+// input closes, on SIGINT/SIGTERM, or after -max. With -h2c it also
+// serves cleartext HTTP/2 (prior knowledge) on the first address, and
+// must then be started with GODEBUG=http2xconnect=1 in its environment so
+// that net/http's HTTP/2 server accepts WebSockets (extended CONNECT).
 package main
 
 import (
@@ -21,6 +24,7 @@ import (
 	"time"
 
 	"github.com/chiws/chiws/bench"
+	"github.com/chiws/chiws/internal/xconnect"
 )
 
 func main() {
@@ -30,10 +34,14 @@ func main() {
 	maxLife := flag.Duration("max", 15*time.Minute, "exit after this long regardless")
 	pad := flag.Int("pad", 0, "diagnostic: run the candidate under this many extra stack frames (see bench.Pad)")
 	maxStack := flag.Int("maxstack", 0, "diagnostic: debug.SetMaxStack(n), to find the call that grows a goroutine's stack past n bytes")
+	h2c := flag.Bool("h2c", false, "also serve cleartext HTTP/2 with prior knowledge (bench.ConfigureH2C); needs GODEBUG="+xconnect.Setting)
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("benchserver: ")
 
+	if *h2c && !xconnect.Enabled() {
+		log.Fatalf("-h2c: start the process with GODEBUG=%s (net/http reads it at start-up), or WebSockets over HTTP/2 are refused", xconnect.Setting)
+	}
 	raiseNoFile()
 	if *maxStack > 0 {
 		debug.SetMaxStack(*maxStack)
@@ -51,6 +59,9 @@ func main() {
 		log.Fatal(err)
 	}
 	srv := &http.Server{Handler: bench.Pad(s, *pad), ReadHeaderTimeout: 30 * time.Second}
+	if *h2c {
+		bench.ConfigureH2C(srv)
+	}
 	mux := http.NewServeMux()
 	mux.Handle(bench.PathStats, bench.StatsHandler(s))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
