@@ -495,10 +495,10 @@ func echoShort(p plan, armedOK bool) string {
 	return " (not counted: needs 1,000+ sockets, chiws's keep-alive armed and coder's off)"
 }
 
-// renderH2 writes section 8: chiws over h2c beside chiws over HTTP/1.1.
+// renderH2 writes section 9: chiws over h2c beside chiws over HTTP/1.1.
 func (r *report) renderH2(w io.Writer) {
 	p := r.plan
-	fmt.Fprintf(w, "## 8. HTTP/2: connect rate and echo over h2 beside HTTP/1.1 (chiws, %d rounds)\n\n", p.rounds)
+	fmt.Fprintf(w, "## 9. HTTP/2: connect rate and echo over h2 beside HTTP/1.1 (chiws, %d rounds)\n\n", p.rounds)
 	fmt.Fprintln(w, "chiws only: no other Go WebSocket library accepts RFC 8441's extended CONNECT. Both rows")
 	fmt.Fprintln(w, "run against the same benchserver: started with `GODEBUG=http2xconnect=1` and `-h2c`, it serves")
 	fmt.Fprintln(w, "HTTP/1.1 and cleartext HTTP/2 with prior knowledge (h2c, no TLS) on one listener")
@@ -520,7 +520,7 @@ func (r *report) renderH2(w io.Writer) {
 	fmt.Fprintln(w, "Ratios are h2c / HTTP/1.1, the median of per-round ratios.")
 	fmt.Fprintln(w)
 	if r.h2Connect != nil {
-		fmt.Fprintf(w, "### 8a. h2c connect rate beside HTTP/1.1 (%d workers, %v per run)\n\n", p.connectWorkers, p.connectFor)
+		fmt.Fprintf(w, "### 9a. h2c connect rate beside HTTP/1.1 (%d workers, %v per run)\n\n", p.connectWorkers, p.connectFor)
 		fmt.Fprintln(w, "Section 3's loop: dial, upgrade, close handshake; handshake latency is dial to upgraded. Over")
 		fmt.Fprintln(w, "h2c a dial opens a stream on a connection the transport already has (the first dial of each")
 		fmt.Fprintln(w, "source opens it), so there is no TCP handshake or teardown per socket. chiws runs with its")
@@ -539,13 +539,13 @@ func (r *report) renderH2(w io.Writer) {
 				median(f(c, func(x bench.ConnectResult) float64 { return float64(x.Errors) })))
 		}
 		fmt.Fprintln(w)
-		r.addInfo("8. HTTP/2 (h2c) vs HTTP/1.1, chiws: connect rate",
+		r.addInfo("9. HTTP/2 (h2c) vs HTTP/1.1, chiws: connect rate",
 			"%.3fx conns/s, p99 handshake %.2fx (h2c: streams on %.0f TCP connections; HTTP/1.1: one per socket)",
 			ratio(f(chiwsH2C, rate), f(chiwsH1, rate)), ratio(f(chiwsH2C, p99), f(chiwsH1, p99)),
 			median(f(chiwsH2C, func(x bench.ConnectResult) float64 { return float64(x.TCPDials) })))
 	}
 	if e := r.h2Echo; e != nil {
-		fmt.Fprintf(w, "### 8b. h2c echo, %d B messages, beside HTTP/1.1 (%d sockets, %v window)\n\n", h2EchoSize, p.echoConns, p.echoWindow)
+		fmt.Fprintf(w, "### 9b. h2c echo, %d B messages, beside HTTP/1.1 (%d sockets, %v window)\n\n", h2EchoSize, p.echoConns, p.echoWindow)
 		fmt.Fprintf(w, "Section 4's loop: every socket sends a message and waits for its echo. chiws has its keep-alive\n")
 		fmt.Fprintf(w, "armed (every %v); busy sockets get no ping. Over h2c the %d sockets are spread over the\n", p.keepAlive, p.echoConns)
 		fmt.Fprintf(w, "sources' connections (about %d streams each, under the stream limit).\n", (p.echoConns+p.sources-1)/max(p.sources, 1))
@@ -565,7 +565,7 @@ func (r *report) renderH2(w io.Writer) {
 				ratio(f(c, rate), f(chiwsH1, rate)), ratio(f(c, cpu), f(chiwsH1, cpu)))
 		}
 		fmt.Fprintln(w)
-		r.addInfo(fmt.Sprintf("8. HTTP/2 (h2c) vs HTTP/1.1, chiws: echo %d B, %d busy sockets", h2EchoSize, p.echoConns),
+		r.addInfo(fmt.Sprintf("9. HTTP/2 (h2c) vs HTTP/1.1, chiws: echo %d B, %d busy sockets", h2EchoSize, p.echoConns),
 			"%.3fx msgs/s, p99 %.2fx, server CPU per message %.2fx (h2c: the sockets on %.0f TCP connections)",
 			ratio(f(chiwsH2C, rate), f(chiwsH1, rate)), ratio(f(chiwsH2C, p99), f(chiwsH1, p99)),
 			ratio(f(chiwsH2C, cpu), f(chiwsH1, cpu)),
