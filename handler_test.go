@@ -205,6 +205,9 @@ func TestHandlerFaultsUnderConcurrency(t *testing.T) {
 			}
 			calls.await(t, n)
 			waitActive(t, ws, 0)
+			// The middleware counts and logs each socket once it is
+			// closed, a moment after the handler returned.
+			waitFor(t, "one close log per socket", func() bool { return logs.FilterMessage("websocket closed").Len() == n })
 			if st := ws.Stats(); !tt.wantStats(st) {
 				t.Errorf("stats: %+v", st)
 			}

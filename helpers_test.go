@@ -43,24 +43,8 @@ func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
 	return zap.New(core), logs
 }
 
-// echo is the reference article's echo loop: messages come back unchanged
-// until the client closes.
-func echo(w http.ResponseWriter, r *http.Request) {
-	c, err := chiws.Accept(w, r, nil)
-	if err != nil {
-		return
-	}
-	ctx := c.Context()
-	for {
-		typ, p, err := c.Read(ctx)
-		if err != nil {
-			return
-		}
-		if err := c.Write(ctx, typ, p); err != nil {
-			return
-		}
-	}
-}
+// echo is the reference echo endpoint (wstest.Echo).
+var echo = wstest.Echo
 
 // echoErr is the echo loop, returning the read or write error that ended it.
 func echoErr(w http.ResponseWriter, r *http.Request) error {

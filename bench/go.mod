@@ -14,7 +14,10 @@ require (
 )
 
 require (
+	github.com/chiws/chiws/http2test v0.0.0-00010101000000-000000000000
 	go.uber.org/multierr v1.10.0 // indirect
 	go.uber.org/zap v1.28.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
+
+replace github.com/chiws/chiws/http2test => ../http2test

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/go-chi/chi/v5"
 	gorilla "github.com/gorilla/websocket"
 )
@@ -20,22 +21,7 @@ func TestEchoGorilla(t *testing.T) {
 	ws := chiws.New(chiws.Options{})
 	r := chi.NewRouter()
 	r.Use(ws.Handler)
-	r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
-		c, err := chiws.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		ctx := c.Context()
-		for {
-			typ, p, err := c.Read(ctx)
-			if err != nil {
-				return
-			}
-			if err := c.Write(ctx, typ, p); err != nil {
-				return
-			}
-		}
-	})
+	r.Get("/ws", wstest.Echo)
 	srv := httptest.NewServer(r)
 	defer srv.Close()
 	defer func() {

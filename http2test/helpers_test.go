@@ -3,7 +3,6 @@ package http2test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"log"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/http2test/h2dial"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/zap"
@@ -82,14 +83,14 @@ func startServer(t *testing.T, mode string, opts chiws.Options, configure func(*
 	if mode == "TLS" {
 		srv.EnableHTTP2 = true
 		srv.StartTLS()
-		s.tr = newH2Transport(srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone())
+		s.tr = h2dial.Transport(srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone())
 	} else {
 		var p http.Protocols
 		p.SetHTTP1(true)
 		p.SetUnencryptedHTTP2(true)
 		srv.Config.Protocols = &p
 		srv.Start()
-		s.tr = newH2Transport(nil)
+		s.tr = h2dial.Transport(nil)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
@@ -112,13 +113,17 @@ func (s *h2Server) url(path string) string {
 }
 
 // dialOptions returns DialOptions that dial over HTTP/2, with opts's other
-// fields.
-func (s *h2Server) dialOptions(opts *websocket.DialOptions) *websocket.DialOptions {
+// fields; onResponse, when set, sees the server's own response.
+func (s *h2Server) dialOptions(opts *websocket.DialOptions, onResponse ...func(*http.Response)) *websocket.DialOptions {
 	if opts == nil {
 		opts = &websocket.DialOptions{}
 	}
 	o := *opts
-	o.HTTPClient = &http.Client{Transport: &h2RoundTripper{h2: s.tr}}
+	rt := &h2dial.RoundTripper{H2: s.tr}
+	if len(onResponse) > 0 {
+		rt.OnResponse = onResponse[0]
+	}
+	o.HTTPClient = &http.Client{Transport: rt}
 	return &o
 }
 
@@ -183,23 +188,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// echo is the reference echo loop.
-func echo(w http.ResponseWriter, r *http.Request) {
-	c, err := chiws.Accept(w, r, nil)
-	if err != nil {
-		return
-	}
-	ctx := c.Context()
-	for {
-		typ, p, err := c.Read(ctx)
-		if err != nil {
-			return
-		}
-		if err := c.Write(ctx, typ, p); err != nil {
-			return
-		}
-	}
-}
+// echo is the reference echo endpoint (wstest.Echo).
+var echo = wstest.Echo
 
 // forModes runs f once per mode.
 func forModes(t *testing.T, f func(t *testing.T, mode string)) {
@@ -207,5 +197,3 @@ func forModes(t *testing.T, f func(t *testing.T, mode string)) {
 		t.Run(mode, func(t *testing.T) { f(t, mode) })
 	}
 }
-
-var _ = tls.VersionTLS13

@@ -44,12 +44,19 @@ func TestEcho(t *testing.T) {
 				}
 			})
 		})
-		c, resp := s.dial(t, "/ws", nil)
-		if got := resp.Header.Get("X-H2-Status"); got != "200 OK" {
-			t.Errorf("server answered %q, want 200 OK", got)
+		var server *http.Response // the server's own answer to the extended CONNECT
+		c, _, err := websocket.Dial(testCtx(t), s.url("/ws"), s.dialOptions(nil, func(r *http.Response) { server = r }))
+		if err != nil {
+			t.Fatal(err)
 		}
-		if got := resp.Header.Values("X-H2-Upgrade-Headers"); len(got) != 0 {
-			t.Errorf("the 200 carries HTTP/1.1 upgrade headers %v", got)
+		defer c.CloseNow()
+		if server.StatusCode != http.StatusOK {
+			t.Errorf("server answered %q, want 200 OK", server.Status)
+		}
+		for _, k := range []string{"Upgrade", "Connection", "Sec-Websocket-Accept"} {
+			if _, ok := server.Header[k]; ok {
+				t.Errorf("the 200 carries the HTTP/1.1 header %s", k)
+			}
 		}
 		c.SetReadLimit(2 << 20)
 		ctx := testCtx(t)
