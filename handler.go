@@ -113,14 +113,16 @@ func upgradeFrom(ctx context.Context) *upgrade {
 	return u
 }
 
-// Accept upgrades r to a WebSocket. The middleware must be mounted in front
-// of the handler that calls it (ErrMiddlewareMissing otherwise). On error,
-// Accept has already answered the request: 400 for ErrNotWebSocket, 500
-// for ErrMiddlewareMissing, 501 when no ResponseWriter below can hijack the
-// connection (http.TimeoutHandler's cannot; the error wraps
-// http.ErrNotSupported). ErrShuttingDown means Shutdown began while the
-// handler ran: the upgrade went through and the socket was then closed
-// with 1001 Going Away. The caller just returns.
+// Accept upgrades r to a WebSocket: an HTTP/1.1 upgrade is answered 101,
+// an HTTP/2 extended CONNECT (RFC 8441) 200. The middleware must be
+// mounted in front of the handler that calls it (ErrMiddlewareMissing
+// otherwise). On error, Accept has already answered the request: 400 for
+// ErrNotWebSocket, 500 for ErrMiddlewareMissing, 501 when no ResponseWriter
+// below can hijack the connection, or flush the HTTP/2 stream
+// (http.TimeoutHandler's cannot; the error wraps http.ErrNotSupported),
+// 503 for ErrShuttingDown (Shutdown began while the handler ran; if it
+// began during the handshake, the socket is closed with 1001 Going Away).
+// A second call returns ErrAlreadyAccepted. The caller just returns.
 //
 // The handler must not return until it is done with the socket: read until
 // an error, or hand the Conn to another goroutine and call Conn.Wait. If it
