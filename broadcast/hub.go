@@ -77,7 +77,8 @@ type Hub struct {
 	log  *zap.Logger
 
 	// ctx is the context of every write and subscription; abort cancels
-	// it when Shutdown's context ends, so nothing outlives Shutdown.
+	// it when Shutdown's context ends. A writer then in coder/websocket's
+	// close handshake still ends within its timeouts (see Shutdown).
 	ctx   context.Context
 	abort context.CancelFunc
 
@@ -134,6 +135,12 @@ func NewHub(b Broker, opts Options) *Hub {
 	}
 	if opts.MaxMessageBytes == 0 {
 		opts.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if opts.MaxMessageBytes > opts.QueueBytes {
+		// One message over the queue's bytes would close every member
+		// as too slow.
+		panic(fmt.Sprintf("broadcast: NewHub: Options.MaxMessageBytes (%d) must not exceed QueueBytes (%d)",
+			opts.MaxMessageBytes, opts.QueueBytes))
 	}
 	h := &Hub{
 		b:       b,

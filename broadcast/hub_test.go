@@ -66,6 +66,7 @@ func TestNewHubPanicsOnBadOptions(t *testing.T) {
 		{"negative queue", broadcast.NewMemory(), broadcast.Options{QueueMessages: -1}, "QueueMessages"},
 		{"negative bytes", broadcast.NewMemory(), broadcast.Options{QueueBytes: -1}, "QueueBytes"},
 		{"negative timeout", broadcast.NewMemory(), broadcast.Options{WriteTimeout: -1}, "WriteTimeout"},
+		{"message over the queue", broadcast.NewMemory(), broadcast.Options{QueueBytes: 100_000}, "MaxMessageBytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -144,11 +144,18 @@ func (m *Member) enqueue(msg message) bool {
 		m.mu.Unlock()
 		if m.close(websocket.StatusPolicyViolation, "too slow") {
 			m.h.slow.Add(1)
-			m.h.log.Info("closed a slow member",
+			// Debug: a client that stops reading chooses this.
+			m.h.log.Debug("closed a slow member",
 				zap.Int("queuedMessages", n), zap.Int("queueMessages", m.h.opts.QueueMessages),
 				zap.Int("queueBytes", m.h.opts.QueueBytes))
 		}
 		return false
+	}
+	if m.head > 0 && len(m.queue) == cap(m.queue) {
+		// Reuse the taken prefix instead of growing past it: a member
+		// that stays a message behind never drains to zero.
+		m.queue = m.queue[:copy(m.queue, m.queue[m.head:])]
+		m.head = 0
 	}
 	m.queue = append(m.queue, msg)
 	m.bytes += len(msg.data)
@@ -190,7 +197,7 @@ func (m *Member) run() {
 		switch {
 		case closing:
 			// Bounded by coder/websocket's close handshake timeouts, and
-			// by Shutdown's CloseNow.
+			// by the middleware's abort when its Shutdown reaches its deadline.
 			if err := m.c.Close(m.code, m.reason); err != nil {
 				_ = m.c.CloseNow()
 			}

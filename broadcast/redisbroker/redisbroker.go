@@ -5,16 +5,28 @@
 // its channel, with one pub/sub connection per topic to that shard.
 //
 // Redis pub/sub delivers at most once and keeps one publisher's messages
-// in order. go-redis restores the subscriptions after a reconnect; the
-// broker notices the outage, fails Publish at once meanwhile, and reports
+// in order, as long as go-redis does not retry a PUBLISH whose reply was
+// lost: give the client MaxRetries: -1 (go-redis retries three times by
+// default) and short dial and read timeouts, which also bound how long a
+// Publish takes before the broker has noticed an outage. go-redis restores
+// the subscriptions after a reconnect; the broker notices the outage
+// within two HealthIntervals, fails Publish at once meanwhile, and reports
 // both edges (broadcast.StateNotifier).
+//
+// Known limits: a connection that stops answering without an error (a
+// black-holed route) is reported down but redialled only when TCP gives
+// up; a sharded subscription that Redis drops while resharding (a
+// server-side SUNSUBSCRIBE) is not restored; sharded pub/sub opens one
+// connection per topic. See docs/broadcast.md.
 package redisbroker
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -79,7 +91,11 @@ type Broker struct {
 
 // psConn is one pub/sub connection and its receive goroutine.
 type psConn struct {
-	ps       *redis.PubSub
+	ps *redis.PubSub
+	// cmd serialises the SUBSCRIBE and UNSUBSCRIBE commands sent on ps
+	// with the decision to send them, so that a channel left and joined
+	// again at once cannot end unsubscribed on the server.
+	cmd      sync.Mutex
 	channels map[string]*channel
 	failing  bool
 	cancel   context.CancelFunc // nil until start
@@ -131,7 +147,7 @@ func New(client redis.UniversalClient, opts Options) (*Broker, error) {
 	}
 	if !b.sharded {
 		b.shared = newConn(client.Subscribe(context.Background()))
-		b.start(b.shared)
+		b.start(b.shared) // cannot fail: the broker is new
 	}
 	return b, nil
 }
@@ -143,14 +159,23 @@ func newConn(ps *redis.PubSub) *psConn {
 // start starts pc's receive goroutine. A sharded connection starts only
 // once its first SSUBSCRIBE has made go-redis dial the shard that owns the
 // channel: a read before that would dial a random node.
-func (b *Broker) start(pc *psConn) {
+func (b *Broker) start(pc *psConn) bool {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.mu.Lock()
+	if b.closed || (b.sharded && !slices.Contains(slices.Collect(maps.Values(b.conns)), pc)) {
+		// Closed, or its channel left, while the first SSUBSCRIBE was
+		// under way: closeConn has not seen a goroutine to stop.
+		b.mu.Unlock()
+		cancel()
+		_ = pc.ps.Close()
+		return false
+	}
 	pc.cancel = cancel
 	b.mu.Unlock()
 	// Owned by the broker: stopped by cancel and ps.Close in closeConn,
 	// which waits for done.
 	go b.receive(ctx, pc)
+	return true
 }
 
 func (b *Broker) closeConn(pc *psConn) {
@@ -248,7 +273,8 @@ func (b *Broker) fail(pc *psConn, err error) {
 
 // setFailing records pc's health; the broker is up when no connection
 // fails. Edges are reported outside mu, in the order they happened
-// (notifyMu), so a callback may call the broker.
+// (notifyMu, which a callback must not wait for: it must not call
+// Unsubscribe or Close).
 func (b *Broker) setFailing(pc *psConn, failing bool) {
 	b.notifyMu.Lock()
 	defer b.notifyMu.Unlock()
@@ -280,8 +306,10 @@ func (b *Broker) setFailing(pc *psConn, failing bool) {
 	}
 }
 
-// NotifyState implements broadcast.StateNotifier. f runs on a receive
-// goroutine and must not block.
+// NotifyState implements broadcast.StateNotifier. f runs synchronously on
+// the goroutine that saw the edge (a receive goroutine, or one closing a
+// sharded connection), must not block, and must not call Unsubscribe or
+// Close.
 func (b *Broker) NotifyState(f func(up bool)) (stop func()) {
 	b.mu.Lock()
 	id := b.nextID
@@ -374,14 +402,16 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (b
 	b.mu.Unlock()
 
 	if first {
+		pc.cmd.Lock()
 		if b.sharded {
 			err = pc.ps.SSubscribe(ctx, ch)
-			if err == nil {
-				b.start(pc) // one connection per sharded channel: this is its first
+			if err == nil && !b.start(pc) { // one connection per sharded channel: this is its first
+				err = broadcast.ErrBrokerClosed
 			}
 		} else {
 			err = pc.ps.Subscribe(ctx, ch)
 		}
+		pc.cmd.Unlock()
 		if err != nil {
 			_ = s.Unsubscribe()
 			return nil, fmt.Errorf("redisbroker: subscribe: %w", wrap(err))
@@ -426,6 +456,14 @@ func (s *subscription) Unsubscribe() error {
 	case closeConn:
 		b.closeConn(s.pc)
 	case last && !b.sharded:
+		s.pc.cmd.Lock()
+		defer s.pc.cmd.Unlock()
+		b.mu.RLock()
+		rejoined := s.pc.channels[s.ch] != nil // a Subscribe since: keep it
+		b.mu.RUnlock()
+		if rejoined {
+			return nil
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := s.pc.ps.Unsubscribe(ctx, s.ch); err != nil {
