@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -176,5 +177,55 @@ func startRedisCheck(t *testing.T) {
 			t.Fatal("redis-server is not installed: apt-get install -y redis-server")
 		}
 		t.Skip("redis-server is not installed: apt-get install -y redis-server")
+	}
+}
+
+// TestLeaveAndJoinAtOnce: the last subscriber of a channel leaving while a
+// new one joins must not leave the new one confirmed but unsubscribed on
+// the server (the UNSUBSCRIBE overtaking the SUBSCRIBE).
+func TestLeaveAndJoinAtOnce(t *testing.T) {
+	s := startRedis(t)
+	c := redis.NewClient(&redis.Options{Addr: s.addr()})
+	defer c.Close()
+	b, err := redisbroker.New(c, redisbroker.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := range 3000 {
+		s1, err := b.Subscribe(ctx, "room", func([]byte) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := make(chan struct{})
+		go func() { // owned by this iteration, which waits on left
+			defer close(left)
+			_ = s1.Unsubscribe()
+		}()
+		for range i % 8 { // vary the interleaving of the two
+			runtime.Gosched()
+		}
+		got := make(chan struct{}, 1)
+		s2, err := b.Subscribe(ctx, "room", func([]byte) {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-left
+		if err := b.Publish(ctx, "room", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("iteration %d: a confirmed subscription received nothing", i)
+		}
+		_ = s2.Unsubscribe()
 	}
 }
