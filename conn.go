@@ -155,6 +155,24 @@ func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, er
 	return typ, &c.rd, nil
 }
 
+// CloseRead starts a goroutine that reads the socket for a handler that
+// only writes, so that pongs and the peer's close frame are processed; see
+// websocket.Conn.CloseRead. Unlike the embedded one, it reads through
+// Conn, so the peer's close code reaches Context's cause and the close
+// log. A data message closes the socket with 1008 Policy Violation. The
+// returned context is cancelled when the socket closes. The goroutine is
+// the socket's: it ends when the socket closes.
+func (c *Conn) CloseRead(ctx context.Context) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() { // ends when the socket closes, which fails its read
+		defer cancel()
+		if _, _, err := c.Reader(ctx); err == nil {
+			_ = c.Close(websocket.StatusPolicyViolation, "unexpected data message")
+		}
+	}()
+	return ctx
+}
+
 // msgReader sees the errors of a message read through Conn.Reader (a
 // message over the read limit fails there, not in Reader).
 type msgReader struct {

@@ -545,3 +545,49 @@ func TestPeerCloseWhileWriting(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseReadSeesPeerClose: a write-only handler's CloseRead processes
+// the peer's close frame, and its code reaches Conn.Context's cause and
+// the close log; a data message closes the socket with 1008.
+func TestCloseReadSeesPeerClose(t *testing.T) {
+	logger, logs := observedLogger()
+	causes := make(chan error, 2)
+	_, srv := server(t, chiws.Options{Logger: logger}, func(r chi.Router) {
+		r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			ctx := c.CloseRead(c.Context())
+			if err := c.Write(ctx, websocket.MessageText, []byte("hello")); err != nil {
+				return
+			}
+			<-ctx.Done()
+			causes <- context.Cause(c.Context())
+		})
+	})
+	c := dial(t, wsURL(srv, "/ws"), nil)
+	if _, _, err := c.Read(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(4000, "bye")
+	if cause := <-causes; !errors.Is(cause, chiws.ErrClosedByPeer) || websocket.CloseStatus(cause) != 4000 {
+		t.Errorf("cause %v, want the peer's 4000", cause)
+	}
+	waitFor(t, "close log", func() bool { return logs.FilterMessage("websocket closed").Len() == 1 })
+	if f := logs.FilterMessage("websocket closed").All()[0].ContextMap(); f["closedBy"] != "client" || f["closeCode"] != int64(4000) {
+		t.Errorf("close log %v", f)
+	}
+
+	c = dial(t, wsURL(srv, "/ws"), nil)
+	if _, _, err := c.Read(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Write(testCtx(t), websocket.MessageText, []byte("unexpected")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Read(testCtx(t)); websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+		t.Errorf("read after a data message = %v, want 1008", err)
+	}
+	<-causes
+}
