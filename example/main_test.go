@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +56,19 @@ func TestParseFlags(t *testing.T) {
 				t.Errorf("KeepAliveInterval = %v", c.app.KeepAliveInterval)
 			}
 		}},
+		{name: "compression and subprotocols", give: []string{"-compression", "no-context-takeover", "-subprotocols", "chat, v2"},
+			check: func(t *testing.T, c config) {
+				if c.app.CompressionMode != websocket.CompressionNoContextTakeover || strings.Join(c.app.Subprotocols, "|") != "chat|v2" {
+					t.Errorf("CompressionMode %v, Subprotocols %q", c.app.CompressionMode, c.app.Subprotocols)
+				}
+			}},
+		{name: "tls-cert implies tls", give: []string{"-tls-cert", "c.pem", "-tls-key", "k.pem"}, check: func(t *testing.T, c config) {
+			if !c.tls {
+				t.Error("-tls-cert without -tls does not serve TLS")
+			}
+		}},
+		{name: "bad compression", give: []string{"-compression", "max"}, wantErr: true},
+		{name: "cert without key", give: []string{"-tls-cert", "c.pem"}, wantErr: true},
 		{name: "stray argument", give: []string{"extra"}, wantErr: true},
 		{name: "unknown flag", give: []string{"-nope"}, wantErr: true},
 	}
@@ -136,6 +151,59 @@ func TestRunGracefulStop(t *testing.T) {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("logs lack %q:\n%s", want, logs.String())
 		}
+	}
+}
+
+// TestRunTLS serves the application over HTTPS with a self-signed
+// certificate made at start, with the subprotocol and compression flags:
+// a client that trusts nothing but skips verification gets the echo, the
+// negotiated subprotocol and permessage-deflate.
+func TestRunTLS(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs wstest.SyncBuffer
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { // ends when ctx is cancelled
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-tls", "-subprotocols", "chat",
+			"-compression", "context-takeover"}, &logs, func(addr string) { ready <- addr })
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} // self-signed
+	defer tr.CloseIdleConnections()
+	dctx, dcancel := context.WithTimeout(context.Background(), testTimeout)
+	defer dcancel()
+	c, resp, err := websocket.Dial(dctx, "wss://"+addr+"/ws", &websocket.DialOptions{
+		HTTPClient:      &http.Client{Transport: tr},
+		HTTPHeader:      http.Header{"Origin": {"https://" + addr}},
+		Subprotocols:    []string{"chat"},
+		CompressionMode: websocket.CompressionContextTakeover,
+	})
+	if err != nil {
+		t.Fatalf("dial over TLS: %v\n%s", err, logs.String())
+	}
+	defer c.CloseNow()
+	if c.Subprotocol() != "chat" || !strings.Contains(resp.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+		t.Errorf("subprotocol %q, extensions %q", c.Subprotocol(), resp.Header.Get("Sec-WebSocket-Extensions"))
+	}
+	if err := c.Write(dctx, websocket.MessageText, []byte("over TLS")); err != nil {
+		t.Fatal(err)
+	}
+	if _, p, err := c.Read(dctx); err != nil || string(p) != "over TLS" {
+		t.Fatalf("echo = %q, %v", p, err)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run = %v", err)
+	}
+	if !strings.Contains(logs.String(), "https://") || !strings.Contains(logs.String(), "WebSockets over HTTP/2") {
+		t.Errorf("logs lack the https URL or the HTTP/2 WebSockets state:\n%s", logs.String())
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -123,23 +122,8 @@ func waitPing(t *testing.T, addr string) {
 func TestHubOnRedisCluster(t *testing.T) {
 	addrs := startCluster(t)
 	fleettest.Run(t, func(t *testing.T) []fleettest.Node {
-		var nodes []fleettest.Node
-		for range 3 {
-			c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
-			b, err := redisbroker.New(c, redisbroker.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var once sync.Once
-			stop := func() {
-				once.Do(func() {
-					_ = b.Close()
-					_ = c.Close()
-				})
-			}
-			t.Cleanup(stop)
-			nodes = append(nodes, fleettest.Node{Broker: b, Stop: stop})
-		}
-		return nodes
+		return newNodes(t, redisbroker.Options{}, func() redis.UniversalClient {
+			return redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+		})
 	})
 }

@@ -95,9 +95,18 @@ func (s *redisServer) stop() {
 // nodes returns three nodes, each with its own client and broker, on s.
 func (s *redisServer) nodes(t *testing.T, opts redisbroker.Options) []fleettest.Node {
 	t.Helper()
+	return newNodes(t, opts, func() redis.UniversalClient {
+		return redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1})
+	})
+}
+
+// newNodes returns three nodes, each with a client from newClient and a
+// broker on it; stopping a node closes both.
+func newNodes(t *testing.T, opts redisbroker.Options, newClient func() redis.UniversalClient) []fleettest.Node {
+	t.Helper()
 	var nodes []fleettest.Node
 	for range 3 {
-		c := redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1})
+		c := newClient()
 		b, err := redisbroker.New(c, opts)
 		if err != nil {
 			t.Fatal(err)
