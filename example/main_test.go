@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -306,11 +307,29 @@ func TestBinarySignal(t *testing.T) {
 // embedded NATS servers joined by a route: a client of one and a client of
 // the other are in the same /broadcast room.
 func TestTwoInstancesShareTheRoom(t *testing.T) {
-	routeA, routeB := freePort(t), freePort(t)
-	twoInstances(t, [][]string{
-		{"-addr", "127.0.0.1:0", "-nats-cluster", routeA},
-		{"-addr", "127.0.0.1:0", "-nats-cluster", routeB, "-nats-routes", "nats://" + routeA},
-	})
+	// Both route listeners take a port the kernel picks (a port reserved
+	// and released beforehand may be taken again before the server binds
+	// it); the second instance learns the first one's from its log.
+	twoInstances(t, []string{"-addr", "127.0.0.1:0", "-log-format", "json", "-nats-cluster", "127.0.0.1:0"},
+		func(firstLog string) []string {
+			return []string{"-addr", "127.0.0.1:0", "-nats-cluster", "127.0.0.1:0", "-nats-routes", routesFrom(t, firstLog)}
+		})
+}
+
+// routesFrom returns the route URL the embedded server logged at start.
+func routesFrom(t *testing.T, jsonLog string) string {
+	t.Helper()
+	for _, line := range strings.Split(jsonLog, "\n") {
+		var e struct {
+			Msg        string `json:"msg"`
+			RoutesFrom string `json:"routesFrom"`
+		}
+		if json.Unmarshal([]byte(line), &e) == nil && e.RoutesFrom != "" {
+			return e.RoutesFrom
+		}
+	}
+	t.Fatalf("no routesFrom in the first instance's log:\n%s", jsonLog)
+	return ""
 }
 
 // TestTwoInstancesShareTheRoomOnRedis does the same with -redis, when
@@ -319,8 +338,12 @@ func TestTwoInstancesShareTheRoomOnRedis(t *testing.T) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server is not installed: apt-get install -y redis-server")
 	}
-	addr := freePort(t)
-	_, port, _ := net.SplitHostPort(addr)
+	p, err := wstest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(p)
+	addr := net.JoinHostPort("127.0.0.1", port)
 	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -341,49 +364,47 @@ func TestTwoInstancesShareTheRoomOnRedis(t *testing.T) {
 		}
 		<-tick.C
 	}
-	twoInstances(t, [][]string{
-		{"-addr", "127.0.0.1:0", "-redis", addr},
-		{"-addr", "127.0.0.1:0", "-redis", addr},
-	})
+	twoInstances(t, []string{"-addr", "127.0.0.1:0", "-redis", addr},
+		func(string) []string { return []string{"-addr", "127.0.0.1:0", "-redis", addr} })
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// twoInstances runs the command twice with args and checks that a client
-// of the first and a client of the second are in the same room.
-func twoInstances(t *testing.T, args [][]string) {
+// twoInstances runs the command with first, then with the arguments
+// second makes from the first instance's log once it is ready, and checks
+// that a client of the first and a client of the second are in the same
+// room.
+func twoInstances(t *testing.T, first []string, second func(firstLog string) []string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var addrs []string
-	done := make(chan error, len(args))
-	for _, a := range args {
-		ready := make(chan string, 1)
-		go func() { // ends when ctx is cancelled; received from below
-			done <- run(ctx, a, io.Discard, func(addr string) { ready <- addr })
-		}()
-		select {
-		case addr := <-ready:
-			addrs = append(addrs, addr)
-		case err := <-done:
-			t.Fatalf("run %q: %v", a, err)
-		}
-	}
+	done := make(chan error, 2)
+	var firstLog wstest.SyncBuffer
+	started := 0
 	defer func() {
 		cancel()
-		for range args {
+		for range started {
 			if err := <-done; err != nil {
 				t.Errorf("run: %v", err)
 			}
 		}
 	}()
+	for i := range 2 {
+		a, out := first, io.Writer(&firstLog)
+		if i == 1 {
+			a, out = second(firstLog.String()), io.Discard
+		}
+		ready := make(chan string, 1)
+		started++
+		go func() { // ends when ctx is cancelled; received from the deferred wait
+			done <- run(ctx, a, out, func(addr string) { ready <- addr })
+		}()
+		select {
+		case addr := <-ready:
+			addrs = append(addrs, addr)
+		case err := <-done:
+			started--
+			t.Fatalf("run %q: %v", a, err)
+		}
+	}
 
 	dctx, dcancel := context.WithTimeout(context.Background(), testTimeout)
 	defer dcancel()

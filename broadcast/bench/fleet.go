@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/broadcast/natsbroker"
 	"github.com/chiws/chiws/broadcast/redisbroker"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 )
@@ -86,12 +86,10 @@ func redisBus() (*bus, error) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		return nil, fmt.Errorf("redis-server not installed (apt-get install -y redis-server)")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := wstest.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	_ = ln.Close()
 	cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	if err := cmd.Start(); err != nil {
 		return nil, err

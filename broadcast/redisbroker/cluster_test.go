@@ -2,7 +2,6 @@ package redisbroker_test
 
 import (
 	"context"
-	"net"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/chiws/chiws/broadcast/internal/fleettest"
 	"github.com/chiws/chiws/broadcast/redisbroker"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -18,25 +18,11 @@ import (
 // is free too.
 func freeClusterPort(t *testing.T) int {
 	t.Helper()
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		_ = ln.Close()
-		if port+10000 > 65535 {
-			continue
-		}
-		bus, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+10000))
-		if err != nil {
-			continue
-		}
-		_ = bus.Close()
-		return port
+	port, err := wstest.FreePort(10000) // a node's cluster bus is port+10000
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port pair for a cluster node")
-	return 0
+	return port
 }
 
 // startCluster starts a Redis Cluster of three masters on loopback and

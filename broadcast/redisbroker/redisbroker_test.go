@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -16,6 +15,7 @@ import (
 	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/broadcast/internal/fleettest"
 	"github.com/chiws/chiws/broadcast/redisbroker"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -33,12 +33,10 @@ type redisServer struct {
 func startRedis(t *testing.T) *redisServer {
 	t.Helper()
 	startRedisCheck(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := wstest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	_ = ln.Close()
 	s := &redisServer{port: port}
 	s.start(t)
 	t.Cleanup(s.stop)

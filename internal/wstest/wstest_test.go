@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -87,3 +88,22 @@ func TestProxyStall(t *testing.T) {
 }
 
 func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+// TestFreePort: the port and its offsets can be bound, and on Linux the
+// port lies below the ephemeral range.
+func TestFreePort(t *testing.T) {
+	port, err := FreePort(10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if low, ok := ephemeralLow(); ok && port+10000 >= low {
+		t.Errorf("port %d (+10000) reaches the ephemeral range from %d", port, low)
+	}
+	for _, p := range []int{port, port + 10000} {
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			t.Fatalf("port %d not free: %v", p, err)
+		}
+		ln.Close()
+	}
+}
