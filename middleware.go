@@ -274,9 +274,9 @@ func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 		httpError(w, hs.status)
 		return false
 	}
-	if d := m.cfg.origins.check(r); !d.allowed {
+	if why := m.cfg.origins.refusal(r); why != "" {
 		m.stats.rejectedOrigin.Add(1)
-		m.logReject(zap.DebugLevel, r, "origin rejected", d.reason)
+		m.logReject(zap.DebugLevel, r, "origin rejected", why)
 		httpError(w, http.StatusForbidden)
 		return false
 	}
@@ -370,8 +370,8 @@ func (m *Middleware) Stats() Stats {
 // calls it for every upgrade request; it is exported for tests and for
 // servers that upgrade without the middleware.
 func (m *Middleware) CheckOrigin(r *http.Request) error {
-	if d := m.cfg.origins.check(r); !d.allowed {
-		return fmt.Errorf("chiws: %w: %s", ErrOriginNotAllowed, d.reason)
+	if why := m.cfg.origins.refusal(r); why != "" {
+		return fmt.Errorf("chiws: %w: %s", ErrOriginNotAllowed, why)
 	}
 	return nil
 }

@@ -1,187 +1,197 @@
 package chiws
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 )
 
 // This file holds the origin policy: pure string matching, no I/O.
 //
-// Grammar of an AllowedOrigins entry:
-//
-//	"*"                       any origin, "null" included
-//	"null"                    the opaque origin (sandboxed iframes, file: pages)
-//	scheme "://" host [":" port]
-//
-// where host may begin with the label "*." (one or more whole DNS labels:
-// "https://*.example.com" matches "https://a.example.com" and
-// "https://a.b.example.com", never "https://example.com") and port may be "*"
-// (any port, or none). Matching is case-insensitive and a default port
-// (80 for http and ws, 443 for https and wss) equals no port.
+// An AllowedOrigins entry is "*" (any origin, "null" included), "null" (the
+// opaque origin of sandboxed frames and file: pages), or
+// scheme "://" host [":" port], where host may begin with the label "*."
+// (one or more whole DNS labels: "https://*.example.com" matches
+// "https://a.example.com" and "https://a.b.example.com", never
+// "https://example.com") and port may be "*" (any port, or none). Matching
+// is case-insensitive, and a default port (80 for http and ws, 443 for
+// https and wss) equals no port.
 
-// origin is a parsed, lower-cased Origin or AllowedOrigins entry.
+// origin is a parsed, lower-cased Origin value or AllowedOrigins entry.
 type origin struct {
 	scheme string
-	host   string // without brackets for IPv6 literals
-	port   string // "" for the scheme's default port, "*" in a pattern
-	// wildcardHost is set for "*.example.com": host then holds the suffix
-	// ".example.com".
-	wildcardHost bool
+	host   string // without IPv6 brackets; ".example.com" for "*.example.com"
+	port   string // "" for the scheme's default port; "*" in a pattern
+	anySub bool   // the pattern's host began with "*."
 }
 
-// originPattern is one normalised AllowedOrigins entry.
-type originPattern struct {
-	raw string
-	origin
-}
-
-// originPolicy decides whether an Origin header value is allowed.
-// The zero value allows same-origin requests only.
+// originPolicy decides whether an Origin header value is allowed. The zero
+// value allows same-origin requests only.
 type originPolicy struct {
-	allowAll  bool
-	allowNull bool
-	patterns  []originPattern
-	fn        func(r *http.Request, origin string) bool
+	allowAll, allowNull bool
+	patterns            []origin
+	fn                  func(r *http.Request, origin string) bool
 }
 
-// maxOriginLen bounds the Origin values we parse. Real origins are short (a
-// DNS name is at most 253 bytes); anything longer is rejected as malformed.
+// maxOriginLen bounds the Origin values parsed: a DNS name is at most 253
+// bytes, so anything longer is malformed.
 const maxOriginLen = 512
 
-// newOriginPolicy validates and normalises the configured origins. The
-// returned error names the offending entry.
+// newOriginPolicy validates and normalises the configured origins; an
+// error names the offending entry.
 func newOriginPolicy(allowed []string, fn func(*http.Request, string) bool) (originPolicy, error) {
 	p := originPolicy{fn: fn}
 	for i, raw := range allowed {
-		entry := strings.ToLower(strings.TrimSpace(raw))
-		switch entry {
+		switch entry := strings.ToLower(strings.TrimSpace(raw)); entry {
 		case "*":
 			p.allowAll = true
-			continue
 		case "null":
 			p.allowNull = true
-			continue
 		case "":
 			return p, fmt.Errorf("AllowedOrigins[%d] is empty", i)
+		default:
+			o, err := parseOrigin(entry, true)
+			if err != nil {
+				return p, fmt.Errorf("AllowedOrigins[%d] %q: %v", i, raw, err)
+			}
+			p.patterns = append(p.patterns, o)
 		}
-		o, err := parseOrigin(entry, true)
-		if err != nil {
-			return p, fmt.Errorf("AllowedOrigins[%d] %q: %v", i, raw, err)
-		}
-		p.patterns = append(p.patterns, originPattern{raw: raw, origin: o})
 	}
 	return p, nil
 }
 
-// originDecision is the outcome of an origin check, with a reason for logs.
-type originDecision struct {
-	allowed bool
-	reason  string
-}
-
-// check applies the policy to r. Requests without an Origin header are
-// allowed: browsers always send one on WebSocket handshakes, so its absence
-// means a non-browser client, which could forge any value anyway.
-func (p *originPolicy) check(r *http.Request) originDecision {
+// refusal applies the policy to r: it returns why r is refused, or "" when
+// it is allowed. A request without an Origin header is allowed: browsers
+// always send one on WebSocket handshakes, so its absence means a
+// non-browser client, which could forge any value anyway.
+func (p *originPolicy) refusal(r *http.Request) string {
 	values := r.Header["Origin"]
-	switch len(values) {
-	case 0:
-		return originDecision{allowed: true, reason: "no Origin header"}
-	case 1:
-	default:
-		return originDecision{reason: "several Origin headers"}
+	switch {
+	case len(values) == 0:
+		return ""
+	case len(values) > 1:
+		return "several Origin headers"
+	case p.fn != nil:
+		return refusedUnless(p.fn(r, values[0]), "AllowOriginFunc refused")
+	case p.allowAll:
+		return ""
+	case strings.EqualFold(values[0], "null"):
+		return refusedUnless(p.allowNull, "null origin")
 	}
-	raw := values[0]
-	if p.fn != nil {
-		if p.fn(r, raw) {
-			return originDecision{allowed: true, reason: "AllowOriginFunc"}
-		}
-		return originDecision{reason: "AllowOriginFunc refused"}
+	o, err := parseOrigin(values[0], false)
+	switch {
+	case err != nil:
+		return "malformed Origin"
+	case len(p.patterns) == 0:
+		return refusedUnless(sameOrigin(o, r.Host), "cross-origin (same-origin only)")
 	}
-	if p.allowAll {
-		return originDecision{allowed: true, reason: "all origins allowed"}
-	}
-	if strings.EqualFold(raw, "null") {
-		if p.allowNull {
-			return originDecision{allowed: true, reason: "null origin allowed"}
-		}
-		return originDecision{reason: "null origin"}
-	}
-	o, err := parseOrigin(raw, false)
-	if err != nil {
-		return originDecision{reason: "malformed Origin"}
-	}
-	if len(p.patterns) == 0 {
-		if sameOrigin(o, r) {
-			return originDecision{allowed: true, reason: "same origin"}
-		}
-		return originDecision{reason: "cross-origin (same-origin only)"}
-	}
-	for i := range p.patterns {
-		if p.patterns[i].match(o) {
-			return originDecision{allowed: true, reason: "matches AllowedOrigins"}
+	for _, pt := range p.patterns {
+		if pt.match(o) {
+			return ""
 		}
 	}
-	return originDecision{reason: "not in AllowedOrigins"}
+	return "not in AllowedOrigins"
 }
 
-// match reports whether the parsed request origin o matches the pattern.
-func (pt *originPattern) match(o origin) bool {
-	if pt.scheme != o.scheme {
-		return false
+func refusedUnless(allowed bool, reason string) string {
+	if allowed {
+		return ""
 	}
-	if pt.port != "*" && pt.port != o.port {
-		return false
-	}
-	if !pt.wildcardHost {
-		return pt.host == o.host
-	}
-	// "*.example.com": o.host must be "<labels>.example.com" with at least
-	// one label before the suffix. parseOrigin has already rejected empty
-	// labels and characters outside [a-z0-9.-], so the prefix is made of
-	// whole, well-formed labels.
-	return len(o.host) > len(pt.host) && strings.HasSuffix(o.host, pt.host)
+	return reason
+}
+
+// match reports whether the origin o matches the pattern pt. For
+// "*.example.com", o's host must be longer than the suffix ".example.com":
+// parseOrigin accepts only well-formed labels, so the prefix is one or more
+// whole labels.
+func (pt origin) match(o origin) bool {
+	return pt.scheme == o.scheme && (pt.port == "*" || pt.port == o.port) &&
+		(pt.host == o.host || pt.anySub && len(o.host) > len(pt.host) && strings.HasSuffix(o.host, pt.host))
 }
 
 // sameOrigin reports whether o names the host the request was sent to. The
-// scheme is not compared: behind a TLS-terminating proxy the server cannot
-// know it. Only http and https origins can be the same origin as an HTTP
-// server.
-func sameOrigin(o origin, r *http.Request) bool {
+// scheme is not compared, because behind a TLS-terminating proxy the server
+// cannot know it; but only http and https origins can be an HTTP server's.
+func sameOrigin(o origin, host string) bool {
 	if o.scheme != "http" && o.scheme != "https" {
-		return false // a web page's origin; the server speaks HTTP
-	}
-	host, port := splitHostPort(r.Host)
-	if !strings.EqualFold(host, o.host) {
 		return false
 	}
-	if port == "" {
-		// The Host header omits the port when it is the scheme's default,
-		// which is what o.port == "" means for the Origin.
-		return o.port == ""
-	}
-	return port == o.port || (o.port == "" && port == defaultPort(o.scheme))
+	// RFC 3986 allows an empty port in a Host header (not in an Origin).
+	h, err := parseHost(o.scheme, strings.TrimSuffix(host, ":"), false)
+	return err == nil && h.host == o.host && h.port == o.port
 }
 
-// splitHostPort splits a Host header value; it tolerates a missing port and
-// strips IPv6 brackets.
-func splitHostPort(hostport string) (host, port string) {
-	if strings.HasPrefix(hostport, "[") {
-		end := strings.IndexByte(hostport, ']')
-		if end < 0 {
-			return hostport, ""
-		}
-		host = hostport[1:end]
-		if rest := hostport[end+1:]; strings.HasPrefix(rest, ":") {
-			port = rest[1:]
-		}
-		return host, port
+// parseOrigin parses "scheme://host[:port]" strictly: no path, query,
+// fragment, user info, white space or non-ASCII byte, because browsers
+// never send them and a lenient parser is how wildcard checks get tricked
+// ("https://a.example.com@evil.com"). With pattern set, the host may start
+// with "*." and the port may be "*".
+func parseOrigin(s string, pattern bool) (origin, error) {
+	if len(s) > maxOriginLen {
+		return origin{}, fmt.Errorf("longer than %d bytes", maxOriginLen)
 	}
-	if i := strings.LastIndexByte(hostport, ':'); i >= 0 {
-		return hostport[:i], hostport[i+1:]
+	scheme, rest, ok := strings.Cut(s, "://")
+	switch {
+	case !ok || scheme == "":
+		return origin{}, errors.New(`want scheme://host[:port], for example "https://example.com"`)
+	case !validScheme(scheme):
+		return origin{}, fmt.Errorf("invalid scheme %q", scheme)
+	case strings.ContainsAny(rest, "/?#"):
+		return origin{}, errors.New("an origin has no path, query or fragment (did you add a trailing slash?)")
+	case strings.Contains(rest, "@"):
+		return origin{}, errors.New("an origin has no user info")
+	case strings.IndexFunc(rest, func(c rune) bool { return c <= ' ' || c >= 0x7f }) >= 0:
+		return origin{}, errors.New("white space, control or non-ASCII byte (use the punycode form of the host)")
 	}
-	return hostport, ""
+	return parseHost(strings.ToLower(scheme), rest, pattern)
+}
+
+// parseHost parses the "host[:port]" of an origin of the given scheme.
+func parseHost(scheme, hostport string, pattern bool) (origin, error) {
+	o := origin{scheme: scheme}
+	host, port, bracketed := hostport, "", strings.HasPrefix(hostport, "[")
+	switch {
+	case strings.HasSuffix(hostport, ":"):
+		return o, errors.New("empty port")
+	case bracketed && strings.HasSuffix(hostport, "]"):
+		host = hostport[1 : len(hostport)-1]
+	case bracketed || strings.Contains(hostport, ":"):
+		var err error
+		if host, port, err = net.SplitHostPort(hostport); err != nil {
+			return o, err
+		}
+	}
+	name := host
+	if pattern && strings.HasPrefix(host, "*.") && !bracketed {
+		o.anySub, host, name = true, host[1:], host[2:] // keep the dot: ".example.com"
+	}
+	switch {
+	case bracketed:
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
+			return o, fmt.Errorf("invalid IPv6 literal %q", host)
+		}
+	case strings.Contains(name, "*"):
+		return o, errors.New(`a wildcard must be a whole leading label ("https://*.example.com") or the whole port ("http://localhost:*")`)
+	case !validHostname(name):
+		return o, fmt.Errorf("invalid host %q", host)
+	}
+	o.host = strings.ToLower(host)
+	switch {
+	case pattern && port == "*":
+	case port != "":
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 || len(port) > 5 {
+			return o, fmt.Errorf("invalid port %q", port)
+		}
+		if port = strings.TrimLeft(port, "0"); port == defaultPort(scheme) {
+			port = ""
+		}
+	}
+	o.port = port
+	return o, nil
 }
 
 func defaultPort(scheme string) string {
@@ -194,160 +204,36 @@ func defaultPort(scheme string) string {
 	return ""
 }
 
-// parseOrigin parses "scheme://host[:port]" strictly: no path, query,
-// fragment, user info, white space or non-ASCII byte, because a browser never
-// sends them and a lenient parser is how wildcard checks get tricked
-// ("https://a.example.com@evil.com"). With pattern set, the host may start
-// with "*." and the port may be "*".
-func parseOrigin(s string, pattern bool) (origin, error) {
-	var o origin
-	if len(s) > maxOriginLen {
-		return o, fmt.Errorf("longer than %d bytes", maxOriginLen)
-	}
-	i := strings.Index(s, "://")
-	if i <= 0 {
-		return o, fmt.Errorf(`want scheme://host[:port], for example "https://example.com"`)
-	}
-	scheme, rest := s[:i], s[i+3:]
-	if !validScheme(scheme) {
-		return o, fmt.Errorf("invalid scheme %q", scheme)
-	}
-	o.scheme = strings.ToLower(scheme)
-	for j := 0; j < len(rest); j++ {
-		switch c := rest[j]; {
-		case c == '/' || c == '?' || c == '#':
-			return o, fmt.Errorf("an origin has no path, query or fragment (did you add a trailing slash?)")
-		case c == '@':
-			return o, fmt.Errorf("an origin has no user info")
-		case c <= ' ' || c >= 0x7f:
-			return o, fmt.Errorf("white space, control or non-ASCII byte (use the punycode form of the host)")
-		}
-	}
-	host, port := rest, ""
-	if strings.HasPrefix(rest, "[") {
-		end := strings.IndexByte(rest, ']')
-		if end < 0 {
-			return o, fmt.Errorf("unterminated IPv6 literal")
-		}
-		host = rest[1:end]
-		switch after := rest[end+1:]; {
-		case after == "":
-		case after[0] == ':':
-			port = after[1:]
-			if port == "" {
-				return o, fmt.Errorf("empty port")
-			}
-		default:
-			return o, fmt.Errorf("junk after IPv6 literal")
-		}
-		if !validIPv6(host) {
-			return o, fmt.Errorf("invalid IPv6 literal %q", host)
-		}
-	} else {
-		if k := strings.LastIndexByte(rest, ':'); k >= 0 {
-			host, port = rest[:k], rest[k+1:]
-			if port == "" {
-				return o, fmt.Errorf("empty port")
-			}
-		}
-		if pattern && strings.HasPrefix(host, "*.") {
-			o.wildcardHost = true
-			host = host[1:] // keep the leading dot: ".example.com"
-			if !validHostname(host[1:]) {
-				return o, fmt.Errorf("invalid host %q", "*"+host)
-			}
-		} else if !validHostname(host) {
-			if strings.Contains(host, "*") {
-				return o, fmt.Errorf(`a wildcard must be a whole leading label ("https://*.example.com") or the whole port ("http://localhost:*")`)
-			}
-			return o, fmt.Errorf("invalid host %q", host)
-		}
-	}
-	o.host = strings.ToLower(host)
-	switch {
-	case port == "":
-	case pattern && port == "*":
-		o.port = "*"
-		return o, nil
-	default:
-		if !validPort(port) {
-			return o, fmt.Errorf("invalid port %q", port)
-		}
-		port = strings.TrimLeft(port, "0")
-		if port == defaultPort(o.scheme) {
-			port = ""
-		}
-	}
-	o.port = port
-	return o, nil
-}
-
+// validScheme accepts a letter followed by letters, digits, "+", "-" and
+// "." (RFC 3986 section 3.1).
 func validScheme(s string) bool {
-	if s == "" {
-		return false
-	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
-		case i > 0 && (c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.'):
-		default:
+		c, l := s[i], s[i]|0x20 // l is c lower-cased, if c is a letter
+		if !(l >= 'a' && l <= 'z' || i > 0 && (c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.')) {
 			return false
 		}
 	}
-	return true
+	return s != ""
 }
 
-// validHostname accepts dot-separated labels of letters, digits and hyphens
-// (IPv4 literals included), with no empty label.
+// validHostname accepts dot-separated labels of letters, digits, hyphens
+// and underscores (IPv4 literals included), with no empty label.
 func validHostname(h string) bool {
-	if h == "" || len(h) > 253 {
+	if len(h) > 253 {
 		return false
 	}
-	label := 0
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		switch {
-		case c == '.':
-			if label == 0 {
-				return false
-			}
-			label = 0
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
-			label++
-			if label > 63 {
-				return false
-			}
-		default:
+	for {
+		label, rest, more := strings.Cut(h, ".")
+		if label == "" || len(label) > 63 || strings.IndexFunc(label, notHostnameRune) >= 0 {
 			return false
 		}
+		if !more {
+			return true
+		}
+		h = rest
 	}
-	return label > 0
 }
 
-func validIPv6(h string) bool {
-	if len(h) < 2 || len(h) > 45 || !strings.Contains(h, ":") {
-		return false
-	}
-	for i := 0; i < len(h); i++ {
-		c := h[i] | 0x20
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c == ':' || c == '.') {
-			return false
-		}
-	}
-	return true
-}
-
-func validPort(p string) bool {
-	if len(p) == 0 || len(p) > 5 {
-		return false
-	}
-	n := 0
-	for i := 0; i < len(p); i++ {
-		if p[i] < '0' || p[i] > '9' {
-			return false
-		}
-		n = n*10 + int(p[i]-'0')
-	}
-	return n > 0 && n <= 65535
+func notHostnameRune(c rune) bool {
+	return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_')
 }

@@ -18,8 +18,8 @@ import (
 // originRequest builds an upgrade request to host carrying the given Origin
 // header values.
 func originRequest(host string, origins ...string) *http.Request {
-	r := httptest.NewRequest(http.MethodGet, "http://"+host+"/ws", nil)
-	r.Host = host
+	r := httptest.NewRequest(http.MethodGet, "/ws", nil)
+	r.Host = host // as sent, well-formed or not
 	for _, o := range origins {
 		r.Header.Add("Origin", o)
 	}
@@ -48,6 +48,11 @@ var originTests = []struct {
 	{"subdomain is cross origin", nil, "server.com", []string{"https://a.server.com"}, false},
 	{"suffix trick", nil, "server.com", []string{"https://server.com.evil.com"}, false},
 	{"ipv6 same origin", nil, "[::1]:5000", []string{"http://[::1]:5000"}, true},
+	{"ipv6 zone", nil, "[fe80::1%25eth0]", []string{"http://[fe80::1%25eth0]"}, false},
+	{"ipv6 not an address", nil, "s", []string{"http://[::g]"}, false},
+	{"host with empty port", nil, "server.com:", []string{"https://server.com"}, true},
+	{"host port with leading zero", nil, "localhost:05000", []string{"http://localhost:5000"}, true},
+	{"malformed host", nil, "[server.com]", []string{"https://server.com"}, false},
 	{"null rejected by default", nil, "server.com", []string{"null"}, false},
 	{"malformed", nil, "server.com", []string{"server.com"}, false},
 	{"empty value", nil, "server.com", []string{""}, false},
