@@ -262,32 +262,6 @@ func isConnLost(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// closeCause is the cause of Conn.Context's cancellation and the content of
-// the close log: who ended the socket (one of the Err sentinels) and the
-// close code sent or received.
-type closeCause struct {
-	by     error
-	code   websocket.StatusCode
-	reason string
-}
-
-func (e *closeCause) Error() string {
-	if e.code == websocket.StatusAbnormalClosure {
-		return "chiws: socket " + e.by.Error()
-	}
-	return fmt.Sprintf("chiws: socket %v: status %d %q", e.by, int(e.code), e.reason)
-}
-
-// Unwrap gives the sentinel and, when a close frame was sent or received,
-// the websocket.CloseError, so that errors.Is and websocket.CloseStatus
-// both work on context.Cause(c.Context()).
-func (e *closeCause) Unwrap() []error {
-	if e.code == websocket.StatusAbnormalClosure {
-		return []error{e.by}
-	}
-	return []error{e.by, websocket.CloseError{Code: e.code, Reason: e.reason}}
-}
-
 // record notes why the socket is ending; the first caller wins and gets
 // true. It must be called before the connection closes for the reason to
 // reach Conn.Context's cause.
@@ -307,16 +281,6 @@ func (c *Conn) endedBy(causes ...error) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cause != nil && slices.Contains(causes, c.cause.by)
-}
-
-// closeWith records why and performs the close handshake, unless the
-// connection is closed already.
-func (c *Conn) closeWith(by error, code websocket.StatusCode, reason string) error {
-	if c.nc.isClosed() {
-		return nil
-	}
-	c.record(by, code, reason)
-	return c.Conn.Close(code, reason)
 }
 
 // closeTimeout bounds the close handshakes the middleware performs itself,
@@ -428,30 +392,11 @@ func (c *Conn) logClose(extra func()) {
 	ce.Write(append(requestFields(c.req),
 		zap.Int(keyCloseCode, int(cause.code)),
 		zap.String(keyCloseReason, clip(cause.reason)),
-		zap.String(keyClosedBy, closedBy(cause.by)),
+		zap.String(keyClosedBy, closedBy[cause.by]),
 		zap.Duration(keyDuration, end.Sub(c.start)),
 		zap.Uint64(keyMessagesIn, c.msgsIn.Load()),
 		zap.Uint64(keyMessagesOut, c.msgsOut.Load()),
 		zap.Int64(keyBytesIn, c.nc.bytesIn.Load()),
 		zap.Int64(keyBytesOut, c.nc.bytesOut.Load()),
 	)...)
-}
-
-// closedBy names a close cause for the closedBy log field.
-func closedBy(by error) string {
-	switch by {
-	case ErrClosedByPeer:
-		return "client"
-	case ErrClosedByServer:
-		return "server"
-	case ErrKeepAliveTimeout:
-		return "keepalive"
-	case ErrShuttingDown:
-		return "shutdown"
-	case ErrHandlerReturned:
-		return "handler-return"
-	case ErrHandlerPanicked:
-		return "panic"
-	}
-	return "connection-lost"
 }

@@ -1,6 +1,11 @@
 package chiws
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/coder/websocket"
+)
 
 // Sentinel errors returned by Accept and Middleware methods. Each is wrapped
 // with a short context ("chiws: accept: ..."), so compare with errors.Is.
@@ -71,3 +76,40 @@ var (
 	// frame: the peer vanished or reset it (closedBy "connection-lost").
 	ErrConnectionLost = errors.New("connection lost")
 )
+
+// closedBy names each cause in the close log's closedBy field.
+var closedBy = map[error]string{
+	ErrClosedByPeer:     "client",
+	ErrClosedByServer:   "server",
+	ErrKeepAliveTimeout: "keepalive",
+	ErrShuttingDown:     "shutdown",
+	ErrHandlerReturned:  "handler-return",
+	ErrHandlerPanicked:  "panic",
+	ErrConnectionLost:   "connection-lost",
+}
+
+// closeCause is the cause of Conn.Context's cancellation and the content of
+// the close log: who ended the socket (one of the Err sentinels) and the
+// close code sent or received.
+type closeCause struct {
+	by     error
+	code   websocket.StatusCode
+	reason string
+}
+
+func (e *closeCause) Error() string {
+	if e.code == websocket.StatusAbnormalClosure {
+		return "chiws: socket " + e.by.Error()
+	}
+	return fmt.Sprintf("chiws: socket %v: status %d %q", e.by, int(e.code), e.reason)
+}
+
+// Unwrap gives the sentinel and, when a close frame was sent or received,
+// the websocket.CloseError, so that errors.Is and websocket.CloseStatus
+// both work on context.Cause(c.Context()).
+func (e *closeCause) Unwrap() []error {
+	if e.code == websocket.StatusAbnormalClosure {
+		return []error{e.by}
+	}
+	return []error{e.by, websocket.CloseError{Code: e.code, Reason: e.reason}}
+}

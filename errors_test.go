@@ -15,7 +15,7 @@ func TestCloseCause(t *testing.T) {
 		ErrHandlerReturned, ErrHandlerPanicked, ErrConnectionLost}
 	names := map[string]bool{}
 	for _, by := range sentinels {
-		names[closedBy(by)] = true
+		names[closedBy[by]] = true
 		withCode := &closeCause{by: by, code: websocket.StatusGoingAway, reason: "bye"}
 		if !errors.Is(withCode, by) || websocket.CloseStatus(withCode) != websocket.StatusGoingAway {
 			t.Errorf("%v: errors.Is %v, CloseStatus %d", withCode, errors.Is(withCode, by), websocket.CloseStatus(withCode))

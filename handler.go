@@ -88,18 +88,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type upgrade struct {
 	m        *Middleware
 	w        upgradeWriter
-	state    atomic.Int32         // stateNew, stateAccepting, stateAccepted
+	called   atomic.Bool          // Accept was called
 	accepted atomic.Pointer[Conn] // set once the socket is registered
 	conn     Conn
 	nc       netConn
 }
-
-// upgrade states.
-const (
-	stateNew int32 = iota
-	stateAccepting
-	stateAccepted
-)
 
 type ctxKey struct{ name string }
 
@@ -137,18 +130,18 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 	if u == nil {
 		// Ordinary requests are not marked (that would cost an allocation
 		// on every request), so tell the two cases apart here.
-		if hs := checkHandshake(r); hs.attempt && hs.status == 0 {
+		if status, _ := checkHandshake(r); isUpgradeAttempt(r) && status == 0 {
 			httpError(w, http.StatusInternalServerError)
 			return nil, fmt.Errorf("chiws: accept: %w", ErrMiddlewareMissing)
 		}
 		httpError(w, http.StatusBadRequest)
 		return nil, fmt.Errorf("chiws: accept: %w", ErrNotWebSocket)
 	}
-	if !u.state.CompareAndSwap(stateNew, stateAccepting) {
+	if u.called.Swap(true) {
+		// Even after a failure: the first call answered the request or
+		// spent the connection.
 		return nil, fmt.Errorf("chiws: accept: %w", ErrAlreadyAccepted)
 	}
-	// A failed Accept has answered the request or spent the connection:
-	// the state stays stateAccepting, and a second Accept fails.
 	return u.accept(w, r, opts)
 }
 
@@ -260,7 +253,6 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 		_ = c.closeBounded(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
 		return nil, fmt.Errorf("chiws: accept: %w", ErrShuttingDown)
 	}
-	u.state.Store(stateAccepted)
 	u.accepted.Store(c)
 	c.startHeartbeat(so.interval, so.timeout)
 	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket accepted"); ce != nil {

@@ -10,19 +10,6 @@ import (
 // Everything here runs on the request path and must not allocate for
 // ordinary HTTP requests.
 
-// handshakeResult classifies a request.
-type handshakeResult struct {
-	// attempt is true when the request asks for a WebSocket upgrade at all
-	// (its Upgrade header lists "websocket"). Other requests pass through the
-	// middleware untouched.
-	attempt bool
-	// status is 0 for a valid handshake, else the HTTP status to answer.
-	status int
-	// reason says what is wrong, for logs and error bodies. It never holds
-	// request data.
-	reason string
-}
-
 // isUpgradeAttempt reports whether r asks for a WebSocket at all: an
 // HTTP/1.1 upgrade (its Upgrade header lists "websocket") or an HTTP/2
 // extended CONNECT (RFC 8441). It is the only check ordinary requests pay
@@ -42,48 +29,41 @@ func isExtendedConnect(r *http.Request) bool {
 	return len(p) == 1 && strings.EqualFold(p[0], "websocket") && r.ProtoMajor >= 2
 }
 
-// checkHandshake applies the same rules as ASP.NET Core's
-// IsWebSocketRequest, and answers the ones it breaks with a status.
-// HTTP/1.1: GET, Connection lists "upgrade", Upgrade lists "websocket",
-// Sec-WebSocket-Version is 13 (else 426 per RFC 6455 4.4), one
-// Sec-WebSocket-Key that decodes to 16 bytes, and no body. HTTP/2
-// (RFC 8441): CONNECT with :protocol websocket and version 13; the stream
-// is the body, and there is no key.
-func checkHandshake(r *http.Request) handshakeResult {
-	if !isUpgradeAttempt(r) {
-		return handshakeResult{}
-	}
-	bad := func(status int, reason string) handshakeResult {
-		return handshakeResult{attempt: true, status: status, reason: reason}
-	}
-	if r.Method == http.MethodConnect {
-		if !isVersion13(r.Header["Sec-Websocket-Version"]) {
-			return bad(http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13")
+// checkHandshake applies ASP.NET Core's IsWebSocketRequest rules to an
+// upgrade attempt (see isUpgradeAttempt), and returns the status to answer
+// and why when it breaks one, or 0. The reason never holds request data.
+// HTTP/1.1: GET, Connection lists "upgrade", Sec-WebSocket-Version is 13
+// (else 426, RFC 6455 section 4.4), one Sec-WebSocket-Key that decodes to
+// 16 bytes, and no body. HTTP/2 (RFC 8441): CONNECT with :protocol
+// websocket and version 13; the stream is the body, and there is no key.
+func checkHandshake(r *http.Request) (status int, reason string) {
+	keys := r.Header["Sec-Websocket-Key"]
+	version13 := isVersion13(r.Header["Sec-Websocket-Version"])
+	if r.Method == http.MethodConnect && isExtendedConnect(r) {
+		if !version13 {
+			return http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13"
 		}
-		return handshakeResult{attempt: true}
+		return 0, ""
 	}
 	switch {
 	case r.Method != http.MethodGet:
-		return bad(http.StatusMethodNotAllowed, "method must be GET")
+		return http.StatusMethodNotAllowed, "method must be GET"
 	case !r.ProtoAtLeast(1, 1):
-		return bad(http.StatusBadRequest, "HTTP/1.1 or later required")
+		return http.StatusBadRequest, "HTTP/1.1 or later required"
 	case !hasToken(r.Header["Connection"], "upgrade"):
-		return bad(http.StatusBadRequest, "Connection header lacks the upgrade token (is a proxy dropping it?)")
-	case !isVersion13(r.Header["Sec-Websocket-Version"]):
-		return bad(http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13")
+		return http.StatusBadRequest, "Connection header lacks the upgrade token (is a proxy dropping it?)"
+	case !version13:
+		return http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13"
 	case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
-		return bad(http.StatusBadRequest, "handshake must not have a body")
-	}
-	keys := r.Header["Sec-Websocket-Key"]
-	switch {
+		return http.StatusBadRequest, "handshake must not have a body"
 	case len(keys) == 0:
-		return bad(http.StatusBadRequest, "missing Sec-WebSocket-Key")
+		return http.StatusBadRequest, "missing Sec-WebSocket-Key"
 	case len(keys) > 1:
-		return bad(http.StatusBadRequest, "several Sec-WebSocket-Key headers")
+		return http.StatusBadRequest, "several Sec-WebSocket-Key headers"
 	case !validKey(keys[0]):
-		return bad(http.StatusBadRequest, "Sec-WebSocket-Key is not 16 bytes of base64")
+		return http.StatusBadRequest, "Sec-WebSocket-Key is not 16 bytes of base64"
 	}
-	return handshakeResult{attempt: true}
+	return 0, ""
 }
 
 // isVersion13 reports whether the request names version 13 and only it:

@@ -248,6 +248,7 @@ func TestBadHandshakes(t *testing.T) {
 		{"version 8", req("GET", "HTTP/1.1", upgrade+"Sec-WebSocket-Version: 8\r\n"+key), 426, map[string]string{"Sec-WebSocket-Version": "13"}, invalid, zapcore.DebugLevel, "Sec-WebSocket-Version must be 13"},
 		{"no version", req("GET", "HTTP/1.1", upgrade+key), 426, map[string]string{"Sec-WebSocket-Version": "13"}, invalid, zapcore.DebugLevel, "Sec-WebSocket-Version must be 13"},
 		{"POST", req("POST", "HTTP/1.1", valid+"Content-Length: 0\r\n"), 405, map[string]string{"Allow": "GET"}, invalid, zapcore.DebugLevel, "method must be GET"},
+		{"HTTP/1.1 CONNECT", req("CONNECT", "HTTP/1.1", valid), 405, map[string]string{"Allow": "GET"}, invalid, zapcore.DebugLevel, "method must be GET"},
 		{"HEAD", req("HEAD", "HTTP/1.1", valid), 405, map[string]string{"Allow": "GET"}, invalid, zapcore.DebugLevel, "method must be GET"},
 		{"HTTP/1.0", req("GET", "HTTP/1.0", valid), 400, nil, invalid, zapcore.DebugLevel, "HTTP/1.1 or later required"},
 		{"Connection keep-alive only", req("GET", "HTTP/1.1", "Upgrade: websocket\r\nConnection: keep-alive\r\n"+v13+key), 400, nil, invalid, zapcore.DebugLevel, "Connection header lacks the upgrade token (is a proxy dropping it?)"},

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,7 +165,7 @@ func newConfig(o Options) (config, error) {
 		return c, fmt.Errorf("CompressionMode %d is not a websocket.CompressionMode", o.CompressionMode)
 	}
 	for i, p := range c.subprotocols {
-		if p == "" || !isToken(p) {
+		if !isToken(p) {
 			return c, fmt.Errorf("Subprotocols[%d] %q is not an HTTP token", i, p)
 		}
 	}
@@ -190,23 +191,11 @@ func orDisabled(d, inherited time.Duration) time.Duration {
 	return d
 }
 
+// isToken reports whether s is an HTTP token (RFC 9110 section 5.6.2).
 func isToken(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || containsByte(`()<>@,;:\"/[]?={}`, c) {
-			return false
-		}
-	}
-	return true
-}
-
-func containsByte(s string, c byte) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return true
-		}
-	}
-	return false
+	return s != "" && strings.IndexFunc(s, func(c rune) bool {
+		return c <= ' ' || c >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, c)
+	}) < 0
 }
 
 // Middleware is the WebSocket middleware: mount its Handler before the routes
@@ -261,17 +250,16 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 // Everything a client can trigger at will is logged at Debug only, and
 // counted in Stats: a remote client must not be able to flood the logs.
 func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
-	hs := checkHandshake(r)
-	if hs.status != 0 {
+	if status, reason := checkHandshake(r); status != 0 {
 		m.stats.rejectedHandshake.Add(1)
-		m.logReject(zap.DebugLevel, r, "invalid handshake", hs.reason)
-		if hs.status == http.StatusUpgradeRequired {
+		m.logReject(zap.DebugLevel, r, "invalid handshake", reason)
+		if status == http.StatusUpgradeRequired {
 			w.Header().Set("Sec-WebSocket-Version", "13")
 		}
-		if hs.status == http.StatusMethodNotAllowed {
+		if status == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", http.MethodGet)
 		}
-		httpError(w, hs.status)
+		httpError(w, status)
 		return false
 	}
 	if why := m.cfg.origins.refusal(r); why != "" {
