@@ -53,10 +53,9 @@ type Conn struct {
 	over  atomic.Bool
 
 	mu       sync.Mutex
-	cause    *closeCause // why the socket ended: the first recorded reason
-	causeVal closeCause  // where cause points, unless amended
-	end      time.Time   // when the connection closed
-	logged   bool        // the close log is written (see logClose)
+	cause  closeCause // why the socket ended, set once (by nil: not yet)
+	end    time.Time  // when the connection closed
+	logged bool       // the close log is written (see logClose)
 }
 
 // downBit in Conn.holds means the connection closed.
@@ -268,11 +267,10 @@ func isConnLost(err error) bool {
 func (c *Conn) record(by error, code websocket.StatusCode, reason string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cause != nil {
+	if c.cause.by != nil {
 		return false
 	}
-	c.causeVal = closeCause{by: by, code: code, reason: reason}
-	c.cause = &c.causeVal
+	c.cause = closeCause{by: by, code: code, reason: reason}
 	return true
 }
 
@@ -280,7 +278,7 @@ func (c *Conn) record(by error, code websocket.StatusCode, reason string) bool {
 func (c *Conn) endedBy(causes ...error) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.cause != nil && slices.Contains(causes, c.cause.by)
+	return slices.Contains(causes, c.cause.by)
 }
 
 // closeTimeout bounds the close handshakes the middleware performs itself,
@@ -349,16 +347,10 @@ func (c *Conn) connClosed() {
 // out of the registry, and then cancels the Context with the cause, so
 // that when Done fires, Stats no longer counts the socket.
 func (c *Conn) ending() {
-	c.mu.Lock()
-	if c.cause == nil {
-		c.causeVal = closeCause{by: ErrConnectionLost, code: websocket.StatusAbnormalClosure}
-		c.cause = &c.causeVal
-	}
-	cause := c.cause
-	c.mu.Unlock()
+	c.record(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
 	c.hb.stop()
 	registered := c.m.unregister(c)
-	c.cancel(cause)
+	c.cancel(&c.cause) // never written again: record refuses
 	if registered {
 		c.m.goroutines.Done() // last: see Middleware.goroutines
 	}
@@ -383,8 +375,8 @@ func (c *Conn) logClose(extra func()) {
 		return
 	}
 	cause, end := c.cause, c.end
-	if cause == nil { // Shutdown gave up on a socket still closing
-		cause = &closeCause{by: ErrShuttingDown, code: websocket.StatusAbnormalClosure}
+	if cause.by == nil { // Shutdown gave up on a socket still closing
+		cause = closeCause{by: ErrShuttingDown, code: websocket.StatusAbnormalClosure}
 	}
 	if end.IsZero() {
 		end = time.Now()

@@ -152,22 +152,6 @@ type socketOptions struct {
 	readLimit         int64
 }
 
-// defaultSocketOptions are the options of a socket accepted without
-// AcceptOptions, from the middleware's.
-func (c *config) defaultSocketOptions() socketOptions {
-	return socketOptions{
-		ws: websocket.AcceptOptions{
-			Subprotocols:         c.subprotocols,
-			InsecureSkipVerify:   true, // the middleware applied the origin policy
-			CompressionMode:      c.compression,
-			CompressionThreshold: c.compressionThreshold,
-		},
-		interval:  c.keepAlive,
-		timeout:   c.keepAliveTimeout,
-		readLimit: c.readLimit,
-	}
-}
-
 // socketOptions resolves the options of one socket. Without overrides they
 // are the middleware's, shared: coder/websocket's Accept does not modify
 // its options.
@@ -196,13 +180,7 @@ func (m *Middleware) socketOptions(opts *AcceptOptions) *socketOptions {
 
 func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn, error) {
 	m := u.m
-	// Check before the handshake: coder/websocket writes its 101 before
-	// it hijacks, and nothing must follow a 101 but a socket.
-	able, what := canHijack, "hijack the connection"
-	if u.w.h2 != nil {
-		able, what = canFlush, "flush an HTTP/2 stream"
-	}
-	if !able(u.w.ResponseWriter) {
+	if ok, what := u.w.upgradable(); !ok {
 		m.logMisconfigured(r, "websocket upgrade impossible: a ResponseWriter below the middleware cannot "+what, u.w.ResponseWriter)
 		httpError(w, http.StatusNotImplemented)
 		return nil, fmt.Errorf("chiws: accept: %T cannot %s: %w", u.w.ResponseWriter, what, http.ErrNotSupported)

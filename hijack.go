@@ -93,20 +93,18 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.nc, brw, nil
 }
 
-// canHijack reports whether w, or a writer it unwraps to, implements
-// http.Hijacker. Accept checks it before the handshake: coder/websocket
-// writes the 101 before it hijacks, and a writer that cannot hijack
+// upgradable reports whether a writer below w can hijack the connection
+// (HTTP/1.1) or flush the stream (HTTP/2), and names what it needs.
+// coder/websocket writes the 101 before it hijacks, and a writer that cannot
 // (http.TimeoutHandler's) would buffer a 101 that no socket follows.
-func canHijack(w http.ResponseWriter) bool {
-	_, ok := find[http.Hijacker](w)
-	return ok
-}
-
-// canFlush is canHijack for HTTP/2 streams, which are flushed, not hijacked.
-func canFlush(w http.ResponseWriter) bool {
-	_, ok := find[http.Flusher](w)
-	_, okErr := find[interface{ FlushError() error }](w)
-	return ok || okErr
+func (w *upgradeWriter) upgradable() (bool, string) {
+	if w.h2 != nil {
+		_, ok := find[http.Flusher](w.ResponseWriter)
+		_, okErr := find[interface{ FlushError() error }](w.ResponseWriter)
+		return ok || okErr, "flush an HTTP/2 stream"
+	}
+	_, ok := find[http.Hijacker](w.ResponseWriter)
+	return ok, "hijack the connection"
 }
 
 // find looks for T in w and the writers it unwraps to, in the order

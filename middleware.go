@@ -1,8 +1,10 @@
 package chiws
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,54 +130,46 @@ func (o *Options) Validate() error {
 
 // config is Options validated and normalised.
 type config struct {
-	keepAlive, keepAliveTimeout time.Duration // <= 0 means disabled
-	origins                     originPolicy
-	subprotocols                []string
-	compression                 websocket.CompressionMode
-	compressionThreshold        int
-	readLimit                   int64
-	maxConns                    int
-	log                         *zap.Logger
-	socket                      socketOptions // of sockets accepted without AcceptOptions
+	origins  originPolicy
+	maxConns int
+	log      *zap.Logger
+	socket   socketOptions // of sockets accepted without AcceptOptions
 }
 
 func newConfig(o Options) (config, error) {
-	c := config{
-		keepAlive:            orDisabled(o.KeepAliveInterval, DefaultKeepAliveInterval),
-		keepAliveTimeout:     orDisabled(o.KeepAliveTimeout, DefaultKeepAliveTimeout),
-		subprotocols:         append([]string(nil), o.Subprotocols...),
-		compression:          o.CompressionMode,
-		compressionThreshold: o.CompressionThreshold,
-		readLimit:            o.ReadLimit,
-		maxConns:             o.MaxConnections,
-		log:                  o.Logger,
-	}
-	var err error
-	c.origins, err = newOriginPolicy(o.AllowedOrigins, o.AllowOriginFunc)
+	origins, err := newOriginPolicy(o.AllowedOrigins, o.AllowOriginFunc)
 	switch {
 	case err != nil:
-		return c, err
+		return config{}, err
 	case o.ReadLimit < 0:
-		return c, fmt.Errorf("ReadLimit must not be negative, got %d", o.ReadLimit)
+		return config{}, fmt.Errorf("ReadLimit must not be negative, got %d", o.ReadLimit)
 	case o.MaxConnections < 0:
-		return c, fmt.Errorf("MaxConnections must not be negative, got %d", o.MaxConnections)
+		return config{}, fmt.Errorf("MaxConnections must not be negative, got %d", o.MaxConnections)
 	case o.CompressionThreshold < 0:
-		return c, fmt.Errorf("CompressionThreshold must not be negative, got %d", o.CompressionThreshold)
+		return config{}, fmt.Errorf("CompressionThreshold must not be negative, got %d", o.CompressionThreshold)
 	case o.CompressionMode < websocket.CompressionDisabled || o.CompressionMode > websocket.CompressionNoContextTakeover:
-		return c, fmt.Errorf("CompressionMode %d is not a websocket.CompressionMode", o.CompressionMode)
+		return config{}, fmt.Errorf("CompressionMode %d is not a websocket.CompressionMode", o.CompressionMode)
 	}
-	for i, p := range c.subprotocols {
+	for i, p := range o.Subprotocols {
 		if !isToken(p) {
-			return c, fmt.Errorf("Subprotocols[%d] %q is not an HTTP token", i, p)
+			return config{}, fmt.Errorf("Subprotocols[%d] %q is not an HTTP token", i, p)
 		}
 	}
-	if c.readLimit == 0 {
-		c.readLimit = DefaultReadLimit
-	}
+	c := config{origins: origins, maxConns: o.MaxConnections, log: o.Logger}
 	if c.log == nil {
 		c.log = zap.NewNop()
 	}
-	c.socket = c.defaultSocketOptions()
+	c.socket = socketOptions{
+		ws: websocket.AcceptOptions{
+			Subprotocols:         slices.Clone(o.Subprotocols),
+			InsecureSkipVerify:   true, // the middleware applied the origin policy
+			CompressionMode:      o.CompressionMode,
+			CompressionThreshold: o.CompressionThreshold,
+		},
+		interval:  orDisabled(o.KeepAliveInterval, DefaultKeepAliveInterval),
+		timeout:   orDisabled(o.KeepAliveTimeout, DefaultKeepAliveTimeout),
+		readLimit: cmp.Or(o.ReadLimit, DefaultReadLimit),
+	}
 	return c, nil
 }
 
