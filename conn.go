@@ -52,7 +52,7 @@ type Conn struct {
 	holds atomic.Int64
 	over  atomic.Bool
 
-	mu       sync.Mutex
+	mu     sync.Mutex
 	cause  closeCause // why the socket ended, set once (by nil: not yet)
 	end    time.Time  // when the connection closed
 	logged bool       // the close log is written (see logClose)
@@ -239,7 +239,10 @@ func (c *Conn) readDone(err error) {
 		// coder/websocket has sent 1009; the close handshake is finished
 		// when the handler returns (see upgrade.finish).
 		c.record(ErrClosedByServer, websocket.StatusMessageTooBig, "message too big")
-	case isConnLost(err):
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		// The peer vanished, reset the connection or closed it without a
+		// close frame.
 		c.record(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		// The handler's own context ended the read; coder/websocket
@@ -252,13 +255,6 @@ func (c *Conn) readDone(err error) {
 		// peer's close frame, so the close code reaches the peer.
 		_ = c.closeBounded(ErrClosedByServer, websocket.StatusProtocolError, "protocol error")
 	}
-}
-
-// isConnLost reports whether err means the peer is gone: it vanished,
-// reset the connection or closed it without a close frame.
-func isConnLost(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // record notes why the socket is ending; the first caller wins and gets

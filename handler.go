@@ -145,7 +145,7 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 	return u.accept(w, r, opts)
 }
 
-// socketOptions resolves the options of one socket.
+// socketOptions are the resolved options of one socket.
 type socketOptions struct {
 	ws                websocket.AcceptOptions
 	interval, timeout time.Duration
@@ -186,7 +186,7 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 		return nil, fmt.Errorf("chiws: accept: %T cannot %s: %w", u.w.ResponseWriter, what, http.ErrNotSupported)
 	}
 	if m.shuttingDown() {
-		m.logReject(zap.DebugLevel, r, "shutting down", ErrShuttingDown.Error())
+		m.logReject(r, "shutting down", ErrShuttingDown.Error())
 		w.Header().Set("Retry-After", "5")
 		httpError(w, http.StatusServiceUnavailable)
 		return nil, fmt.Errorf("chiws: accept: %w", ErrShuttingDown)
@@ -208,7 +208,7 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	}
 	wc, err := websocket.Accept(w, wr, &so.ws)
 	if err != nil {
-		m.logReject(zap.DebugLevel, r, "accept failed", err.Error())
+		m.logReject(r, "accept failed", err.Error())
 		return nil, fmt.Errorf("chiws: accept: %w", err)
 	}
 	c.Conn = wc
@@ -297,8 +297,13 @@ func (u *upgrade) finish(r *http.Request) {
 		// known, so that Conn.Context and the log agree.
 		c.holdEnd()
 		err := c.closeBounded(nil, websocket.StatusInternalError, "handler returned")
+		// coder/websocket sends 1002 itself when the peer breaks the
+		// protocol, 1009 for a message over the read limit, and 1008 for
+		// a data message after CloseRead.
 		code := websocket.CloseStatus(err)
-		if early = !sentOnFault(code); early {
+		early = code != websocket.StatusProtocolError && code != websocket.StatusMessageTooBig &&
+			code != websocket.StatusPolicyViolation
+		if early {
 			c.record(ErrHandlerReturned, websocket.StatusInternalError, "handler returned")
 		} else {
 			c.record(ErrClosedByServer, code, "")
@@ -321,15 +326,4 @@ func (u *upgrade) finish(r *http.Request) {
 	if p == http.ErrAbortHandler {
 		panic(p)
 	}
-}
-
-// sentOnFault reports whether coder/websocket sends code itself when the
-// peer breaks the protocol (1002), sends a message over the read limit
-// (1009), or a data message after CloseRead (1008).
-func sentOnFault(code websocket.StatusCode) bool {
-	switch code {
-	case websocket.StatusProtocolError, websocket.StatusMessageTooBig, websocket.StatusPolicyViolation:
-		return true
-	}
-	return false
 }

@@ -15,16 +15,16 @@ import (
 // extended CONNECT (RFC 8441). It is the only check ordinary requests pay
 // for.
 func isUpgradeAttempt(r *http.Request) bool {
-	if up, ok := r.Header["Upgrade"]; ok && hasToken(up, "websocket") {
-		return true
-	}
-	return r.Method == http.MethodConnect && isExtendedConnect(r)
+	return hasToken(r.Header["Upgrade"], "websocket") || isExtendedConnect(r)
 }
 
 // isExtendedConnect reports whether r is an RFC 8441 extended CONNECT for
 // a WebSocket. net/http's HTTP/2 server passes the :protocol pseudo-header
 // in r.Header (only with GODEBUG=http2xconnect=1, see docs/http2.md).
 func isExtendedConnect(r *http.Request) bool {
+	if r.Method != http.MethodConnect {
+		return false
+	}
 	p := r.Header[":protocol"]
 	return len(p) == 1 && strings.EqualFold(p[0], "websocket") && r.ProtoMajor >= 2
 }
@@ -39,7 +39,7 @@ func isExtendedConnect(r *http.Request) bool {
 func checkHandshake(r *http.Request) (status int, reason string) {
 	keys := r.Header["Sec-Websocket-Key"]
 	version13 := isVersion13(r.Header["Sec-Websocket-Version"])
-	if r.Method == http.MethodConnect && isExtendedConnect(r) {
+	if isExtendedConnect(r) {
 		if !version13 {
 			return http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13"
 		}
@@ -88,13 +88,7 @@ func validKey(k string) bool {
 // contains token, compared case-insensitively (RFC 9110 section 5.6.1).
 func hasToken(values []string, token string) bool {
 	for _, v := range values {
-		for v != "" {
-			var t string
-			if i := strings.IndexByte(v, ','); i >= 0 {
-				t, v = v[:i], v[i+1:]
-			} else {
-				t, v = v, ""
-			}
+		for t := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.Trim(t, " \t"), token) {
 				return true
 			}

@@ -1,6 +1,7 @@
 package chiws
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"sync"
@@ -35,7 +36,7 @@ import (
 // keep-alive, as a peer that never answers would.
 type heartbeat struct {
 	c                 *Conn
-	interval, timeout time.Duration // timeout <= 0: pings without a deadline
+	interval, timeout time.Duration // timeout 0 (never negative): pings without a deadline
 
 	// pending is when a ping that failed before its deadline started,
 	// and outAtPing the bytes written then; zero when no ping is
@@ -112,10 +113,7 @@ func (h *heartbeat) beat() time.Duration {
 	}
 
 	h.outAtPing = nc.bytesOut.Load()
-	wait := h.timeout
-	if wait <= 0 {
-		wait = h.interval // pings without a deadline: wait at most until the next
-	}
+	wait := cmp.Or(h.timeout, h.interval) // pings without a deadline: wait at most until the next
 	h.c.m.stats.pingsSent.Add(1)
 	h.c.holdEnd()
 	defer h.c.releaseEnd()
@@ -151,11 +149,13 @@ func (h *heartbeat) judge(now time.Duration) time.Duration {
 		// message, but the peer is alive.
 		h.pending = 0
 		return h.interval
-	case nc.writing() && nc.bytesOut.Load() != h.outAtPing:
+	case nc.writes.Load() > 0 && nc.bytesOut.Load() != h.outAtPing:
 		// The ping waits behind a large message that a slow reader is
 		// still receiving: alive. That write's own context bounds it.
 		h.pending = 0
-		h.logDeferred()
+		if ce := h.c.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive: ping deferred behind a slow write"); ce != nil {
+			ce.Write(zap.String(keyRoute, routeOf(h.c.req)), zap.String(keyRemoteAddr, clip(h.c.req.RemoteAddr)))
+		}
 		return h.interval
 	}
 	if left := h.pending + h.timeout - now; left > 0 && !nc.isClosed() {
@@ -165,12 +165,6 @@ func (h *heartbeat) judge(now time.Duration) time.Duration {
 	}
 	h.expire()
 	return 0
-}
-
-func (h *heartbeat) logDeferred() {
-	if ce := h.c.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive: ping deferred behind a slow write"); ce != nil {
-		ce.Write(zap.String(keyRoute, routeOf(h.c.req)), zap.String(keyRemoteAddr, clip(h.c.req.RemoteAddr)))
-	}
 }
 
 // expire aborts a socket whose peer sent nothing for KeepAliveTimeout after

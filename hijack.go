@@ -157,25 +157,20 @@ func (c *netConn) Read(p []byte) (int, error) {
 // shows the progress of a large message to a slow reader (see heartbeat).
 const writeChunk = 64 << 10
 
-// Write writes p in chunks of at most writeChunk, counting each.
-func (c *netConn) Write(p []byte) (int, error) {
+func (c *netConn) Write(p []byte) (total int, err error) {
 	c.writes.Add(1)
 	defer c.writes.Add(-1)
-	total := 0
-	for len(p) > 0 {
-		chunk := p[:min(len(p), writeChunk)]
-		n, err := c.Conn.Write(chunk)
+	for len(p) > 0 && err == nil {
+		var n int
+		n, err = c.Conn.Write(p[:min(len(p), writeChunk)])
 		total += n
 		p = p[n:]
 		if n > 0 {
 			c.bytesOut.Add(int64(n))
 			c.lastWrite.Store(int64(monotime()))
 		}
-		if err != nil {
-			return total, err
-		}
 	}
-	return total, nil
+	return total, err
 }
 
 // Close closes the connection; the first call also runs onClose.
@@ -199,9 +194,6 @@ func (c *netConn) abort() error {
 // isClosed reports whether Close was called. Nil (before the hijack)
 // counts as open.
 func (c *netConn) isClosed() bool { return c != nil && c.closed.Load() }
-
-// writing reports whether a Write is in progress.
-func (c *netConn) writing() bool { return c.writes.Load() > 0 }
 
 // epoch and monotime give the monotonic clock as a Duration, which fits an
 // atomic.Int64.

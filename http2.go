@@ -60,13 +60,11 @@ type h2Stream struct {
 }
 
 func newH2Stream(w http.ResponseWriter, r *http.Request) *h2Stream {
-	s := &h2Stream{body: r.Body, w: w, rc: http.NewResponseController(w), remote: h2Addr(r.RemoteAddr)}
-	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		s.local = a
-	} else {
-		s.local = h2Addr("")
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		local = h2Addr("")
 	}
-	return s
+	return &h2Stream{body: r.Body, w: w, rc: http.NewResponseController(w), local: local, remote: h2Addr(r.RemoteAddr)}
 }
 
 // respond writes the 200 that replaces coder/websocket's 101, without the
@@ -108,10 +106,9 @@ func (s *h2Stream) Write(p []byte) (int, error) {
 // stopped reading), which resets the stream; otherwise the stream ends
 // when the handler returns.
 func (s *h2Stream) Close() error {
-	if s.closed.Swap(true) {
-		return nil
+	if !s.closed.Swap(true) {
+		s.deadline(false)
 	}
-	s.deadline(false)
 	return nil
 }
 
@@ -138,7 +135,6 @@ func (s *h2Stream) deadline(reset bool) {
 	_ = s.rc.SetWriteDeadline(pastDeadline)
 }
 
-// pastDeadline is a deadline that has passed.
 var pastDeadline = time.Unix(1, 0)
 
 // end is called by the middleware before the handler returns: from then

@@ -7,7 +7,6 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // Log field keys: short lowerCamel names, the same in every message, so
@@ -59,8 +58,7 @@ func clip(s string) string {
 // requestFields describes a request: route (chi's pattern when routed),
 // path, host, origin, remote address and chi's request ID when present.
 func requestFields(r *http.Request) []zap.Field {
-	f := make([]zap.Field, 0, 14)
-	f = append(f,
+	f := append(make([]zap.Field, 0, 14),
 		zap.String(keyRoute, routeOf(r)),
 		zap.String(keyPath, clip(r.URL.Path)),
 		zap.String(keyHost, clip(r.Host)),
@@ -84,9 +82,9 @@ func routeOf(r *http.Request) string {
 	return clip(r.URL.Path)
 }
 
-// logReject logs a refused upgrade at level, if enabled.
-func (m *Middleware) logReject(level zapcore.Level, r *http.Request, msg, reason string) {
-	if ce := m.cfg.log.Check(level, "websocket "+msg); ce != nil {
+// logReject logs a refused upgrade at Debug: a client can cause it at will.
+func (m *Middleware) logReject(r *http.Request, msg, reason string) {
+	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket "+msg); ce != nil {
 		ce.Write(append(requestFields(r), zap.String(keyReason, clip(reason)))...)
 	}
 }

@@ -176,13 +176,7 @@ func newConfig(o Options) (config, error) {
 // orDisabled resolves a keep-alive duration: zero inherits, a negative
 // value disables (0).
 func orDisabled(d, inherited time.Duration) time.Duration {
-	switch {
-	case d == 0:
-		return inherited
-	case d < 0:
-		return 0
-	}
-	return d
+	return max(cmp.Or(d, inherited), 0)
 }
 
 // isToken reports whether s is an HTTP token (RFC 9110 section 5.6.2).
@@ -246,7 +240,7 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	if status, reason := checkHandshake(r); status != 0 {
 		m.stats.rejectedHandshake.Add(1)
-		m.logReject(zap.DebugLevel, r, "invalid handshake", reason)
+		m.logReject(r, "invalid handshake", reason)
 		if status == http.StatusUpgradeRequired {
 			w.Header().Set("Sec-WebSocket-Version", "13")
 		}
@@ -258,7 +252,7 @@ func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	}
 	if why := m.cfg.origins.refusal(r); why != "" {
 		m.stats.rejectedOrigin.Add(1)
-		m.logReject(zap.DebugLevel, r, "origin rejected", why)
+		m.logReject(r, "origin rejected", why)
 		httpError(w, http.StatusForbidden)
 		return false
 	}
@@ -270,10 +264,10 @@ func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	m.mu.Unlock()
 	switch {
 	case closing:
-		m.logReject(zap.DebugLevel, r, "shutting down", ErrShuttingDown.Error())
+		m.logReject(r, "shutting down", ErrShuttingDown.Error())
 	case full:
 		m.stats.rejectedLimit.Add(1)
-		m.logReject(zap.DebugLevel, r, "connection limit reached", "MaxConnections="+strconv.Itoa(m.cfg.maxConns))
+		m.logReject(r, "connection limit reached", "MaxConnections="+strconv.Itoa(m.cfg.maxConns))
 	default:
 		return true
 	}

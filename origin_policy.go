@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -89,12 +90,7 @@ func (p *originPolicy) refusal(r *http.Request) string {
 	case len(p.patterns) == 0:
 		return refusedUnless(sameOrigin(o, r.Host), "cross-origin (same-origin only)")
 	}
-	for _, pt := range p.patterns {
-		if pt.match(o) {
-			return ""
-		}
-	}
-	return "not in AllowedOrigins"
+	return refusedUnless(slices.ContainsFunc(p.patterns, func(pt origin) bool { return pt.match(o) }), "not in AllowedOrigins")
 }
 
 func refusedUnless(allowed bool, reason string) string {
@@ -186,7 +182,7 @@ func parseHost(scheme, hostport string, pattern bool) (origin, error) {
 		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 || len(port) > 5 {
 			return o, fmt.Errorf("invalid port %q", port)
 		}
-		if port = strings.TrimLeft(port, "0"); port == defaultPort(scheme) {
+		if port = strings.TrimLeft(port, "0"); port == defaultPorts[scheme] {
 			port = ""
 		}
 	}
@@ -194,15 +190,7 @@ func parseHost(scheme, hostport string, pattern bool) (origin, error) {
 	return o, nil
 }
 
-func defaultPort(scheme string) string {
-	switch scheme {
-	case "http", "ws":
-		return "80"
-	case "https", "wss":
-		return "443"
-	}
-	return ""
-}
+var defaultPorts = map[string]string{"http": "80", "ws": "80", "https": "443", "wss": "443"}
 
 // validScheme accepts a letter followed by letters, digits, "+", "-" and
 // "." (RFC 3986 section 3.1).
@@ -222,16 +210,12 @@ func validHostname(h string) bool {
 	if len(h) > 253 {
 		return false
 	}
-	for {
-		label, rest, more := strings.Cut(h, ".")
-		if label == "" || len(label) > 63 || strings.IndexFunc(label, notHostnameRune) >= 0 {
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 || strings.ContainsFunc(label, notHostnameRune) {
 			return false
 		}
-		if !more {
-			return true
-		}
-		h = rest
 	}
+	return true
 }
 
 func notHostnameRune(c rune) bool {

@@ -2,6 +2,8 @@ package chiws
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 
 	"github.com/coder/websocket"
@@ -61,10 +63,7 @@ func (m *Middleware) unregister(c *Conn) bool {
 func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.mu.Lock()
 	m.closing = true
-	socks := make([]*Conn, 0, len(m.sockets))
-	for c := range m.sockets {
-		socks = append(socks, c)
-	}
+	socks := slices.Collect(maps.Keys(m.sockets))
 	var drained chan struct{}
 	if m.inflight > 0 {
 		if m.drained == nil {
@@ -82,23 +81,17 @@ func (m *Middleware) Shutdown(ctx context.Context) error {
 	// handler is stuck in.
 	var closers sync.WaitGroup
 	for _, c := range socks {
-		closers.Add(1)
-		go func() {
-			defer closers.Done()
-			_ = c.closeBounded(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
-		}()
+		closers.Go(func() { _ = c.closeBounded(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down") })
 	}
 	aborted := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() { // waited for below
 		defer close(aborted)
 		var wg sync.WaitGroup
 		for _, c := range socks {
-			wg.Add(1)
-			go func() { // owned by this function, which waits
-				defer wg.Done()
+			wg.Go(func() { // owned by this function, which waits
 				c.record(ErrShuttingDown, websocket.StatusAbnormalClosure, "")
 				c.abort()
-			}()
+			})
 		}
 		wg.Wait()
 	})
