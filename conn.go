@@ -277,8 +277,21 @@ func (c *Conn) endedBy(causes ...error) bool {
 	return slices.Contains(causes, c.cause.by)
 }
 
-// closeTimeout bounds the close handshakes the middleware performs itself,
-// on the handler's goroutine: after its close frame, the server reads and
+// closeWith records why and performs the close handshake, bounded by
+// coder/websocket (and by Shutdown's deadline, which aborts), unless the
+// connection is closed already. Shutdown uses it rather than
+// closeBounded, whose bound would also run while the close frame waits
+// behind a large message to a slow reader.
+func (c *Conn) closeWith(by error, code websocket.StatusCode, reason string) error {
+	if c.nc.isClosed() {
+		return nil
+	}
+	c.record(by, code, reason)
+	return c.Conn.Close(code, reason)
+}
+
+// closeTimeout bounds the close handshakes the middleware performs when a
+// handler ends its socket by fault or by returning: after its close frame, the server reads and
 // discards what the peer still sends until the peer's close frame, so that
 // the close code reaches a peer that was still sending (closing at once
 // would make the kernel answer it with a reset), but no longer than this.

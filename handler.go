@@ -67,7 +67,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u := &upgrade{m: m}
 	u.w.ResponseWriter = w
 	r = r.WithContext(context.WithValue(r.Context(), upgradeKey, u))
-	if r.Method == http.MethodConnect { // RFC 8441
+	if isExtendedConnect(r) { // RFC 8441
 		u.w.h2 = newH2Stream(w, r)
 		defer u.w.h2.end() // after finish: the stream is done with w
 		// Routes registered for GET receive it, as HTTP/1.1 upgrades.

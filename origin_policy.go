@@ -167,9 +167,11 @@ func parseHost(scheme, hostport string, pattern bool) (origin, error) {
 	}
 	switch {
 	case bracketed:
-		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
+		a, err := netip.ParseAddr(host)
+		if err != nil || !a.Is6() || a.Zone() != "" {
 			return o, fmt.Errorf("invalid IPv6 literal %q", host)
 		}
+		host = a.String() // one spelling per address: "::1", not "0:0::1"
 	case strings.Contains(name, "*"):
 		return o, errors.New(`a wildcard must be a whole leading label ("https://*.example.com") or the whole port ("http://localhost:*")`)
 	case !validHostname(name):

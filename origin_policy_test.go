@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -48,6 +49,7 @@ var originTests = []struct {
 	{"subdomain is cross origin", nil, "server.com", []string{"https://a.server.com"}, false},
 	{"suffix trick", nil, "server.com", []string{"https://server.com.evil.com"}, false},
 	{"ipv6 same origin", nil, "[::1]:5000", []string{"http://[::1]:5000"}, true},
+	{"ipv6 other spelling", nil, "[0:0::1]:5000", []string{"http://[::1]:5000"}, true},
 	{"ipv6 zone", nil, "[fe80::1%25eth0]", []string{"http://[fe80::1%25eth0]"}, false},
 	{"ipv6 not an address", nil, "s", []string{"http://[::g]"}, false},
 	{"host with empty port", nil, "server.com:", []string{"https://server.com"}, true},
@@ -71,6 +73,7 @@ var originTests = []struct {
 	{"listed default port", []string{"https://client.com:443"}, "server.com", []string{"https://client.com"}, true},
 	{"list replaces same-origin", []string{"https://client.com"}, "server.com", []string{"https://server.com"}, false},
 	{"listed localhost", []string{"http://localhost:5000"}, "server.com", []string{"http://localhost:5000"}, true},
+	{"listed ipv6, other spelling", []string{"http://[0:0:0:0:0:0:0:1]:*"}, "server.com", []string{"http://[::1]:8080"}, true},
 	{"not listed", []string{"https://client.com"}, "server.com", []string{"https://evil.com"}, false},
 	{"no origin with list", []string{"https://client.com"}, "server.com", nil, true},
 
@@ -178,11 +181,22 @@ func FuzzOriginPolicy(f *testing.F) {
 			u, err := url.Parse(origin)
 			h, herr := url.Parse("http://" + host)
 			if err != nil || herr != nil || (u.Scheme != "http" && u.Scheme != "https") ||
-				!strings.EqualFold(u.Hostname(), h.Hostname()) {
+				!sameHostname(u.Hostname(), h.Hostname()) {
 				t.Fatalf("same-origin policy allowed %q for host %q", origin, host)
 			}
 		}
 	})
+}
+
+// sameHostname compares host names case-insensitively, and IP addresses
+// by value ("::1" is "0:0::1").
+func sameHostname(a, b string) bool {
+	ia, erra := netip.ParseAddr(a)
+	ib, errb := netip.ParseAddr(b)
+	if erra == nil && errb == nil {
+		return ia == ib
+	}
+	return strings.EqualFold(a, b)
 }
 
 // TestCrossSiteWebSocketHijacking reproduces the attack: a page on a

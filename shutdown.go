@@ -40,9 +40,8 @@ func (m *Middleware) unregister(c *Conn) bool {
 	return ok
 }
 
-// Shutdown closes every open socket with 1001 Going Away (a peer that does
-// not answer within a second is aborted), refuses new ones with 503, and
-// waits until every WebSocket handler has returned and every
+// Shutdown closes every open socket with 1001 Going Away, refuses new ones
+// with 503, and waits until every WebSocket handler has returned and every
 // keep-alive goroutine has ended. When ctx ends first, the sockets are
 // aborted (closed without a handshake; an HTTP/2 stream is reset), all at
 // once, and Shutdown returns ctx.Err() as soon as they are closed; a
@@ -75,13 +74,12 @@ func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.cfg.log.Info("websocket shutdown: closing sockets", zap.Int(keySockets, len(socks)))
 
 	// One goroutine per socket, owned by Shutdown, which waits for all of
-	// them below: each performs the close handshake, aborting a peer that
-	// has not answered within closeTimeout. When ctx ends, every socket is
-	// aborted, which also ends the handshakes under way and a write its
-	// handler is stuck in.
+	// them below: each performs the close handshake (coder/websocket
+	// bounds it). When ctx ends, every socket is aborted, which also ends
+	// the handshakes under way and a write its handler is stuck in.
 	var closers sync.WaitGroup
 	for _, c := range socks {
-		closers.Go(func() { _ = c.closeBounded(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down") })
+		closers.Go(func() { _ = c.closeWith(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down") })
 	}
 	aborted := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() { // waited for below

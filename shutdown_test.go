@@ -101,29 +101,6 @@ func TestShutdownDeadline(t *testing.T) {
 	waitFor(t, "socket aborted", func() bool { return ws.Stats().Active == 0 })
 }
 
-// TestShutdownAbortsSilentPeer: a peer that never answers the 1001 is
-// aborted after a second, well within Shutdown's context, and Shutdown
-// then returns nil (coder/websocket alone would wait five seconds for the
-// close frame).
-func TestShutdownAbortsSilentPeer(t *testing.T) {
-	ws, srv, logs := relServer(t, chiws.Options{}, nil, func(r chi.Router) { r.Get("/ws", echo) })
-	c, err := wstest.Handshake(hostOf(srv), "/ws", "") // never reads, never answers
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	waitActive(t, ws, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
-	if err := ws.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown = %v, want nil: the silent peer is aborted within a second", err)
-	}
-	closed := logs.FilterMessage("websocket closed").All()
-	if len(closed) != 1 || closed[0].ContextMap()["closedBy"] != "shutdown" {
-		t.Fatalf("close logs %v, want one closed by shutdown", closed)
-	}
-}
-
 // TestShutdownUnderLoad opens 1,000 sockets that echo continuously, calls
 // Shutdown mid-traffic, and checks every client gets 1001, every handler
 // returns, Shutdown beats its deadline, and no goroutine or file descriptor

@@ -18,8 +18,9 @@ import (
 // A port picked by listening on ":0" and closing is taken from the
 // kernel's ephemeral range, where any outgoing connection or other ":0"
 // listener may take it again before the server binds it. Where Linux says
-// what that range is, FreePort picks below it, so that only another
-// explicit bind can race for the port.
+// what that range is and leaves room below it (from port 10000), FreePort
+// picks there, so that only another explicit bind can race for the port;
+// otherwise it falls back to a port from ":0".
 func FreePort(offsets ...int) (int, error) {
 	low, ok := ephemeralLow()
 	top := low - 1
