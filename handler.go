@@ -9,7 +9,6 @@ import (
 
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // This file is an upgrade request's path through the route: the request is
@@ -195,6 +194,7 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	c := &u.conn
 	c.init(m, r)
 	u.w.conn, u.w.nc = c, &u.nc
+	u.w.direct = w == http.ResponseWriter(&u.w)
 
 	// The 101 response is written with the connection's write deadline,
 	// which http.Server.WriteTimeout set when the request arrived.
@@ -234,22 +234,16 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	u.accepted.Store(c)
 	c.startHeartbeat(so.interval, so.timeout)
 	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket accepted"); ce != nil {
-		logAccepted(ce, r, wc.Subprotocol(), w.Header().Get("Sec-WebSocket-Extensions") != "", so)
+		ce.Write(append(requestFields(r),
+			zap.String(keyProto, r.Proto),
+			zap.String(keySubprotocol, wc.Subprotocol()),
+			zap.Bool(keyCompression, w.Header().Get("Sec-WebSocket-Extensions") != ""),
+			zap.Duration(keyKeepAlive, so.interval),
+			zap.Duration(keyKeepAliveTimeout, so.timeout),
+			zap.Int64(keyReadLimit, so.readLimit),
+		)...)
 	}
 	return c, nil
-}
-
-// logAccepted and logMisconfigured keep their zap fields out of accept's
-// stack frame, which is on the stack when the upgrade is deepest.
-func logAccepted(ce *zapcore.CheckedEntry, r *http.Request, subprotocol string, compression bool, so *socketOptions) {
-	ce.Write(append(requestFields(r),
-		zap.String(keyProto, r.Proto),
-		zap.String(keySubprotocol, subprotocol),
-		zap.Bool(keyCompression, compression),
-		zap.Duration(keyKeepAlive, so.interval),
-		zap.Duration(keyKeepAliveTimeout, so.timeout),
-		zap.Int64(keyReadLimit, so.readLimit),
-	)...)
 }
 
 func (m *Middleware) logMisconfigured(r *http.Request, msg string, w http.ResponseWriter) {

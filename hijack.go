@@ -24,6 +24,10 @@ type upgradeWriter struct {
 	nc       *netConn  // set up by Hijack
 	hijacked bool
 	answered bool // WriteHeader or Write was called
+
+	// direct is set by Accept when it was given this writer itself, and
+	// switching by WriteHeader(101) when Hijack is to write the 101.
+	direct, switching bool
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.
@@ -32,18 +36,44 @@ func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 func (w *upgradeWriter) WriteHeader(status int) {
 	w.answered = true
 	switch {
-	case w.hijacked:
+	case w.hijacked || w.switching:
 	case w.h2 != nil && status == http.StatusSwitchingProtocols:
 		w.h2.respond() // RFC 8441: 200, not 101
-	case status == http.StatusSwitchingProtocols:
-		// No Date on a 101 (RFC 9110 6.6.1 makes it optional on 1xx):
-		// net/http formats it while it hijacks, the deepest point of a
-		// socket's life, and the stack that grows for it stays grown.
-		// A nil value suppresses it, as http.ResponseWriter documents.
-		w.ResponseWriter.Header()["Date"] = nil
-		w.ResponseWriter.WriteHeader(status)
+	case status == http.StatusSwitchingProtocols && w.direct && !isWrapper(w.ResponseWriter):
+		// Hijack writes it, as gorilla/websocket does: net/http's path for
+		// a 101 is the deepest point of a socket's life, and under chi and
+		// the middleware it doubles the handler goroutine's stack, which
+		// the runtime keeps while the socket waits in Read
+		// (TestIdleSocketStack). A wrapper below (an access log) sees
+		// WriteHeader(101) as usual.
+		w.switching = true
 	default:
-		w.ResponseWriter.WriteHeader(status)
+		w.writeHeader(status)
+	}
+}
+
+// writeHeader passes status on. A 101 gets no Date (RFC 9110 6.6.1 makes
+// it optional on 1xx, and net/http formats it at the upgrade's deepest
+// point); a nil value suppresses it, as http.ResponseWriter documents.
+func (w *upgradeWriter) writeHeader(status int) {
+	if status == http.StatusSwitchingProtocols {
+		w.ResponseWriter.Header()["Date"] = nil
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+// isWrapper reports whether w wraps another ResponseWriter.
+func isWrapper(w http.ResponseWriter) bool {
+	_, ok := w.(interface{ Unwrap() http.ResponseWriter })
+	return ok
+}
+
+// unswitch hands a held-back 101 to net/http, for a handler that writes or
+// flushes after WriteHeader(101) instead of hijacking.
+func (w *upgradeWriter) unswitch() {
+	if w.switching {
+		w.switching = false
+		w.writeHeader(http.StatusSwitchingProtocols)
 	}
 }
 
@@ -52,12 +82,14 @@ func (w *upgradeWriter) Write(p []byte) (int, error) {
 		return 0, http.ErrHijacked
 	}
 	w.answered = true
+	w.unswitch()
 	return w.ResponseWriter.Write(p)
 }
 
 // Flush implements http.Flusher for handlers that stream before upgrading.
 func (w *upgradeWriter) Flush() {
 	if !w.hijacked {
+		w.unswitch()
 		_ = http.NewResponseController(w.ResponseWriter).Flush()
 	}
 }
@@ -78,13 +110,21 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	c, brw, err := hj.Hijack()
 	if err != nil {
+		w.unswitch() // the caller's error status follows a 101, as without the hold
 		return nil, nil, err
 	}
 	w.hijacked = true
 	w.nc.init(c, w.conn.connClosed)
+	if w.switching {
+		// The headers net/http would send on a 101: none about a body
+		// (RFC 9110 forbids Content-Length on a 1xx), and no Date.
+		_, _ = brw.Writer.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+		_ = w.ResponseWriter.Header().WriteSubset(brw.Writer, noBodyHeaders)
+		_, _ = brw.Writer.WriteString("\r\n")
+	}
 	// net/http's buffered writer targets the raw connection; point it at
 	// ours so that every byte written is counted, after flushing what it
-	// holds (the 101 when net/http wrote it).
+	// holds (the 101).
 	if err := brw.Writer.Flush(); err != nil {
 		_ = w.nc.Close()
 		return nil, nil, err
@@ -92,6 +132,9 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	brw.Writer.Reset(w.nc)
 	return w.nc, brw, nil
 }
+
+// noBodyHeaders are left out of a 101 written by Hijack.
+var noBodyHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true, "Date": true}
 
 // upgradable reports whether a writer below w can hijack the connection
 // (HTTP/1.1) or flush the stream (HTTP/2), and names what it needs.
