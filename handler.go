@@ -194,7 +194,7 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	c := &u.conn
 	c.init(m, r)
 	u.w.conn, u.w.nc = c, &u.nc
-	u.w.direct = w == http.ResponseWriter(&u.w)
+	u.w.direct = w == &u.w
 
 	// The 101 response is written with the connection's write deadline,
 	// which http.Server.WriteTimeout set when the request arrived.

@@ -26,8 +26,8 @@ type upgradeWriter struct {
 	answered bool // WriteHeader or Write was called
 
 	// direct is set by Accept when it was given this writer itself, and
-	// switching by WriteHeader(101) when Hijack is to write the 101.
-	direct, switching bool
+	// held101 by WriteHeader(101) when Hijack is to write the 101.
+	direct, held101 bool
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.
@@ -36,7 +36,7 @@ func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 func (w *upgradeWriter) WriteHeader(status int) {
 	w.answered = true
 	switch {
-	case w.hijacked || w.switching:
+	case w.hijacked || w.held101:
 	case w.h2 != nil && status == http.StatusSwitchingProtocols:
 		w.h2.respond() // RFC 8441: 200, not 101
 	case status == http.StatusSwitchingProtocols && w.direct && !isWrapper(w.ResponseWriter):
@@ -46,7 +46,7 @@ func (w *upgradeWriter) WriteHeader(status int) {
 		// the runtime keeps while the socket waits in Read
 		// (TestIdleSocketStack). A wrapper below (an access log) sees
 		// WriteHeader(101) as usual.
-		w.switching = true
+		w.held101 = true
 	default:
 		w.writeHeader(status)
 	}
@@ -62,17 +62,19 @@ func (w *upgradeWriter) writeHeader(status int) {
 	w.ResponseWriter.WriteHeader(status)
 }
 
-// isWrapper reports whether w wraps another ResponseWriter.
+// isWrapper reports whether w wraps another ResponseWriter. A wrapper
+// without Unwrap passes for the server's writer: it does not see the 101,
+// but sees the hijack (loggers that record 101 on Hijack keep working).
 func isWrapper(w http.ResponseWriter) bool {
 	_, ok := w.(interface{ Unwrap() http.ResponseWriter })
 	return ok
 }
 
-// unswitch hands a held-back 101 to net/http, for a handler that writes or
+// release101 hands a held-back 101 to net/http, for a handler that writes or
 // flushes after WriteHeader(101) instead of hijacking.
-func (w *upgradeWriter) unswitch() {
-	if w.switching {
-		w.switching = false
+func (w *upgradeWriter) release101() {
+	if w.held101 {
+		w.held101 = false
 		w.writeHeader(http.StatusSwitchingProtocols)
 	}
 }
@@ -82,14 +84,14 @@ func (w *upgradeWriter) Write(p []byte) (int, error) {
 		return 0, http.ErrHijacked
 	}
 	w.answered = true
-	w.unswitch()
+	w.release101()
 	return w.ResponseWriter.Write(p)
 }
 
 // Flush implements http.Flusher for handlers that stream before upgrading.
 func (w *upgradeWriter) Flush() {
 	if !w.hijacked {
-		w.unswitch()
+		w.release101()
 		_ = http.NewResponseController(w.ResponseWriter).Flush()
 	}
 }
@@ -110,12 +112,12 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	c, brw, err := hj.Hijack()
 	if err != nil {
-		w.unswitch() // the caller's error status follows a 101, as without the hold
+		w.release101() // the caller's error status follows a 101, as without the hold
 		return nil, nil, err
 	}
 	w.hijacked = true
 	w.nc.init(c, w.conn.connClosed)
-	if w.switching {
+	if w.held101 {
 		// The headers net/http would send on a 101: none about a body
 		// (RFC 9110 forbids Content-Length on a 1xx), and no Date.
 		_, _ = brw.Writer.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
@@ -133,7 +135,8 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.nc, brw, nil
 }
 
-// noBodyHeaders are left out of a 101 written by Hijack.
+// noBodyHeaders are left out of a 101 written by Hijack: what net/http
+// leaves out of a 1xx response, and the Date it would add.
 var noBodyHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true, "Date": true}
 
 // upgradable reports whether a writer below w can hijack the connection

@@ -1,6 +1,9 @@
 package chiws
 
 import (
+	"bufio"
+	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -11,36 +14,46 @@ import (
 // hijacking; under a wrapper below the middleware it is never held back,
 // so that the wrapper (an access log) sees it.
 func TestHeldBack101(t *testing.T) {
+	server := func(rec *httptest.ResponseRecorder) http.ResponseWriter { return rec }
 	tests := []struct {
 		name     string
-		wrapped  bool
+		below    func(rec *httptest.ResponseRecorder) http.ResponseWriter
 		then     func(w *upgradeWriter)
 		wantHeld bool
 	}{
-		{"write", false, func(w *upgradeWriter) { _, _ = w.Write([]byte("x")) }, true},
-		{"flush", false, func(w *upgradeWriter) { w.Flush() }, true},
-		{"wrapper below", true, func(w *upgradeWriter) {}, false},
+		{"write", server, func(w *upgradeWriter) { _, _ = w.Write([]byte("x")) }, true},
+		{"flush", server, func(w *upgradeWriter) { w.Flush() }, true},
+		{"wrapper below", func(rec *httptest.ResponseRecorder) http.ResponseWriter { return &unwrapper{rec} },
+			func(w *upgradeWriter) {}, false},
+		{"hijack fails", func(rec *httptest.ResponseRecorder) http.ResponseWriter { return &failingHijacker{rec} }, func(w *upgradeWriter) {
+			if _, _, err := w.Hijack(); err == nil {
+				t.Fatal("Hijack succeeded on a writer that cannot hijack")
+			}
+		}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := httptest.NewRecorder()
-			var below http.ResponseWriter = rec
-			if tt.wrapped {
-				below = &unwrapper{rec}
-			}
-			w := &upgradeWriter{ResponseWriter: below, direct: true}
+			w := &upgradeWriter{ResponseWriter: tt.below(rec), direct: true, conn: &Conn{}}
 			w.WriteHeader(http.StatusSwitchingProtocols)
-			if w.switching != tt.wantHeld {
-				t.Fatalf("held back = %v, want %v", w.switching, tt.wantHeld)
+			if w.held101 != tt.wantHeld {
+				t.Fatalf("held back = %v, want %v", w.held101, tt.wantHeld)
 			}
 			tt.then(w)
-			if rec.Code != http.StatusSwitchingProtocols || w.switching {
-				t.Fatalf("server writer got %d (held back %v), want 101", rec.Code, w.switching)
+			if rec.Code != http.StatusSwitchingProtocols || w.held101 {
+				t.Fatalf("server writer got %d (held back %v), want 101", rec.Code, w.held101)
 			}
 		})
 	}
 }
 
 type unwrapper struct{ http.ResponseWriter }
+
+// failingHijacker is a server's writer whose Hijack fails.
+type failingHijacker struct{ http.ResponseWriter }
+
+func (f *failingHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, errors.New("cannot hijack")
+}
 
 func (u *unwrapper) Unwrap() http.ResponseWriter { return u.ResponseWriter }
