@@ -113,3 +113,105 @@ func TestHubOnRedisCluster(t *testing.T) {
 		})
 	})
 }
+
+// TestResubscribeAfterSlotMoves: when the slot of a sharded channel moves
+// to another master, Redis unsubscribes the channel's subscribers (a
+// server-side SUNSUBSCRIBE); the broker reports itself down, subscribes
+// again on the new owner, reports itself up, and delivers again.
+func TestResubscribeAfterSlotMoves(t *testing.T) {
+	addrs := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, MaxRetries: -1})
+	defer cc.Close()
+	b, err := redisbroker.New(cc, redisbroker.Options{HealthInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	states := make(chan bool, 16)
+	defer b.NotifyState(func(up bool) { states <- up })()
+	got := make(chan string, 64)
+	sub, err := b.Subscribe(ctx, "room", func(p []byte) { got <- string(p) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	// Move the channel's slot from its owner to another master, as
+	// redis-cli --cluster reshard does for a slot without keys.
+	ch := redisbroker.DefaultChannelPrefix + "room"
+	slot, err := cc.ClusterKeySlot(ctx, ch).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, err := cc.MasterForKey(ctx, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]string{}
+	var nodes []*redis.Client
+	for _, a := range addrs {
+		n := redis.NewClient(&redis.Options{Addr: a})
+		defer n.Close()
+		id, err := n.Do(ctx, "CLUSTER", "MYID").Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[a] = id
+		nodes = append(nodes, n)
+	}
+	from := ids[owner.Options().Addr]
+	var to string
+	var target *redis.Client
+	for i, a := range addrs {
+		if ids[a] != from {
+			to, target = ids[a], nodes[i]
+			break
+		}
+	}
+	if err := target.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", from).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", to).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range append([]*redis.Client{target, owner}, nodes...) {
+		if err := n.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", to).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	select {
+	case up := <-states:
+		if up {
+			t.Fatal("broker reported up, want down while it resubscribes")
+		}
+	case <-ctx.Done():
+		t.Fatal("the broker never noticed that its channel moved")
+	}
+	select {
+	case up := <-states:
+		if !up {
+			t.Fatal("broker reported down twice")
+		}
+	case <-ctx.Done():
+		t.Fatal("the broker never subscribed again")
+	}
+	// Publishes go to the new owner (go-redis follows MOVED): the
+	// subscription must be there.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		if err := b.Publish(ctx, "room", []byte(strconv.Itoa(i))); err != nil && ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-got:
+			return
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatal("no message delivered after the slot moved")
+		}
+	}
+}

@@ -13,11 +13,16 @@
 // within two HealthIntervals, fails Publish at once meanwhile, and reports
 // both edges (broadcast.StateNotifier).
 //
+// When a sharded channel's slot moves to another master, Redis drops its
+// subscribers (a server-side SUNSUBSCRIBE): the broker reports itself down,
+// subscribes again on a new connection to the new owner, and reports
+// itself up once Redis confirms; messages published meanwhile are lost,
+// as in any outage.
+//
 // Known limits: a connection that stops answering without an error (a
 // black-holed route) is reported down but redialled only when TCP gives
-// up; a sharded subscription that Redis drops while resharding (a
-// server-side SUNSUBSCRIBE) is not restored; sharded pub/sub opens one
-// connection per topic. See docs/broadcast.md.
+// up; sharded pub/sub opens one connection per topic. See
+// docs/broadcast.md.
 package redisbroker
 
 import (
@@ -91,6 +96,8 @@ type Broker struct {
 
 // psConn is one pub/sub connection and its receive goroutine.
 type psConn struct {
+	// ps is replaced, under Broker.mu, only by the receive goroutine when
+	// a sharded channel moved (see resubscribe).
 	ps *redis.PubSub
 	// cmd serialises the SUBSCRIBE and UNSUBSCRIBE commands sent on ps
 	// with the decision to send them, so that a channel left and joined
@@ -187,7 +194,10 @@ func (b *Broker) closeConn(pc *psConn) {
 		return
 	}
 	cancel()
-	_ = pc.ps.Close()
+	b.mu.Lock()
+	ps := pc.ps // after cancel, resubscribe replaces it no more
+	b.mu.Unlock()
+	_ = ps.Close()
 	<-pc.done
 	b.setFailing(pc, false)
 }
@@ -205,6 +215,12 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 		msg, err := pc.ps.ReceiveTimeout(ctx, b.health)
 		if ctx.Err() != nil {
 			return
+		}
+		if b.moved(pc, msg, err) {
+			if !b.resubscribe(ctx, pc) {
+				return
+			}
+			continue
 		}
 		if err != nil {
 			var ne net.Error
@@ -258,6 +274,73 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 			}
 			b.mu.RUnlock()
 		}
+	}
+}
+
+// moved reports whether a sharded connection lost its channel to a
+// resharding: Redis unsubscribed it (a server-side SUNSUBSCRIBE: the
+// broker never sends one, it closes the connection instead), or refused
+// the SSUBSCRIBE with MOVED (the slot moved before go-redis knew).
+func (b *Broker) moved(pc *psConn, msg any, err error) bool {
+	if !b.sharded {
+		return false
+	}
+	if _, ok := redis.IsMovedError(err); ok {
+		return true
+	}
+	s, ok := msg.(*redis.Subscription)
+	return ok && s.Kind == "sunsubscribe"
+}
+
+// resubscribe replaces pc's pub/sub connection with one to the shard that
+// now owns its channel, which go-redis picks from its cluster state
+// (reloaded first), while the broker reports itself down; the
+// confirmation that follows reports it up. It returns false once ctx is
+// cancelled: pc is being closed.
+func (b *Broker) resubscribe(ctx context.Context, pc *psConn) bool {
+	b.mu.RLock()
+	var ch string
+	for c := range pc.channels { // one channel per sharded connection
+		ch = c
+	}
+	again := pc.failing
+	b.mu.RUnlock()
+	if ch == "" { // its channel was left: Unsubscribe is closing pc
+		<-ctx.Done()
+		return false
+	}
+	if !again {
+		b.log.Info("redis sharded channel moved to another shard; subscribing again", zap.String("channel", ch))
+	}
+	b.setFailing(pc, true)
+	const minBackoff, maxBackoff = 50 * time.Millisecond, time.Second
+	for backoff := minBackoff; ; backoff = min(2*backoff, maxBackoff) {
+		if cc, ok := b.client.(*redis.ClusterClient); ok {
+			cc.ReloadState(ctx)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		ps := b.client.SSubscribe(context.Background())
+		if err := ps.SSubscribe(ctx, ch); err != nil {
+			_ = ps.Close()
+			continue
+		}
+		b.mu.Lock()
+		if ctx.Err() != nil {
+			b.mu.Unlock()
+			_ = ps.Close()
+			return false
+		}
+		old := pc.ps
+		pc.ps = ps
+		b.mu.Unlock()
+		_ = old.Close()
+		return true
 	}
 }
 
