@@ -2,6 +2,7 @@ package redisbroker_test
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -117,101 +118,190 @@ func TestHubOnRedisCluster(t *testing.T) {
 // TestResubscribeAfterSlotMoves: when the slot of a sharded channel moves
 // to another master, Redis unsubscribes the channel's subscribers (a
 // server-side SUNSUBSCRIBE); the broker reports itself down, subscribes
-// again on the new owner, reports itself up, and delivers again.
+// again on the new owner, reports itself up only once subscribed there,
+// and delivers again.
 func TestResubscribeAfterSlotMoves(t *testing.T) {
+	sc := startShardedRoom(t)
+	from, to := sc.owner(t), ""
+	for _, id := range sc.ids {
+		if id != from {
+			to = id
+			break
+		}
+	}
+	// As redis-cli --cluster reshard does for a slot without keys.
+	sc.do(t, sc.byID[to], "CLUSTER", "SETSLOT", sc.slot, "IMPORTING", from)
+	sc.do(t, sc.byID[from], "CLUSTER", "SETSLOT", sc.slot, "MIGRATING", to)
+	for _, n := range []*redis.Client{sc.byID[to], sc.byID[from]} {
+		sc.do(t, n, "CLUSTER", "SETSLOT", sc.slot, "NODE", to)
+	}
+	for _, n := range sc.byID {
+		sc.do(t, n, "CLUSTER", "SETSLOT", sc.slot, "NODE", to)
+	}
+	sc.awaitState(t, false)
+	sc.awaitState(t, true)
+	sc.assertSubscribed(t, sc.byID[to])
+	sc.assertDelivers(t)
+}
+
+// TestResubscribeWhenSlotUnserved: while nobody serves the channel's slot,
+// the broker stays down (its SSUBSCRIBE is refused with CLUSTERDOWN; a
+// pong must not pass for a subscription), and once a master serves the
+// slot again it subscribes there and reports itself up.
+func TestResubscribeWhenSlotUnserved(t *testing.T) {
+	sc := startShardedRoom(t)
+	owner := sc.owner(t)
+	refused := sc.clusterDownReplies(t)
+	for _, n := range sc.byID {
+		sc.do(t, n, "CLUSTER", "DELSLOTS", sc.slot)
+	}
+	sc.awaitState(t, false)
+	// Serve the slot again only once Redis has refused the broker's
+	// SSUBSCRIBE at least once.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for sc.clusterDownReplies(t) == refused {
+		select {
+		case <-tick.C:
+		case <-sc.ctx.Done():
+			t.Fatal("the broker never tried to subscribe again")
+		}
+	}
+	sc.do(t, sc.byID[owner], "CLUSTER", "ADDSLOTS", sc.slot)
+	sc.awaitState(t, true)
+	sc.assertSubscribed(t, sc.byID[owner])
+	sc.assertDelivers(t)
+}
+
+// shardedRoom is a broker on a three-master cluster with one subscription
+// to the topic "room".
+type shardedRoom struct {
+	ctx    context.Context
+	cc     *redis.ClusterClient
+	b      *redisbroker.Broker
+	ch     string
+	slot   int64
+	ids    []string
+	byID   map[string]*redis.Client
+	states chan bool
+	got    chan string
+}
+
+func startShardedRoom(t *testing.T) *shardedRoom {
 	addrs := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
-	defer cancel()
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, MaxRetries: -1})
-	defer cc.Close()
-	b, err := redisbroker.New(cc, redisbroker.Options{HealthInterval: time.Second})
+	t.Cleanup(cancel)
+	sc := &shardedRoom{ctx: ctx, ch: redisbroker.DefaultChannelPrefix + "room", byID: map[string]*redis.Client{},
+		states: make(chan bool, 64), got: make(chan string, 64)}
+	sc.cc = redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, MaxRetries: -1})
+	t.Cleanup(func() { _ = sc.cc.Close() })
+	b, err := redisbroker.New(sc.cc, redisbroker.Options{HealthInterval: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	states := make(chan bool, 16)
-	defer b.NotifyState(func(up bool) { states <- up })()
-	got := make(chan string, 64)
-	sub, err := b.Subscribe(ctx, "room", func(p []byte) { got <- string(p) })
+	sc.b = b
+	t.Cleanup(func() { _ = b.Close() })
+	t.Cleanup(b.NotifyState(func(up bool) { sc.states <- up }))
+	sub, err := b.Subscribe(ctx, "room", func(p []byte) { sc.got <- string(p) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Unsubscribe()
-
-	// Move the channel's slot from its owner to another master, as
-	// redis-cli --cluster reshard does for a slot without keys.
-	ch := redisbroker.DefaultChannelPrefix + "room"
-	slot, err := cc.ClusterKeySlot(ctx, ch).Result()
-	if err != nil {
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if sc.slot, err = sc.cc.ClusterKeySlot(ctx, sc.ch).Result(); err != nil {
 		t.Fatal(err)
 	}
-	owner, err := cc.MasterForKey(ctx, ch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids := map[string]string{}
-	var nodes []*redis.Client
 	for _, a := range addrs {
 		n := redis.NewClient(&redis.Options{Addr: a})
-		defer n.Close()
+		t.Cleanup(func() { _ = n.Close() })
 		id, err := n.Do(ctx, "CLUSTER", "MYID").Text()
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids[a] = id
-		nodes = append(nodes, n)
+		sc.ids = append(sc.ids, id)
+		sc.byID[id] = n
 	}
-	from := ids[owner.Options().Addr]
-	var to string
-	var target *redis.Client
-	for i, a := range addrs {
-		if ids[a] != from {
-			to, target = ids[a], nodes[i]
-			break
-		}
-	}
-	if err := target.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", from).Err(); err != nil {
+	return sc
+}
+
+// owner returns the ID of the master that serves the room's slot.
+func (sc *shardedRoom) owner(t *testing.T) string {
+	t.Helper()
+	n, err := sc.cc.MasterForKey(sc.ctx, sc.ch)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := owner.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", to).Err(); err != nil {
+	id, err := n.Do(sc.ctx, "CLUSTER", "MYID").Text()
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range append([]*redis.Client{target, owner}, nodes...) {
-		if err := n.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", to).Err(); err != nil {
+	return id
+}
+
+func (sc *shardedRoom) do(t *testing.T, n *redis.Client, args ...any) {
+	t.Helper()
+	if err := n.Do(sc.ctx, args...).Err(); err != nil {
+		t.Fatalf("%v: %v", args, err)
+	}
+}
+
+// clusterDownReplies counts the CLUSTERDOWN errors the nodes replied.
+func (sc *shardedRoom) clusterDownReplies(t *testing.T) int {
+	t.Helper()
+	total := 0
+	for _, n := range sc.byID {
+		info, err := n.Info(sc.ctx, "errorstats").Result()
+		if err != nil {
 			t.Fatal(err)
 		}
+		for _, l := range strings.Split(info, "\n") {
+			var c int
+			if _, err := fmt.Sscanf(strings.TrimSpace(l), "errorstat_CLUSTERDOWN:count=%d", &c); err == nil {
+				total += c
+			}
+		}
 	}
+	return total
+}
 
+// awaitState waits for the broker's next state report and wants up.
+func (sc *shardedRoom) awaitState(t *testing.T, up bool) {
+	t.Helper()
 	select {
-	case up := <-states:
-		if up {
-			t.Fatal("broker reported up, want down while it resubscribes")
+	case got := <-sc.states:
+		if got != up {
+			t.Fatalf("broker reported up=%v, want %v", got, up)
 		}
-	case <-ctx.Done():
-		t.Fatal("the broker never noticed that its channel moved")
+	case <-sc.ctx.Done():
+		t.Fatalf("the broker never reported up=%v", up)
 	}
-	select {
-	case up := <-states:
-		if !up {
-			t.Fatal("broker reported down twice")
-		}
-	case <-ctx.Done():
-		t.Fatal("the broker never subscribed again")
+}
+
+// assertSubscribed checks that the node has the room's subscription: the
+// broker reported up, so it must.
+func (sc *shardedRoom) assertSubscribed(t *testing.T, n *redis.Client) {
+	t.Helper()
+	counts, err := n.PubSubShardNumSub(sc.ctx, sc.ch).Result()
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Publishes go to the new owner (go-redis follows MOVED): the
-	// subscription must be there.
+	if counts[sc.ch] != 1 {
+		t.Fatalf("reported up, but the shard has %d subscribers to %s", counts[sc.ch], sc.ch)
+	}
+}
+
+// assertDelivers publishes until the room's subscription hears.
+func (sc *shardedRoom) assertDelivers(t *testing.T) {
+	t.Helper()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for i := 0; ; i++ {
-		if err := b.Publish(ctx, "room", []byte(strconv.Itoa(i))); err != nil && ctx.Err() != nil {
-			t.Fatal(err)
-		}
+		_ = sc.b.Publish(sc.ctx, "room", []byte(strconv.Itoa(i))) // may fail while the cluster settles
 		select {
-		case <-got:
+		case <-sc.got:
 			return
 		case <-tick.C:
-		case <-ctx.Done():
-			t.Fatal("no message delivered after the slot moved")
+		case <-sc.ctx.Done():
+			t.Fatal("no message delivered")
 		}
 	}
 }

@@ -13,11 +13,12 @@
 // within two HealthIntervals, fails Publish at once meanwhile, and reports
 // both edges (broadcast.StateNotifier).
 //
-// When a sharded channel's slot moves to another master, Redis drops its
-// subscribers (a server-side SUNSUBSCRIBE): the broker reports itself down,
-// subscribes again on a new connection to the new owner, and reports
-// itself up once Redis confirms; messages published meanwhile are lost,
-// as in any outage.
+// When a sharded channel's slot moves to another master, or nobody serves
+// it, Redis drops its subscribers (a server-side SUNSUBSCRIBE): the broker
+// reports itself down, subscribes again on a new connection to the slot's
+// owner until Redis confirms, and only then reports itself up. Meanwhile,
+// as in any outage, Publish fails for every topic and messages to the
+// moved topic are lost.
 //
 // Known limits: a connection that stops answering without an error (a
 // black-holed route) is reported down but redialled only when TCP gives
@@ -30,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"sync"
@@ -105,8 +107,13 @@ type psConn struct {
 	cmd      sync.Mutex
 	channels map[string]*channel
 	failing  bool
-	cancel   context.CancelFunc // nil until start
-	done     chan struct{}      // closed when the receive goroutine ends
+	// resubscribing is set while a sharded channel is being subscribed
+	// again (see resubscribe), and wait is the delay before the next
+	// attempt; only the receive goroutine uses them.
+	resubscribing bool
+	wait          time.Duration
+	cancel        context.CancelFunc // nil until start
+	done          chan struct{}      // closed when the receive goroutine ends
 }
 
 type channel struct {
@@ -255,7 +262,12 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 		}
 		pinged = false
 		backoff = minBackoff
-		b.setFailing(pc, false)
+		if s, ok := msg.(*redis.Subscription); !pc.resubscribing || ok && s.Kind == "ssubscribe" {
+			// After a resubscription, only Redis's confirmation (not a
+			// pong) says the channel is subscribed again.
+			pc.resubscribing, pc.wait = false, 0
+			b.setFailing(pc, false)
+		}
 		b.mu.Lock()
 		if s, ok := msg.(*redis.Subscription); ok && (s.Kind == "subscribe" || s.Kind == "ssubscribe") {
 			if c := pc.channels[s.Channel]; c != nil && !c.ok {
@@ -277,15 +289,18 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 	}
 }
 
-// moved reports whether a sharded connection lost its channel to a
-// resharding: Redis unsubscribed it (a server-side SUNSUBSCRIBE: the
-// broker never sends one, it closes the connection instead), or refused
-// the SSUBSCRIBE with MOVED (the slot moved before go-redis knew).
+// moved reports whether a sharded connection lost its channel: Redis
+// unsubscribed it (a server-side SUNSUBSCRIBE when its slot moved or went
+// unserved: the broker never sends one, it closes the connection
+// instead), or refused the SSUBSCRIBE (MOVED when the slot moved before
+// go-redis knew, CLUSTERDOWN when nobody serves it; only SSUBSCRIBE gets
+// an error reply on this connection).
 func (b *Broker) moved(pc *psConn, msg any, err error) bool {
 	if !b.sharded {
 		return false
 	}
-	if _, ok := redis.IsMovedError(err); ok {
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
 		return true
 	}
 	s, ok := msg.(*redis.Subscription)
@@ -294,9 +309,10 @@ func (b *Broker) moved(pc *psConn, msg any, err error) bool {
 
 // resubscribe replaces pc's pub/sub connection with one to the shard that
 // now owns its channel, which go-redis picks from its cluster state
-// (reloaded first), while the broker reports itself down; the
-// confirmation that follows reports it up. It returns false once ctx is
-// cancelled: pc is being closed.
+// (reloaded first), while the broker reports itself down; Redis's
+// confirmation reports it up (receive). The delay between attempts grows
+// until a confirmation, since a refusal comes back through receive. It
+// returns false once ctx is cancelled: pc is being closed.
 func (b *Broker) resubscribe(ctx context.Context, pc *psConn) bool {
 	b.mu.RLock()
 	var ch string
@@ -310,15 +326,17 @@ func (b *Broker) resubscribe(ctx context.Context, pc *psConn) bool {
 		return false
 	}
 	if !again {
-		b.log.Info("redis sharded channel moved to another shard; subscribing again", zap.String("channel", ch))
+		b.log.Info("redis sharded channel lost its shard; subscribing again", zap.String("channel", ch))
 	}
+	pc.resubscribing = true
 	b.setFailing(pc, true)
-	const minBackoff, maxBackoff = 50 * time.Millisecond, time.Second
-	for backoff := minBackoff; ; backoff = min(2*backoff, maxBackoff) {
+	const minWait, maxWait = 50 * time.Millisecond, time.Second
+	for {
 		if cc, ok := b.client.(*redis.ClusterClient); ok {
 			cc.ReloadState(ctx)
 		}
-		t := time.NewTimer(backoff)
+		pc.wait = min(max(2*pc.wait, minWait), maxWait)
+		t := time.NewTimer(pc.wait/2 + rand.N(pc.wait/2)) // jittered: many topics may move at once
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -327,6 +345,7 @@ func (b *Broker) resubscribe(ctx context.Context, pc *psConn) bool {
 		}
 		ps := b.client.SSubscribe(context.Background())
 		if err := ps.SSubscribe(ctx, ch); err != nil {
+			b.log.Debug("redis sharded subscribe failed; retrying", zap.String("channel", ch), zap.Error(err))
 			_ = ps.Close()
 			continue
 		}
