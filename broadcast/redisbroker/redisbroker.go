@@ -20,9 +20,11 @@
 // as in any outage, Publish fails for every topic and messages to the
 // moved topic are lost.
 //
-// Known limits: a connection that stops answering without an error (a
-// black-holed route) is reported down but redialled only when TCP gives
-// up; sharded pub/sub opens one connection per topic. See
+// A pub/sub connection that stops answering without an error (a
+// black-holed route) is reported down after an unanswered ping and
+// replaced by a new one, subscribed to the same channels, after a second.
+//
+// Known limit: sharded pub/sub opens one connection per topic. See
 // docs/broadcast.md.
 package redisbroker
 
@@ -62,7 +64,8 @@ type Options struct {
 
 	// HealthInterval is how long a pub/sub connection may stay silent
 	// before the broker pings it; a ping left unanswered for another
-	// interval reports the broker down. Zero means DefaultHealthInterval.
+	// interval reports the broker down and replaces the connection. Zero
+	// means DefaultHealthInterval.
 	HealthInterval time.Duration
 
 	// Logger receives connection changes. Nil means no logs.
@@ -98,8 +101,8 @@ type Broker struct {
 
 // psConn is one pub/sub connection and its receive goroutine.
 type psConn struct {
-	// ps is replaced, under Broker.mu, only by the receive goroutine when
-	// a sharded channel moved (see resubscribe).
+	// ps is replaced, under Broker.mu and cmd, only by the receive
+	// goroutine (see redial).
 	ps *redis.PubSub
 	// cmd serialises the SUBSCRIBE and UNSUBSCRIBE commands sent on ps
 	// with the decision to send them, so that a channel left and joined
@@ -107,9 +110,9 @@ type psConn struct {
 	cmd      sync.Mutex
 	channels map[string]*channel
 	failing  bool
-	// resubscribing is set while a sharded channel is being subscribed
-	// again (see resubscribe), and wait is the delay before the next
-	// attempt; only the receive goroutine uses them.
+	// resubscribing is set while pc's channels are being subscribed again
+	// on a new connection (see redial), and wait is the delay before the
+	// next attempt; only the receive goroutine uses them.
 	resubscribing bool
 	wait          time.Duration
 	cancel        context.CancelFunc // nil until start
@@ -202,7 +205,7 @@ func (b *Broker) closeConn(pc *psConn) {
 	}
 	cancel()
 	b.mu.Lock()
-	ps := pc.ps // after cancel, resubscribe replaces it no more
+	ps := pc.ps // after cancel, redial replaces it no more
 	b.mu.Unlock()
 	_ = ps.Close()
 	<-pc.done
@@ -224,7 +227,7 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 			return
 		}
 		if b.moved(pc, msg, err) {
-			if !b.resubscribe(ctx, pc) {
+			if !b.redial(ctx, pc, "sharded channel lost its shard") {
 				return
 			}
 			continue
@@ -232,8 +235,12 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				if pinged { // the last ping was not answered
-					b.fail(pc, errors.New("ping not answered"))
+				if pinged { // the last ping was not answered: a silent connection
+					if !b.redial(ctx, pc, "ping not answered") {
+						return
+					}
+					pinged = false
+					continue
 				}
 				pinged = true
 				if perr := pc.ps.Ping(ctx); perr == nil {
@@ -262,7 +269,7 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 		}
 		pinged = false
 		backoff = minBackoff
-		if s, ok := msg.(*redis.Subscription); !pc.resubscribing || ok && s.Kind == "ssubscribe" {
+		if s, ok := msg.(*redis.Subscription); !pc.resubscribing || ok && (s.Kind == "subscribe" || s.Kind == "ssubscribe") {
 			// After a resubscription, only Redis's confirmation (not a
 			// pong) says the channel is subscribed again.
 			pc.resubscribing, pc.wait = false, 0
@@ -307,28 +314,26 @@ func (b *Broker) moved(pc *psConn, msg any, err error) bool {
 	return ok && s.Kind == "sunsubscribe"
 }
 
-// resubscribe replaces pc's pub/sub connection with one to the shard that
-// now owns its channel, which go-redis picks from its cluster state
-// (reloaded first), while the broker reports itself down; Redis's
-// confirmation reports it up (receive). The delay between attempts grows
+// redial replaces pc's pub/sub connection with a new one subscribed to
+// pc's channels, while the broker reports itself down; Redis's
+// confirmation reports it up (receive). It serves a sharded channel that
+// lost its shard (go-redis picks the slot's owner from its cluster state,
+// reloaded first) and a connection that stopped answering (go-redis would
+// redial it only when TCP gives up). The delay between attempts grows
 // until a confirmation, since a refusal comes back through receive. It
 // returns false once ctx is cancelled: pc is being closed.
-func (b *Broker) resubscribe(ctx context.Context, pc *psConn) bool {
+func (b *Broker) redial(ctx context.Context, pc *psConn, why string) bool {
 	b.mu.RLock()
-	var ch string
-	for c := range pc.channels { // one channel per sharded connection
-		ch = c
-	}
-	again := pc.failing
+	n, again := len(pc.channels), pc.failing
 	b.mu.RUnlock()
-	if ch == "" { // its channel was left: Unsubscribe is closing pc
+	if b.sharded && n == 0 { // its channel was left: Unsubscribe is closing pc
 		<-ctx.Done()
 		return false
 	}
 	if !again {
-		b.log.Info("redis sharded channel lost its shard; subscribing again", zap.String("channel", ch))
+		b.log.Warn("redis pub/sub connection lost; subscribing again on a new one", zap.String("reason", why))
 	}
-	pc.resubscribing = true
+	pc.resubscribing = n > 0
 	b.setFailing(pc, true)
 	const minWait, maxWait = 50 * time.Millisecond, time.Second
 	for {
@@ -343,21 +348,41 @@ func (b *Broker) resubscribe(ctx context.Context, pc *psConn) bool {
 			return false
 		case <-t.C:
 		}
-		ps := b.client.SSubscribe(context.Background())
-		if err := ps.SSubscribe(ctx, ch); err != nil {
-			b.log.Debug("redis sharded subscribe failed; retrying", zap.String("channel", ch), zap.Error(err))
+		// Under pc.cmd, so that a channel joined or left meanwhile is
+		// (un)subscribed on the new connection after the swap.
+		pc.cmd.Lock()
+		b.mu.RLock()
+		chs := slices.Collect(maps.Keys(pc.channels))
+		b.mu.RUnlock()
+		var ps *redis.PubSub
+		var err error
+		if b.sharded {
+			ps = b.client.SSubscribe(context.Background())
+			err = ps.SSubscribe(ctx, chs...)
+		} else {
+			ps = b.client.Subscribe(context.Background())
+			if len(chs) > 0 {
+				err = ps.Subscribe(ctx, chs...)
+			}
+		}
+		if err != nil {
+			pc.cmd.Unlock()
+			b.log.Debug("redis subscribe on a new connection failed; retrying", zap.Error(err))
 			_ = ps.Close()
 			continue
 		}
 		b.mu.Lock()
-		if ctx.Err() != nil {
-			b.mu.Unlock()
+		cancelled := ctx.Err() != nil
+		old := pc.ps
+		if !cancelled {
+			pc.ps = ps
+		}
+		b.mu.Unlock()
+		pc.cmd.Unlock()
+		if cancelled {
 			_ = ps.Close()
 			return false
 		}
-		old := pc.ps
-		pc.ps = ps
-		b.mu.Unlock()
 		_ = old.Close()
 		return true
 	}

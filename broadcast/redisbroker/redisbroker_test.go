@@ -236,3 +236,63 @@ func TestLeaveAndJoinAtOnce(t *testing.T) {
 		_ = s2.Unsubscribe()
 	}
 }
+
+// TestSilentConnectionReplaced: a pub/sub connection that goes silent
+// without an error (a route that black-holes it; TCP would give up only
+// after many minutes) is reported down after an unanswered ping, replaced
+// by a new connection subscribed to the same channels, and reported up
+// once Redis confirms; messages flow again. Plain and sharded pub/sub.
+func TestSilentConnectionReplaced(t *testing.T) {
+	for _, sharded := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sharded=%v", sharded), func(t *testing.T) {
+			s := startRedis(t)
+			proxy, err := wstest.NewProxy(s.addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer proxy.Close()
+			c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1,
+				DialTimeout: time.Second, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+			defer c.Close()
+			b, err := redisbroker.New(c, redisbroker.Options{Sharded: sharded, HealthInterval: 200 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			states := make(chan bool, 16)
+			defer b.NotifyState(func(up bool) { states <- up })()
+			ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+			defer cancel()
+			got := make(chan string, 64)
+			sub, err := b.Subscribe(ctx, "room", func(p []byte) { got <- string(p) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+
+			proxy.StallExisting()
+			for _, want := range []bool{false, true} {
+				select {
+				case up := <-states:
+					if up != want {
+						t.Fatalf("broker reported up=%v, want %v", up, want)
+					}
+				case <-ctx.Done():
+					t.Fatalf("the broker never reported up=%v", want)
+				}
+			}
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for i := 0; ; i++ {
+				_ = b.Publish(ctx, "room", []byte(strconv.Itoa(i))) // the client's pooled connections are stalled too
+				select {
+				case <-got:
+					return
+				case <-tick.C:
+				case <-ctx.Done():
+					t.Fatal("no message delivered on the new connection")
+				}
+			}
+		})
+	}
+}

@@ -17,6 +17,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	conns   []net.Conn
 	stalled bool
+	frozen  map[net.Conn]bool // stalled by StallExisting
 	closed  bool
 }
 
@@ -43,10 +44,23 @@ func (p *Proxy) Stall() {
 	p.mu.Unlock()
 }
 
-func (p *Proxy) isStalled() bool {
+// StallExisting stalls the connections open now, as Stall does, and keeps
+// forwarding new ones: a route that black-holed the old connections.
+func (p *Proxy) StallExisting() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.stalled
+	if p.frozen == nil {
+		p.frozen = make(map[net.Conn]bool)
+	}
+	for _, c := range p.conns {
+		p.frozen[c] = true
+	}
+}
+
+func (p *Proxy) isStalled(src net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stalled || p.frozen[src]
 }
 
 // Close closes the listener and every connection, and waits for the
@@ -104,13 +118,13 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
-		if n > 0 && !p.isStalled() {
+		if n > 0 && !p.isStalled(src) {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
 		}
 		if err != nil {
-			if err == io.EOF && !p.isStalled() {
+			if err == io.EOF && !p.isStalled(src) {
 				// Forward a half-close as a full close: enough for tests.
 				dst.Close()
 			}

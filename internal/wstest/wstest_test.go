@@ -3,8 +3,10 @@ package wstest
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -105,5 +107,65 @@ func TestFreePort(t *testing.T) {
 			t.Fatalf("port %d not free: %v", p, err)
 		}
 		ln.Close()
+	}
+}
+
+// TestProxyStallExisting: the connections open at StallExisting stop
+// forwarding; a new one forwards.
+func TestProxyStallExisting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var echoes sync.WaitGroup
+	defer echoes.Wait()
+	defer ln.Close()
+	echoes.Add(1)
+	go func() { // echo server; ends when ln closes, after its connections
+		defer echoes.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			echoes.Add(1)
+			go func() { // ends when the proxy closes its end
+				defer echoes.Done()
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	p, err := NewProxy(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	echo := func(c net.Conn, msg string, wait time.Duration) bool {
+		c.Write([]byte(msg))
+		c.SetReadDeadline(time.Now().Add(wait))
+		buf := make([]byte, len(msg))
+		_, err := io.ReadFull(c, buf)
+		return err == nil && string(buf) == msg
+	}
+	old, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if !echo(old, "before", 5*time.Second) {
+		t.Fatal("no echo before the stall")
+	}
+	p.StallExisting()
+	if echo(old, "lost", 100*time.Millisecond) {
+		t.Fatal("a stalled connection forwarded")
+	}
+	fresh, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if !echo(fresh, "after", 5*time.Second) {
+		t.Fatal("a new connection does not forward")
 	}
 }
