@@ -201,7 +201,12 @@ func startShardedRoom(t *testing.T) *shardedRoom {
 	}
 	sc.b = b
 	t.Cleanup(func() { _ = b.Close() })
-	t.Cleanup(b.NotifyState(func(up bool) { sc.states <- up }))
+	t.Cleanup(b.NotifyState(func(up bool) {
+		select {
+		case sc.states <- up:
+		default: // never blocks the broker; 64 is far more than a test sees
+		}
+	}))
 	sub, err := b.Subscribe(ctx, "room", func(p []byte) { sc.got <- string(p) })
 	if err != nil {
 		t.Fatal(err)

@@ -21,8 +21,9 @@
 // moved topic are lost.
 //
 // A pub/sub connection that stops answering without an error (a
-// black-holed route) is reported down after an unanswered ping and
-// replaced by a new one, subscribed to the same channels, after a second.
+// black-holed route) is reported down when a ping goes unanswered for a
+// HealthInterval, and replaced by a new one subscribed to the same
+// channels if the server answers on another connection.
 //
 // Known limit: sharded pub/sub opens one connection per topic. See
 // docs/broadcast.md.
@@ -235,12 +236,18 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				if pinged { // the last ping was not answered: a silent connection
-					if !b.redial(ctx, pc, "ping not answered") {
-						return
+				if pinged { // the last ping was not answered
+					b.fail(pc, errors.New("ping not answered"))
+					// A server that answers on another connection is
+					// fine: this connection's route is dead. A stalled
+					// server (a long script) keeps the subscription.
+					if b.serverAnswers(ctx) {
+						if !b.redial(ctx, pc, "ping not answered") {
+							return
+						}
+						pinged = false
+						continue
 					}
-					pinged = false
-					continue
 				}
 				pinged = true
 				if perr := pc.ps.Ping(ctx); perr == nil {
@@ -333,7 +340,6 @@ func (b *Broker) redial(ctx context.Context, pc *psConn, why string) bool {
 	if !again {
 		b.log.Warn("redis pub/sub connection lost; subscribing again on a new one", zap.String("reason", why))
 	}
-	pc.resubscribing = n > 0
 	b.setFailing(pc, true)
 	const minWait, maxWait = 50 * time.Millisecond, time.Second
 	for {
@@ -348,9 +354,10 @@ func (b *Broker) redial(ctx context.Context, pc *psConn, why string) bool {
 			return false
 		case <-t.C:
 		}
-		// Under pc.cmd, so that a channel joined or left meanwhile is
-		// (un)subscribed on the new connection after the swap.
-		pc.cmd.Lock()
+		// Dial and subscribe outside pc.cmd, which Subscribe and
+		// Unsubscribe wait for; then, under it, catch up with the channels
+		// joined or left meanwhile (a sharded connection's one channel
+		// cannot change) and swap.
 		b.mu.RLock()
 		chs := slices.Collect(maps.Keys(pc.channels))
 		b.mu.RUnlock()
@@ -363,6 +370,20 @@ func (b *Broker) redial(ctx context.Context, pc *psConn, why string) bool {
 			ps = b.client.Subscribe(context.Background())
 			if len(chs) > 0 {
 				err = ps.Subscribe(ctx, chs...)
+			}
+		}
+		pc.cmd.Lock()
+		b.mu.RLock()
+		now := slices.Collect(maps.Keys(pc.channels))
+		b.mu.RUnlock()
+		if !b.sharded {
+			joined := slices.DeleteFunc(slices.Clone(now), func(c string) bool { return slices.Contains(chs, c) })
+			left := slices.DeleteFunc(chs, func(c string) bool { return slices.Contains(now, c) })
+			if err == nil && len(joined) > 0 {
+				err = ps.Subscribe(ctx, joined...)
+			}
+			if err == nil && len(left) > 0 {
+				err = ps.Unsubscribe(ctx, left...)
 			}
 		}
 		if err != nil {
@@ -384,8 +405,19 @@ func (b *Broker) redial(ctx context.Context, pc *psConn, why string) bool {
 			return false
 		}
 		_ = old.Close()
+		// Up again on Redis's confirmation of a channel, or on any answer
+		// when there is none to confirm.
+		pc.resubscribing = len(now) > 0
 		return true
 	}
+}
+
+// serverAnswers reports whether the server answers a PING on a connection
+// from the client's pool within a HealthInterval.
+func (b *Broker) serverAnswers(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, b.health)
+	defer cancel()
+	return b.client.Ping(ctx).Err() == nil
 }
 
 func (b *Broker) fail(pc *psConn, err error) {

@@ -259,8 +259,13 @@ func TestSilentConnectionReplaced(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer b.Close()
-			states := make(chan bool, 16)
-			defer b.NotifyState(func(up bool) { states <- up })()
+			states := make(chan bool, 64)
+			defer b.NotifyState(func(up bool) {
+				select {
+				case states <- up:
+				default: // never blocks the broker; 64 is far more than the test sees
+				}
+			})()
 			ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 			defer cancel()
 			got := make(chan string, 64)
@@ -294,5 +299,56 @@ func TestSilentConnectionReplaced(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSilentConnectionLastChannelLeft: when the last channel of a silent
+// connection is left while the broker replaces the connection, the new
+// one has nothing to confirm, and the broker reports up on its first
+// answer instead of waiting for a confirmation that never comes.
+func TestSilentConnectionLastChannelLeft(t *testing.T) {
+	s := startRedis(t)
+	proxy, err := wstest.NewProxy(s.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1,
+		DialTimeout: time.Second, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+	defer c.Close()
+	b, err := redisbroker.New(c, redisbroker.Options{HealthInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	states := make(chan bool, 64)
+	defer b.NotifyState(func(up bool) {
+		select {
+		case states <- up:
+		default:
+		}
+	})()
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	sub, err := b.Subscribe(ctx, "room", func([]byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy.StallExisting()
+	for _, want := range []bool{false, true} {
+		select {
+		case up := <-states:
+			if up != want {
+				t.Fatalf("broker reported up=%v, want %v", up, want)
+			}
+			if !up {
+				_ = sub.Unsubscribe() // the last channel, while the broker redials
+			}
+		case <-ctx.Done():
+			t.Fatalf("the broker never reported up=%v", want)
+		}
+	}
+	if err := b.Publish(ctx, "other", []byte("x")); err != nil {
+		t.Fatalf("Publish after the broker came back: %v", err)
 	}
 }
