@@ -245,27 +245,7 @@ func TestLeaveAndJoinAtOnce(t *testing.T) {
 func TestSilentConnectionReplaced(t *testing.T) {
 	for _, sharded := range []bool{false, true} {
 		t.Run(fmt.Sprintf("sharded=%v", sharded), func(t *testing.T) {
-			s := startRedis(t)
-			proxy, err := wstest.NewProxy(s.addr())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer proxy.Close()
-			c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1,
-				DialTimeout: time.Second, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
-			defer c.Close()
-			b, err := redisbroker.New(c, redisbroker.Options{Sharded: sharded, HealthInterval: 200 * time.Millisecond})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
-			states := make(chan bool, 64)
-			defer b.NotifyState(func(up bool) {
-				select {
-				case states <- up:
-				default: // never blocks the broker; 64 is far more than the test sees
-				}
-			})()
+			proxy, b, states := behindProxy(t, sharded)
 			ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 			defer cancel()
 			got := make(chan string, 64)
@@ -307,27 +287,7 @@ func TestSilentConnectionReplaced(t *testing.T) {
 // one has nothing to confirm, and the broker reports up on its first
 // answer instead of waiting for a confirmation that never comes.
 func TestSilentConnectionLastChannelLeft(t *testing.T) {
-	s := startRedis(t)
-	proxy, err := wstest.NewProxy(s.addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1,
-		DialTimeout: time.Second, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
-	defer c.Close()
-	b, err := redisbroker.New(c, redisbroker.Options{HealthInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	states := make(chan bool, 64)
-	defer b.NotifyState(func(up bool) {
-		select {
-		case states <- up:
-		default:
-		}
-	})()
+	proxy, b, states := behindProxy(t, false)
 	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 	defer cancel()
 	sub, err := b.Subscribe(ctx, "room", func([]byte) {})
@@ -351,4 +311,33 @@ func TestSilentConnectionLastChannelLeft(t *testing.T) {
 	if err := b.Publish(ctx, "other", []byte("x")); err != nil {
 		t.Fatalf("Publish after the broker came back: %v", err)
 	}
+}
+
+// behindProxy returns a broker whose client reaches a new redis-server
+// through a proxy, with short timeouts, and the channel its state reports
+// go to.
+func behindProxy(t *testing.T, sharded bool) (*wstest.Proxy, *redisbroker.Broker, chan bool) {
+	t.Helper()
+	s := startRedis(t)
+	proxy, err := wstest.NewProxy(s.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1,
+		DialTimeout: time.Second, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+	t.Cleanup(func() { _ = c.Close() })
+	b, err := redisbroker.New(c, redisbroker.Options{Sharded: sharded, HealthInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	states := make(chan bool, 64)
+	t.Cleanup(b.NotifyState(func(up bool) {
+		select {
+		case states <- up:
+		default: // never blocks the broker; 64 is far more than a test sees
+		}
+	}))
+	return proxy, b, states
 }
