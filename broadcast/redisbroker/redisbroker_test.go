@@ -256,16 +256,7 @@ func TestSilentConnectionReplaced(t *testing.T) {
 			defer sub.Unsubscribe()
 
 			proxy.StallExisting()
-			for _, want := range []bool{false, true} {
-				select {
-				case up := <-states:
-					if up != want {
-						t.Fatalf("broker reported up=%v, want %v", up, want)
-					}
-				case <-ctx.Done():
-					t.Fatalf("the broker never reported up=%v", want)
-				}
-			}
+			awaitDownThenUp(ctx, t, states, nil)
 			tick := time.NewTicker(50 * time.Millisecond)
 			defer tick.Stop()
 			for i := 0; ; i++ {
@@ -295,19 +286,7 @@ func TestSilentConnectionLastChannelLeft(t *testing.T) {
 		t.Fatal(err)
 	}
 	proxy.StallExisting()
-	for _, want := range []bool{false, true} {
-		select {
-		case up := <-states:
-			if up != want {
-				t.Fatalf("broker reported up=%v, want %v", up, want)
-			}
-			if !up {
-				_ = sub.Unsubscribe() // the last channel, while the broker redials
-			}
-		case <-ctx.Done():
-			t.Fatalf("the broker never reported up=%v", want)
-		}
-	}
+	awaitDownThenUp(ctx, t, states, func() { _ = sub.Unsubscribe() }) // the last channel, while the broker redials
 	if err := b.Publish(ctx, "other", []byte("x")); err != nil {
 		t.Fatalf("Publish after the broker came back: %v", err)
 	}
@@ -340,4 +319,23 @@ func behindProxy(t *testing.T, sharded bool) (*wstest.Proxy, *redisbroker.Broker
 		}
 	}))
 	return proxy, b, states
+}
+
+// awaitDownThenUp waits for the broker to report down, runs onDown, if
+// any, and waits for it to report up.
+func awaitDownThenUp(ctx context.Context, t *testing.T, states chan bool, onDown func()) {
+	t.Helper()
+	for _, want := range []bool{false, true} {
+		select {
+		case up := <-states:
+			if up != want {
+				t.Fatalf("broker reported up=%v, want %v", up, want)
+			}
+			if !up && onDown != nil {
+				onDown()
+			}
+		case <-ctx.Done():
+			t.Fatalf("the broker never reported up=%v", want)
+		}
+	}
 }
