@@ -52,16 +52,7 @@ func echoErr(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	ctx := c.Context()
-	for {
-		typ, p, err := c.Read(ctx)
-		if err != nil {
-			return err
-		}
-		if err := c.Write(ctx, typ, p); err != nil {
-			return err
-		}
-	}
+	return wstest.EchoLoop(c)
 }
 
 // reader returns a handler that accepts through wrap(w) (wrap may be

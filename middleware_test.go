@@ -176,15 +176,7 @@ func TestChiMiddlewareStack(t *testing.T) {
 		default:
 			ctxOK <- nil
 		}
-		for {
-			typ, p, err := c.Read(ctx)
-			if err != nil {
-				return
-			}
-			if err := c.Write(ctx, typ, p); err != nil {
-				return
-			}
-		}
+		_ = wstest.EchoLoop(c)
 	})
 	srv := httptest.NewServer(r)
 	defer srv.Close()

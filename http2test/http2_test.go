@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 )
@@ -32,16 +33,7 @@ func TestEcho(t *testing.T) {
 				}
 				ctxs <- c.Context()
 				c.SetReadLimit(2 << 20)
-				ctx := c.Context()
-				for {
-					typ, p, err := c.Read(ctx)
-					if err != nil {
-						return
-					}
-					if err := c.Write(ctx, typ, p); err != nil {
-						return
-					}
-				}
+				_ = wstest.EchoLoop(c)
 			})
 		})
 		var server *http.Response // the server's own answer to the extended CONNECT

@@ -13,14 +13,20 @@ func Echo(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	_ = EchoLoop(c)
+}
+
+// EchoLoop sends every message read from c back, with its type, and
+// returns the read or write error that ended the socket.
+func EchoLoop(c *chiws.Conn) error {
 	ctx := c.Context()
 	for {
 		typ, p, err := c.Read(ctx)
 		if err != nil {
-			return
+			return err
 		}
 		if err := c.Write(ctx, typ, p); err != nil {
-			return
+			return err
 		}
 	}
 }
