@@ -23,7 +23,8 @@
 // A pub/sub connection that stops answering without an error (a
 // black-holed route) is reported down when a ping goes unanswered for a
 // HealthInterval, and replaced by a new one subscribed to the same
-// channels if the server answers on another connection.
+// channels if it stays silent for another interval after the server
+// answered on another connection; a stalled server keeps its subscribers.
 //
 // Known limit: sharded pub/sub opens one connection per topic. See
 // docs/broadcast.md.
@@ -221,7 +222,8 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 	defer close(pc.done)
 	const minBackoff, maxBackoff = 50 * time.Millisecond, time.Second
 	backoff := minBackoff
-	pinged := false
+	pinged := false   // a ping is unanswered
+	answered := false // meanwhile, the server answered on another connection
 	for {
 		msg, err := pc.ps.ReceiveTimeout(ctx, b.health)
 		if ctx.Err() != nil {
@@ -238,15 +240,20 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				if pinged { // the last ping was not answered
 					b.fail(pc, errors.New("ping not answered"))
-					// A server that answers on another connection is
-					// fine: this connection's route is dead. A stalled
-					// server (a long script) keeps the subscription.
-					if b.serverAnswers(ctx) {
+					// The connection is replaced only if it stays
+					// silent for an interval after the server answered
+					// on another one: its route is dead. A stalled
+					// server (a long script) answers nobody, and its
+					// pongs may still be on their way when it wakes.
+					switch {
+					case answered:
 						if !b.redial(ctx, pc, "ping not answered") {
 							return
 						}
-						pinged = false
+						pinged, answered = false, false
 						continue
+					case b.serverAnswers(ctx):
+						answered = true
 					}
 				}
 				pinged = true
@@ -274,7 +281,7 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 			}
 			continue
 		}
-		pinged = false
+		pinged, answered = false, false
 		backoff = minBackoff
 		if s, ok := msg.(*redis.Subscription); !pc.resubscribing || ok && (s.Kind == "subscribe" || s.Kind == "ssubscribe") {
 			// After a resubscription, only Redis's confirmation (not a

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -50,7 +51,7 @@ func (s *redisServer) start(t *testing.T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cmd := exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--protected-mode", "no")
+		"--save", "", "--appendonly", "no", "--protected-mode", "no", "--enable-debug-command", "local")
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
@@ -337,5 +338,57 @@ func awaitDownThenUp(ctx context.Context, t *testing.T, states chan bool, onDown
 		case <-ctx.Done():
 			t.Fatalf("the broker never reported up=%v", want)
 		}
+	}
+}
+
+// TestStalledServerKeepsSubscription: a server that answers nobody for a
+// while (DEBUG SLEEP stands for a long script) is not a dead route: the
+// broker reports itself down while its ping goes unanswered, but keeps its
+// pub/sub connection, and reports up when the server answers again.
+func TestStalledServerKeepsSubscription(t *testing.T) {
+	s := startRedis(t)
+	c := redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1})
+	defer c.Close()
+	b, err := redisbroker.New(c, redisbroker.Options{HealthInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	states := make(chan bool, 64)
+	defer b.NotifyState(func(up bool) {
+		select {
+		case states <- up:
+		default:
+		}
+	})()
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	sub, err := b.Subscribe(ctx, "room", func([]byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	admin := redis.NewClient(&redis.Options{Addr: s.addr(), ReadTimeout: 10 * time.Second})
+	defer admin.Close()
+	subscribers := func() string {
+		list, err := admin.Do(ctx, "CLIENT", "LIST", "TYPE", "pubsub").Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, l := range strings.Split(strings.TrimSpace(list), "\n") {
+			ids = append(ids, strings.Fields(l)[0]) // id=N
+		}
+		return strings.Join(ids, " ")
+	}
+	before := subscribers()
+	slept := make(chan error, 1)
+	go func() { slept <- admin.Do(ctx, "DEBUG", "SLEEP", "2").Err() }() // received below
+	awaitDownThenUp(ctx, t, states, nil)
+	if err := <-slept; err != nil {
+		t.Fatal(err)
+	}
+	if after := subscribers(); after != before {
+		t.Errorf("pub/sub clients %q after the stall, %q before: the subscription was replaced", after, before)
 	}
 }
