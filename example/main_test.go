@@ -132,18 +132,8 @@ func TestRunGracefulStop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var logs wstest.SyncBuffer
-	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() { // ends when ctx is cancelled
-		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-log-level", "debug", "-keepalive", "1s"}, &logs,
-			func(addr string) { ready <- addr })
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	}
+	addr := startRun(ctx, t, []string{"-addr", "127.0.0.1:0", "-log-level", "debug", "-keepalive", "1s"}, &logs, done)
 	observeGoingAway(t, addr, cancel)
 	if err := <-done; err != nil {
 		t.Fatalf("run = %v, want nil; logs:\n%s", err, logs.String())
@@ -163,18 +153,9 @@ func TestRunTLS(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var logs wstest.SyncBuffer
-	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() { // ends when ctx is cancelled
-		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-tls", "-subprotocols", "chat",
-			"-compression", "context-takeover"}, &logs, func(addr string) { ready <- addr })
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	}
+	addr := startRun(ctx, t, []string{"-addr", "127.0.0.1:0", "-tls", "-subprotocols", "chat",
+		"-compression", "context-takeover"}, &logs, done)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} // self-signed
 	defer tr.CloseIdleConnections()
 	dctx, dcancel := context.WithTimeout(context.Background(), testTimeout)
@@ -392,18 +373,8 @@ func twoInstances(t *testing.T, first []string, second func(firstLog string) []s
 		if i == 1 {
 			a, out = second(firstLog.String()), io.Discard
 		}
-		ready := make(chan string, 1)
-		started++
-		go func() { // ends when ctx is cancelled; received from the deferred wait
-			done <- run(ctx, a, out, func(addr string) { ready <- addr })
-		}()
-		select {
-		case addr := <-ready:
-			addrs = append(addrs, addr)
-		case err := <-done:
-			started--
-			t.Fatalf("run %q: %v", a, err)
-		}
+		addrs = append(addrs, startRun(ctx, t, a, out, done))
+		started++ // its result is received by the deferred wait
 	}
 
 	dctx, dcancel := context.WithTimeout(context.Background(), testTimeout)
@@ -449,5 +420,22 @@ func twoInstances(t *testing.T, first []string, second func(firstLog string) []s
 		case <-dctx.Done():
 			t.Fatal("the two instances never shared the room")
 		}
+	}
+}
+
+// startRun runs the command with args in a goroutine, which ends when ctx
+// is cancelled and sends run's result to done, and returns the address it
+// listens on. If run fails first, the test fails, with that result taken
+// from done.
+func startRun(ctx context.Context, t *testing.T, args []string, out io.Writer, done chan error) string {
+	t.Helper()
+	ready := make(chan string, 1)
+	go func() { done <- run(ctx, args, out, func(addr string) { ready <- addr }) }()
+	select {
+	case addr := <-ready:
+		return addr
+	case err := <-done:
+		t.Fatalf("run %q: %v", args, err)
+		return ""
 	}
 }
