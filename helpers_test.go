@@ -168,13 +168,7 @@ func dialStatus(t *testing.T, url string, opts *websocket.DialOptions) int {
 // replaces a channel the code under test exposes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wstest.WaitFor(t, testTimeout, what, cond)
 }
 
 // waitActive waits until the middleware reports n open sockets.

@@ -179,13 +179,7 @@ func (s *h2Server) dialHTTP1(t *testing.T, path string) *websocket.Conn {
 // waitFor polls cond, for state that has no channel (counters, logs).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wstest.WaitFor(t, testTimeout, what, cond)
 }
 
 // echo is the reference echo endpoint (wstest.Echo).

@@ -80,13 +80,7 @@ func observed() (*zap.Logger, *observer.ObservedLogs) {
 // waitFor polls cond, for state that has no channel (counters, logs).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wstest.WaitFor(t, testTimeout, what, cond)
 }
 
 func waitLog(t *testing.T, logs *observer.ObservedLogs, msg string) observer.LoggedEntry {

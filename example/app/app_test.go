@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	gorilla "github.com/gorilla/websocket"
 	"go.uber.org/goleak"
@@ -82,13 +83,7 @@ func read(t *testing.T, c *websocket.Conn) (websocket.MessageType, []byte) {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling, not synchronisation
-	}
+	wstest.WaitFor(t, testTimeout, what, cond)
 }
 
 func TestEcho(t *testing.T) {

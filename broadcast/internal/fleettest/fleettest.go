@@ -17,6 +17,7 @@ import (
 
 	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/broadcast"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 )
 
@@ -301,17 +302,7 @@ func (s *Server) WaitMembers(t *testing.T, topic string, n int) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	tick := time.NewTicker(5 * time.Millisecond) // polling, not synchronisation
-	defer tick.Stop()
-	deadline := time.NewTimer(Timeout)
-	defer deadline.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	wstest.WaitFor(t, Timeout, what, cond)
 }
 
 // Settle publishes probes to topic from pub until every client has
