@@ -111,7 +111,7 @@ type psConn struct {
 	// again at once cannot end unsubscribed on the server.
 	cmd      sync.Mutex
 	channels map[string]*channel
-	failing  bool
+	failing  bool // written under mu, by the receive goroutine while it runs
 	// resubscribing is set while pc's channels are being subscribed again
 	// on a new connection (see redial), and wait is the delay before the
 	// next attempt; only the receive goroutine uses them.
@@ -283,20 +283,23 @@ func (b *Broker) receive(ctx context.Context, pc *psConn) {
 		}
 		pinged, answered = false, false
 		backoff = minBackoff
-		if s, ok := msg.(*redis.Subscription); !pc.resubscribing || ok && (s.Kind == "subscribe" || s.Kind == "ssubscribe") {
-			// After a resubscription, only Redis's confirmation (not a
-			// pong) says the channel is subscribed again.
+		s, confirmed := msg.(*redis.Subscription)
+		confirmed = confirmed && (s.Kind == "subscribe" || s.Kind == "ssubscribe")
+		// pc.failing is written only by this goroutine while it runs, so
+		// it is read here without mu. After a resubscription, only Redis's
+		// confirmation (not a pong) says the channel is subscribed again.
+		if pc.failing && (!pc.resubscribing || confirmed) {
 			pc.resubscribing, pc.wait = false, 0
 			b.setFailing(pc, false)
 		}
-		b.mu.Lock()
-		if s, ok := msg.(*redis.Subscription); ok && (s.Kind == "subscribe" || s.Kind == "ssubscribe") {
+		if confirmed {
+			b.mu.Lock()
 			if c := pc.channels[s.Channel]; c != nil && !c.ok {
 				c.ok = true
 				close(c.confirmed)
 			}
+			b.mu.Unlock()
 		}
-		b.mu.Unlock()
 		if m, ok := msg.(*redis.Message); ok {
 			p := []byte(m.Payload)
 			b.mu.RLock()
