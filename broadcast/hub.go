@@ -335,13 +335,15 @@ func (h *Hub) deliver(t *topic) func([]byte) {
 			return
 		}
 		msg := message{typ: typ, data: p}
+		var n uint64
 		h.mu.RLock()
-		defer h.mu.RUnlock()
 		for m := range t.members {
 			if m.enqueue(msg) {
-				h.delivered.Add(1)
+				n++
 			}
 		}
+		h.mu.RUnlock()
+		h.delivered.Add(n) // once per message, not per member: the counter is shared
 	}
 }
 
