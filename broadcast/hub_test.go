@@ -10,6 +10,7 @@ import (
 
 	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/broadcast/internal/fleettest"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 )
 
@@ -267,4 +268,32 @@ func TestShutdownDeadline(t *testing.T) {
 	if err := s.Hub.Shutdown(ctx); err != nil {
 		t.Fatalf("second Shutdown = %v", err)
 	}
+}
+
+// TestDeliveredCounts: Stats().Delivered counts each message once per
+// member it was queued for.
+func TestDeliveredCounts(t *testing.T) {
+	f := fleettest.Start(t, memoryNodes(t)[:1], broadcast.Options{})
+	s := f.Nodes[0]
+	var clients []*fleettest.Client
+	for range 3 {
+		c := s.Dial(t, 0, "lobby")
+		c.Read()
+		clients = append(clients, c)
+	}
+	s.WaitMembers(t, "lobby", 3)
+	for _, msg := range []string{"one", "two"} {
+		if err := s.Hub.Publish(context.Background(), "lobby", websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range clients {
+		for _, want := range []string{"one", "two"} {
+			if got := c.Next(t).Data; got != want {
+				t.Fatalf("got %q, want %q", got, want)
+			}
+		}
+	}
+	// Counted after the queueing, which the clients may outrun.
+	wstest.WaitFor(t, fleettest.Timeout, "Delivered to reach 6", func() bool { return s.Hub.Stats().Delivered == 6 })
 }
