@@ -394,7 +394,10 @@ func TestSlowReaderNotKilledByKeepAlive(t *testing.T) {
 		t.Fatalf("a slow but alive reader was aborted: %+v", s)
 	}
 	cc.Close(websocket.StatusNormalClosure, "")
-	if err := <-readErr; closeStatus(err) != websocket.StatusNormalClosure {
+	// Its own close: the close code, or, when a server ping arrived as the
+	// client closed, the pong's write failing on the connection the client
+	// closed itself (not an abort by the server: EOF or a reset).
+	if err := <-readErr; closeStatus(err) != websocket.StatusNormalClosure && !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("client read ended with %v, want its own close", err)
 	}
 	// The ping waited behind the write and was deferred: the path under
