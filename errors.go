@@ -1,11 +1,6 @@
 package chiws
 
-import (
-	"errors"
-	"fmt"
-
-	"github.com/coder/websocket"
-)
+import "errors"
 
 // Sentinel errors returned by Accept and Middleware methods. Each is wrapped
 // with a short context ("chiws: accept: ..."), so compare with errors.Is.
@@ -31,11 +26,6 @@ var (
 	ErrHijackBypassed = errors.New("a ResponseWriter wrapper hijacked the connection " +
 		"around the middleware's ResponseWriter")
 
-	// ErrOriginNotAllowed means the request's Origin header is not allowed
-	// by the origin policy. The middleware answers with 403 Forbidden before
-	// any route handler runs.
-	ErrOriginNotAllowed = errors.New("origin not allowed")
-
 	// ErrAlreadyAccepted means Accept was called twice for one request.
 	ErrAlreadyAccepted = errors.New("the request was already accepted")
 )
@@ -49,8 +39,10 @@ var (
 	ErrClosedByPeer = errors.New("closed by the peer")
 
 	// ErrClosedByServer: the application closed the socket (Conn.Close,
-	// Conn.CloseNow), or the peer broke the protocol or the read limit
-	// and the server closed it with 1002, 1007 or 1009 (closedBy "server").
+	// Conn.CloseNow, Conn.CloseWith, or a read or write whose context
+	// ended and closed it), or the peer broke the protocol or the read
+	// limit and the server closed it with 1002, 1003, 1007, 1008 or 1009
+	// (closedBy "server").
 	ErrClosedByServer = errors.New("closed by the server")
 
 	// ErrKeepAliveTimeout: the peer answered no keep-alive ping within
@@ -72,8 +64,11 @@ var (
 	// middleware closed the socket with 1011 (closedBy "panic").
 	ErrHandlerPanicked = errors.New("handler panicked")
 
-	// ErrConnectionLost: the connection closed, or broke, without a close
-	// frame: the peer vanished or reset it (closedBy "connection-lost").
+	// ErrConnectionLost: the connection broke without a close frame: the
+	// peer vanished or reset it, a read or write timed out, an HTTP/2
+	// stream was reset, or the connection was closed through the embedded
+	// websocket.Conn, which chiws does not see (closedBy
+	// "connection-lost").
 	ErrConnectionLost = errors.New("connection lost")
 )
 
@@ -86,30 +81,4 @@ var closedBy = map[error]string{
 	ErrHandlerReturned:  "handler-return",
 	ErrHandlerPanicked:  "panic",
 	ErrConnectionLost:   "connection-lost",
-}
-
-// closeCause is the cause of Conn.Context's cancellation and the content of
-// the close log: who ended the socket (one of the Err sentinels) and the
-// close code sent or received.
-type closeCause struct {
-	by     error
-	code   websocket.StatusCode
-	reason string
-}
-
-func (e *closeCause) Error() string {
-	if e.code == websocket.StatusAbnormalClosure {
-		return "chiws: socket " + e.by.Error()
-	}
-	return fmt.Sprintf("chiws: socket %v: status %d %q", e.by, int(e.code), e.reason)
-}
-
-// Unwrap gives the sentinel and, when a close frame was sent or received,
-// the websocket.CloseError, so that errors.Is and websocket.CloseStatus
-// both work on context.Cause(c.Context()).
-func (e *closeCause) Unwrap() []error {
-	if e.code == websocket.StatusAbnormalClosure {
-		return []error{e.by}
-	}
-	return []error{e.by, websocket.CloseError{Code: e.code, Reason: e.reason}}
 }

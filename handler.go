@@ -2,6 +2,7 @@ package chiws
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -74,11 +75,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer u.finish(r)
 	h.next.ServeHTTP(&u.w, r)
-	if u.w.h2 != nil && !u.w.answered && u.accepted.Load() == nil {
-		// net/http would answer 200, which RFC 8441 takes for an open
-		// socket.
-		httpError(w, http.StatusInternalServerError)
-	}
+	u.returned = true
 }
 
 // upgrade is an admitted upgrade request on its way through the route. It
@@ -89,6 +86,7 @@ type upgrade struct {
 	w        upgradeWriter
 	called   atomic.Bool          // Accept was called
 	accepted atomic.Pointer[Conn] // set once the socket is registered
+	returned bool                 // the route handler returned (did not panic)
 	conn     Conn
 	nc       netConn
 }
@@ -151,14 +149,13 @@ type socketOptions struct {
 	readLimit         int64
 }
 
-// socketOptions resolves the options of one socket. Without overrides they
-// are the middleware's, shared: coder/websocket's Accept does not modify
-// its options.
-func (m *Middleware) socketOptions(opts *AcceptOptions) *socketOptions {
-	if opts == nil {
-		return &m.cfg.socket
-	}
+// socketOptions resolves the options of one socket: a copy, which the
+// socket may keep.
+func (m *Middleware) socketOptions(opts *AcceptOptions) socketOptions {
 	o := m.cfg.socket
+	if opts == nil {
+		return o
+	}
 	o.ws.OnPingReceived, o.ws.OnPongReceived = opts.OnPingReceived, opts.OnPongReceived
 	if opts.Subprotocols != nil {
 		o.ws.Subprotocols = opts.Subprotocols
@@ -174,7 +171,7 @@ func (m *Middleware) socketOptions(opts *AcceptOptions) *socketOptions {
 	if opts.ReadLimit > 0 {
 		o.readLimit = opts.ReadLimit
 	}
-	return &o
+	return o
 }
 
 func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn, error) {
@@ -198,21 +195,23 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 
 	// The 101 response is written with the connection's write deadline,
 	// which http.Server.WriteTimeout set when the request arrived.
-	rc := http.NewResponseController(w)
+	rc := http.NewResponseController(&u.w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.SetReadDeadline(time.Time{})
 
-	wr := r // the request coder/websocket sees
 	if u.w.h2 != nil {
-		wr = h2UpgradeRequest(r)
+		// The stream is the middleware's: wrappers above, made for
+		// HTTP/1.1 (chi's Compress), are not in its way, and the 200 goes
+		// out only once the socket is set up (upgradeWriter.Hijack).
+		w, r = &u.w, h2UpgradeRequest(r)
 	}
-	wc, err := websocket.Accept(w, wr, &so.ws)
+	wc, err := websocket.Accept(w, r, &so.ws)
 	if err != nil {
-		m.logReject(r, "accept failed", err.Error())
+		m.cfg.log.Error("websocket accept failed", c.logFields(zap.Error(err))...)
 		return nil, fmt.Errorf("chiws: accept: %w", err)
 	}
 	c.Conn = wc
-	if !u.w.hijacked {
+	if !u.w.hijacked || u.w.foreign {
 		// Someone hijacked past the middleware's writer: chiws would not
 		// see the connection close, so the socket cannot be served.
 		m.logMisconfigured(r, "websocket closed with 1011: "+ErrHijackBypassed.Error(), w)
@@ -227,14 +226,14 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	m.stats.accepted.Add(1)
 	if !m.register(c) {
 		// Shutdown began during the handshake: it does not know this
-		// socket, so the close is bounded here, and not logged.
-		_ = c.closeBounded(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
+		// socket, so it is closed here, and not logged.
+		_ = c.shut(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
 		return nil, fmt.Errorf("chiws: accept: %w", ErrShuttingDown)
 	}
 	u.accepted.Store(c)
 	c.startHeartbeat(so.interval, so.timeout)
 	if ce := m.cfg.log.Check(zap.DebugLevel, "websocket accepted"); ce != nil {
-		ce.Write(append(requestFields(r),
+		ce.Write(c.logFields(
 			zap.String(keyProto, r.Proto),
 			zap.String(keySubprotocol, wc.Subprotocol()),
 			zap.Bool(keyCompression, w.Header().Get("Sec-WebSocket-Extensions") != ""),
@@ -253,71 +252,65 @@ func (m *Middleware) logMisconfigured(r *http.Request, msg string, w http.Respon
 // finish runs when the route handler returns or panics (the middleware
 // defers it). It enforces the rule that a handler owns its socket until the
 // socket is closed, turns a panic after Accept into a 1011 close, and
-// writes the close log once the connection is closed.
+// writes the close log once the socket has ended.
 func (u *upgrade) finish(r *http.Request) {
 	c := u.accepted.Load()
 	if c == nil {
-		return // not accepted: a panic is the caller's Recoverer's business
+		u.notAccepted(r) // a panic is the caller's Recoverer's business
+		return
 	}
 	m := u.m
 	p := recover()
-	var early bool
 	switch {
 	case p == http.ErrAbortHandler:
 		// net/http's sentinel for "abort quietly": close and re-panic
 		// below, as chi's Recoverer expects.
-		c.record(ErrHandlerPanicked, websocket.StatusAbnormalClosure, "")
-		c.abort()
+		_ = c.abort(ErrHandlerPanicked, "")
 	case p != nil:
 		m.stats.panics.Add(1)
 		m.cfg.log.Error("websocket handler panicked; closing with 1011",
-			append(requestFields(r), zap.Any(keyPanic, p), zap.Stack(keyStack))...)
-		_ = c.closeBounded(ErrHandlerPanicked, websocket.StatusInternalError, "internal error")
-	case c.nc.isClosed():
-	case c.sawEnd.Load() && c.endedBy(ErrClosedByPeer, ErrConnectionLost):
-		// The peer's close frame was answered, or the connection broke:
-		// there is no handshake left to wait for.
-		_ = c.Conn.CloseNow()
-	case c.sawEnd.Load():
-		// The handler saw its socket end; finish the close handshake
-		// that coder/websocket began (1009 over the read limit, say).
-		_ = c.closeBounded(ErrConnectionLost, websocket.StatusNormalClosure, "")
-	default:
-		// The handler returned with the socket open, unless
-		// coder/websocket failed it in a read the middleware does not see
-		// (wsjson through the embedded Conn): its close frame is out then,
-		// and the peer's answer carries the code coder/websocket sends for
-		// a fault, not 1011. The socket's end is held until the cause is
-		// known, so that Conn.Context and the log agree.
-		c.holdEnd()
-		err := c.closeBounded(nil, websocket.StatusInternalError, "handler returned")
-		// coder/websocket sends 1002 itself when the peer breaks the
-		// protocol, 1009 for a message over the read limit, and 1008 for
-		// a data message after CloseRead.
-		code := websocket.CloseStatus(err)
-		early = code != websocket.StatusProtocolError && code != websocket.StatusMessageTooBig &&
-			code != websocket.StatusPolicyViolation
-		if early {
-			c.record(ErrHandlerReturned, websocket.StatusInternalError, "handler returned")
-		} else {
-			c.record(ErrClosedByServer, code, "")
-		}
-		c.releaseEnd()
+			c.logFields(zap.Any(keyPanic, p), zap.Stack(keyStack))...)
+		_ = c.shut(ErrHandlerPanicked, websocket.StatusInternalError, "internal error")
+	case !c.nc.isClosed():
+		// The handler returned with the socket open.
+		_ = c.shut(ErrHandlerReturned, websocket.StatusInternalError, "handler returned")
 	}
-	if !c.nc.isClosed() {
-		c.abort() // a close above failed half-way
-	}
-	<-c.Done() // connClosed has run, in whichever goroutine closed
+	<-c.Done()
+	early := errors.Is(context.Cause(c.ctx), ErrHandlerReturned)
 	if early {
 		m.stats.earlyReturns.Add(1)
 	}
 	c.logClose(func() {
 		if early {
 			m.cfg.log.Warn("websocket handler returned with the socket open; closed with 1011 "+
-				"(call Conn.Wait to hand the socket to another goroutine)", requestFields(r)...)
+				"(call Conn.Wait to hand the socket to another goroutine)", c.logFields()...)
 		}
 	})
 	if p == http.ErrAbortHandler {
 		panic(p)
+	}
+}
+
+// notAccepted ends an upgrade request whose route did not accept it: a
+// foreign upgrade (a reverse proxy, another WebSocket library) is the
+// route's, and an extended CONNECT that the route answered 2xx, or not at
+// all, is refused, since RFC 8441 takes a 2xx for an open socket.
+func (u *upgrade) notAccepted(r *http.Request) {
+	msg := ""
+	switch {
+	case u.w.foreign:
+		msg = "websocket passed through: upgraded by the route, not chiws.Accept"
+	case u.w.h2 == nil || !u.returned || u.called.Load():
+		return
+	case !u.w.answered:
+		u.w.refuseH2()
+		fallthrough
+	case u.w.refused:
+		msg = "websocket refused with 501: the route answered an HTTP/2 WebSocket request without accepting it"
+	default:
+		return
+	}
+	if ce := u.m.cfg.log.Check(zap.DebugLevel, msg); ce != nil {
+		ce.Write(requestFields(r)...)
 	}
 }

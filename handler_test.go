@@ -16,7 +16,6 @@ import (
 	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
-	"github.com/coder/websocket/wsjson"
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 )
@@ -229,7 +228,7 @@ func TestHandlerFaultsUnderConcurrency(t *testing.T) {
 // TestWsjsonReadLimitIsNotEarlyReturn: a handler reading through the
 // embedded *websocket.Conn (wsjson) returns after coder/websocket closed
 // with 1009; that is not an early return.
-func TestWsjsonReadLimitIsNotEarlyReturn(t *testing.T) {
+func TestReadJSONReadLimitIsNotEarlyReturn(t *testing.T) {
 	ws, srv, logs := relServer(t, chiws.Options{ReadLimit: 16}, nil, func(r chi.Router) {
 		r.Get("/json", func(w http.ResponseWriter, r *http.Request) {
 			c, err := chiws.Accept(w, r, nil)
@@ -237,7 +236,7 @@ func TestWsjsonReadLimitIsNotEarlyReturn(t *testing.T) {
 				return
 			}
 			var v any
-			for wsjson.Read(c.Context(), c.Conn, &v) == nil {
+			for c.ReadJSON(c.Context(), &v) == nil {
 			}
 		})
 	})

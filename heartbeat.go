@@ -115,29 +115,37 @@ func (h *heartbeat) beat() time.Duration {
 	h.outAtPing = nc.bytesOut.Load()
 	wait := cmp.Or(h.timeout, h.interval) // pings without a deadline: wait at most until the next
 	h.c.m.stats.pingsSent.Add(1)
-	h.c.holdEnd()
-	defer h.c.releaseEnd()
+	// The ping holds the socket's end: coder/websocket closes the
+	// connection when a ping's write times out, before Ping returns, and
+	// the keep-alive is the one to say why.
+	h.c.begin()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	err := h.c.Conn.Ping(ctx)
 	cancel()
+	next := time.Duration(0)
 	switch {
 	case err == nil:
-		return h.interval
+		next = h.interval
+	case nc.broke.Load():
+		h.c.release(err, "write") // the connection broke: lost
+		return 0
 	case nc.isClosed() && !errors.Is(err, context.DeadlineExceeded):
-		return 0 // closed by someone else, who said why
+		// closed by someone else, who said why
 	case h.timeout <= 0 && !nc.isClosed():
-		return h.interval // pings without a deadline
+		next = h.interval // pings without a deadline
 	case h.timeout <= 0:
 		// coder/websocket bounds the write of a ping (five seconds) and
 		// closes the connection when it is exceeded: the peer stopped
 		// reading, whatever the deadline says.
 		h.expire()
-		return 0
+	default:
+		// No pong in time; the ping's write may also have timed out, and
+		// coder/websocket then closed the connection: judge says which.
+		h.pending = now
+		next = h.judge(monotime())
 	}
-	// No pong in time; the ping's write may also have timed out, and
-	// coder/websocket then closed the connection: judge says which.
-	h.pending = now
-	return h.judge(monotime())
+	h.c.release(nil, "")
+	return next
 }
 
 // judge decides about a ping that got no pong: it started at h.pending.
@@ -154,7 +162,7 @@ func (h *heartbeat) judge(now time.Duration) time.Duration {
 		// still receiving: alive. That write's own context bounds it.
 		h.pending = 0
 		if ce := h.c.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive: ping deferred behind a slow write"); ce != nil {
-			ce.Write(zap.String(keyRoute, routeOf(h.c.req)), zap.String(keyRemoteAddr, clip(h.c.req.RemoteAddr)))
+			ce.Write(zap.String(keyRoute, h.c.req.route), zap.String(keyRemoteAddr, h.c.req.remoteAddr))
 		}
 		return h.interval
 	}
@@ -168,21 +176,21 @@ func (h *heartbeat) judge(now time.Duration) time.Duration {
 }
 
 // expire aborts a socket whose peer sent nothing for KeepAliveTimeout after
-// a ping and made no progress reading. When the close was already recorded
+// a ping and made no progress reading. When another cause was recorded
 // (coder/websocket sent 1009 and waits for a close frame that never comes,
 // or Shutdown's 1001 handshake is under way), the abort still ends the
 // wait; only the count and the log are the keep-alive's own.
 func (h *heartbeat) expire() {
 	c := h.c
-	if c.record(ErrKeepAliveTimeout, websocket.StatusAbnormalClosure, "keep-alive timeout") {
+	if c.decide(ErrKeepAliveTimeout, websocket.StatusAbnormalClosure, "keep-alive timeout") {
 		c.m.stats.keepAliveTimeouts.Add(1)
 		if ce := c.m.cfg.log.Check(zap.InfoLevel, "websocket keep-alive timeout; aborting"); ce != nil {
-			ce.Write(append(requestFields(c.req),
+			ce.Write(c.logFields(
 				zap.Duration(keyKeepAlive, h.interval),
 				zap.Duration(keyKeepAliveTimeout, h.timeout),
 				zap.Duration(keyDuration, time.Since(c.start)),
 			)...)
 		}
 	}
-	c.abort()
+	_ = c.abort(ErrKeepAliveTimeout, "keep-alive timeout")
 }

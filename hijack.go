@@ -2,6 +2,8 @@ package chiws
 
 import (
 	"bufio"
+	"bytes"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -10,23 +12,28 @@ import (
 )
 
 // upgradeWriter is the ResponseWriter route handlers see on upgrade
-// requests. Its Hijack hands coder/websocket a netConn, through which the
-// socket sees its connection close and its traffic. After the hijack it
-// swallows writes, so that middleware writing a late status (chi's Timeout
-// writes 504 when its deadline has passed) does not make net/http log
-// "response.WriteHeader on hijacked connection".
+// requests. Its Hijack hands chiws.Accept a netConn, through which the
+// socket sees its connection close and its traffic, and hands any other
+// caller (a reverse proxy, another WebSocket library) the connection
+// itself. After the hijack it swallows writes, so that middleware writing
+// a late status (chi's Timeout writes 504 when its deadline has passed)
+// does not make net/http log "response.WriteHeader on hijacked
+// connection".
 //
 // It is used by the handler's goroutine only, as any ResponseWriter.
 type upgradeWriter struct {
 	http.ResponseWriter
-	conn     *Conn     // the socket the hijacked connection belongs to
+	conn     *Conn     // set by Accept: the socket the connection is for
 	h2       *h2Stream // the stream of an HTTP/2 WebSocket (http2.go), or nil
-	nc       *netConn  // set up by Hijack
+	nc       *netConn  // set up by Hijack for Accept
 	hijacked bool
+	foreign  bool // hijacked by someone else than Accept
+	refused  bool // an HTTP/2 route's 2xx was answered 501 (refuseH2)
 	answered bool // WriteHeader or Write was called
 
 	// direct is set by Accept when it was given this writer itself, and
-	// held101 by WriteHeader(101) when Hijack is to write the 101.
+	// held101 by WriteHeader(101) when Hijack is to write the 101 (for
+	// HTTP/2, the 200 that stands for it).
 	direct, held101 bool
 }
 
@@ -34,11 +41,12 @@ type upgradeWriter struct {
 func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *upgradeWriter) WriteHeader(status int) {
-	w.answered = true
 	switch {
 	case w.hijacked || w.held101:
-	case w.h2 != nil && status == http.StatusSwitchingProtocols:
-		w.h2.respond() // RFC 8441: 200, not 101
+	case w.h2 != nil && w.conn == nil && status >= 200 && status < 300:
+		w.refuseH2()
+	case w.h2 != nil && status == http.StatusSwitchingProtocols && w.conn != nil:
+		w.held101 = true // RFC 8441: 200 once the stream is the socket's (Hijack)
 	case status == http.StatusSwitchingProtocols && w.direct && !isWrapper(w.ResponseWriter):
 		// Hijack writes it, as gorilla/websocket does: net/http's path for
 		// a 101 is the deepest point of a socket's life, and under chi and
@@ -50,6 +58,15 @@ func (w *upgradeWriter) WriteHeader(status int) {
 	default:
 		w.writeHeader(status)
 	}
+	w.answered = true
+}
+
+// refuseH2 answers 501 for an extended CONNECT whose route answered 2xx
+// without accepting, since RFC 8441 takes any 2xx for an open socket, and
+// swallows the route's body.
+func (w *upgradeWriter) refuseH2() {
+	w.hijacked, w.refused, w.answered = true, true, true
+	httpError(w.ResponseWriter, http.StatusNotImplemented)
 }
 
 // writeHeader passes status on. A 101 gets no Date (RFC 9110 6.6.1 makes
@@ -73,37 +90,50 @@ func isWrapper(w http.ResponseWriter) bool {
 // release101 hands a held-back 101 to net/http, for a handler that writes or
 // flushes after WriteHeader(101) instead of hijacking.
 func (w *upgradeWriter) release101() {
-	if w.held101 {
+	if w.held101 && w.h2 == nil {
 		w.held101 = false
 		w.writeHeader(http.StatusSwitchingProtocols)
 	}
 }
 
 func (w *upgradeWriter) Write(p []byte) (int, error) {
-	if w.hijacked {
-		return 0, http.ErrHijacked
+	if !w.answered {
+		w.WriteHeader(http.StatusOK)
 	}
-	w.answered = true
+	if w.hijacked {
+		return len(p), nil
+	}
 	w.release101()
 	return w.ResponseWriter.Write(p)
 }
 
 // Flush implements http.Flusher for handlers that stream before upgrading.
 func (w *upgradeWriter) Flush() {
+	if !w.answered {
+		w.WriteHeader(http.StatusOK)
+	}
 	if !w.hijacked {
 		w.release101()
 		_ = http.NewResponseController(w.ResponseWriter).Flush()
 	}
 }
 
-// Hijack implements http.Hijacker: the connection it returns is a netConn.
+// Hijack implements http.Hijacker. For Accept, the connection it returns
+// is a netConn, which the buffers read from and write to; any other caller
+// gets the server's connection, untouched (a foreign upgrade).
 func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	if w.hijacked || w.conn == nil {
+	if w.hijacked {
 		return nil, nil, http.ErrHijacked
 	}
 	if w.h2 != nil {
-		w.hijacked = true
-		w.nc.init(w.h2, w.conn.connClosed)
+		if w.conn == nil { // HTTP/2 streams cannot be hijacked
+			return nil, nil, http.ErrNotSupported
+		}
+		if err := w.h2.respond(); err != nil {
+			return nil, nil, err
+		}
+		w.hijacked, w.held101 = true, false
+		w.nc.init(w.h2, w.conn)
 		return w.nc, bufio.NewReadWriter(bufio.NewReader(w.nc), bufio.NewWriter(w.nc)), nil
 	}
 	hj, ok := find[http.Hijacker](w.ResponseWriter)
@@ -116,7 +146,11 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.hijacked = true
-	w.nc.init(c, w.conn.connClosed)
+	if w.conn == nil {
+		w.foreign = true
+		return c, brw, nil
+	}
+	w.nc.init(c, w.conn)
 	if w.held101 {
 		// The headers net/http would send on a 101: none about a body
 		// (RFC 9110 forbids Content-Length on a 1xx), and no Date.
@@ -124,14 +158,21 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		_ = w.ResponseWriter.Header().WriteSubset(brw.Writer, noBodyHeaders)
 		_, _ = brw.Writer.WriteString("\r\n")
 	}
-	// net/http's buffered writer targets the raw connection; point it at
-	// ours so that every byte written is counted, after flushing what it
-	// holds (the 101).
+	// net/http's buffers target the raw connection; point them at ours so
+	// that every byte is counted, after flushing what the writer holds
+	// (the 101). Bytes the client sent after its handshake stay buffered.
 	if err := brw.Writer.Flush(); err != nil {
 		_ = w.nc.Close()
 		return nil, nil, err
 	}
 	brw.Writer.Reset(w.nc)
+	if n := brw.Reader.Buffered(); n == 0 {
+		brw.Reader.Reset(w.nc)
+	} else {
+		early, _ := brw.Reader.Peek(n)
+		brw.Reader.Reset(io.MultiReader(bytes.NewReader(bytes.Clone(early)), w.nc))
+		_, _ = brw.Reader.Peek(n)
+	}
 	return w.nc, brw, nil
 }
 
@@ -171,20 +212,22 @@ func find[T any](w http.ResponseWriter) (T, bool) {
 
 // netConn wraps the hijacked connection: it counts the traffic, notes when
 // the peer was last heard and when the server last wrote (for the
-// keep-alive), and reports the close, once.
+// keep-alive), notes an I/O error (the connection broke), and tells its
+// Conn when it closes, once.
 type netConn struct {
 	net.Conn
-	onClose   func() // run once, by the first Close
+	c         *Conn
 	closeOnce sync.Once
 	closed    atomic.Bool
+	broke     atomic.Bool // a read or write failed while open
 
 	bytesIn, bytesOut   atomic.Int64
 	lastRead, lastWrite atomic.Int64 // monotonic nanoseconds; see monotime
 	writes              atomic.Int32 // Writes in progress
 }
 
-func (nc *netConn) init(c net.Conn, onClose func()) {
-	nc.Conn, nc.onClose = c, onClose
+func (nc *netConn) init(conn net.Conn, c *Conn) {
+	nc.Conn, nc.c = conn, c
 	now := int64(monotime())
 	nc.lastRead.Store(now)
 	nc.lastWrite.Store(now)
@@ -195,6 +238,9 @@ func (c *netConn) Read(p []byte) (int, error) {
 	if n > 0 {
 		c.bytesIn.Add(int64(n))
 		c.lastRead.Store(int64(monotime()))
+	}
+	if err != nil && !c.closed.Load() {
+		c.broke.Store(true)
 	}
 	return n, err
 }
@@ -216,15 +262,18 @@ func (c *netConn) Write(p []byte) (total int, err error) {
 			c.lastWrite.Store(int64(monotime()))
 		}
 	}
+	if err != nil && !c.closed.Load() {
+		c.broke.Store(true)
+	}
 	return total, err
 }
 
-// Close closes the connection; the first call also runs onClose.
+// Close closes the connection; the first call also tells its Conn.
 // coder/websocket closes it on every path that ends a socket.
 func (c *netConn) Close() error {
 	c.closed.Store(true)
 	err := c.Conn.Close()
-	c.closeOnce.Do(c.onClose)
+	c.closeOnce.Do(c.c.connClosed)
 	return err
 }
 

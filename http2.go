@@ -68,8 +68,8 @@ func newH2Stream(w http.ResponseWriter, r *http.Request) *h2Stream {
 }
 
 // respond writes the 200 that replaces coder/websocket's 101, without the
-// HTTP/1.1 upgrade headers, and flushes it.
-func (s *h2Stream) respond() {
+// HTTP/1.1 upgrade headers, and flushes it: the socket is open.
+func (s *h2Stream) respond() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h := s.w.Header()
@@ -77,7 +77,7 @@ func (s *h2Stream) respond() {
 	h.Del("Connection")
 	h.Del("Sec-WebSocket-Accept")
 	s.w.WriteHeader(http.StatusOK)
-	_ = s.rc.Flush()
+	return s.rc.Flush()
 }
 
 func (s *h2Stream) Read(p []byte) (int, error) {

@@ -37,6 +37,7 @@ const (
 	keySockets          = "sockets"
 	keyPanic            = "panic"
 	keyStack            = "stack"
+	keyCause            = "cause"
 )
 
 // maxLogValue bounds every request-controlled string that reaches a log
@@ -55,20 +56,43 @@ func clip(s string) string {
 	return s[:cut] + "...(truncated)"
 }
 
-// requestFields describes a request: route (chi's pattern when routed),
-// path, host, origin, remote address and chi's request ID when present.
-func requestFields(r *http.Request) []zap.Field {
-	f := append(make([]zap.Field, 0, 14),
-		zap.String(keyRoute, routeOf(r)),
-		zap.String(keyPath, clip(r.URL.Path)),
-		zap.String(keyHost, clip(r.Host)),
-		zap.String(keyOrigin, clip(r.Header.Get("Origin"))),
-		zap.String(keyRemoteAddr, clip(r.RemoteAddr)),
+// reqInfo is what the logs say of a request: route (chi's pattern when
+// routed), path, host, origin, remote address and chi's request ID. A
+// socket keeps it rather than its request.
+type reqInfo struct {
+	route, path, host, origin, remoteAddr, requestID string
+}
+
+func newReqInfo(r *http.Request) reqInfo {
+	return reqInfo{
+		route:      routeOf(r),
+		path:       clip(r.URL.Path),
+		host:       clip(r.Host),
+		origin:     clip(r.Header.Get("Origin")),
+		remoteAddr: clip(r.RemoteAddr),
+		requestID:  clip(middleware.GetReqID(r.Context())),
+	}
+}
+
+// fields returns the request's log fields, with room for the close log's.
+func (i *reqInfo) fields() []zap.Field {
+	f := append(make([]zap.Field, 0, 16),
+		zap.String(keyRoute, i.route),
+		zap.String(keyPath, i.path),
+		zap.String(keyHost, i.host),
+		zap.String(keyOrigin, i.origin),
+		zap.String(keyRemoteAddr, i.remoteAddr),
 	)
-	if id := middleware.GetReqID(r.Context()); id != "" {
-		f = append(f, zap.String(keyRequestID, clip(id)))
+	if i.requestID != "" {
+		f = append(f, zap.String(keyRequestID, i.requestID))
 	}
 	return f
+}
+
+// requestFields describes a request that has no socket.
+func requestFields(r *http.Request) []zap.Field {
+	i := newReqInfo(r)
+	return i.fields()
 }
 
 // routeOf returns chi's route pattern ("/rooms/{id}") when the request was

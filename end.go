@@ -1,0 +1,317 @@
+package chiws
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/zap"
+)
+
+// This file is the end of a socket, all of it: who decides, what is
+// recorded, how the connection is closed, and when Done fires.
+//
+// Invariants:
+//   - The cause is written once, under end.mu, by decide; whoever decides
+//     to close records before acting, so a read that sees the effect (the
+//     peer's echo of our close frame) finds the cause already set.
+//   - A failed read or write records a cause only when the connection is
+//     closed (by coder/websocket, or by the classifier right after).
+//   - Done fires once, in ending, when the connection is closed and no
+//     read, write or ping through Conn is in progress: those may still
+//     learn why (coder/websocket closes the connection when it reads the
+//     peer's close frame, before the read returns the code).
+//   - There are two ways to close: shut (the bounded close handshake) and
+//     abort (no handshake).
+
+// closeCause is why a socket ended: who decided (one of the Err sentinels,
+// or the cause given to CloseWith), and the close code that went on the
+// wire (StatusAbnormalClosure when no close frame did).
+type closeCause struct {
+	by     error
+	code   websocket.StatusCode
+	reason string
+}
+
+func (e *closeCause) Error() string {
+	if e.code == websocket.StatusAbnormalClosure {
+		return "chiws: socket " + e.by.Error()
+	}
+	return fmt.Sprintf("chiws: socket %v: status %d %q", e.by, int(e.code), e.reason)
+}
+
+// Unwrap gives the cause, ErrClosedByServer when the cause is the
+// application's own (CloseWith), and the websocket.CloseError when a close
+// frame went on the wire, so that errors.Is and websocket.CloseStatus work
+// on context.Cause(c.Context()).
+func (e *closeCause) Unwrap() []error {
+	errs := append(make([]error, 0, 3), e.by)
+	if _, ok := closedBy[e.by]; !ok {
+		errs = append(errs, ErrClosedByServer)
+	}
+	if e.code != websocket.StatusAbnormalClosure {
+		errs = append(errs, websocket.CloseError{Code: e.code, Reason: e.reason})
+	}
+	return errs
+}
+
+// decide records why the socket ends, unless a cause is recorded already,
+// and reports whether it was first.
+func (c *Conn) decide(by error, code websocket.StatusCode, reason string) bool {
+	c.end.mu.Lock()
+	defer c.end.mu.Unlock()
+	if c.end.cause.by != nil {
+		return false
+	}
+	c.end.cause = closeCause{by: by, code: code, reason: reason}
+	return true
+}
+
+// begin and release bracket every read, write and ping through Conn.
+func (c *Conn) begin() {
+	c.end.mu.Lock()
+	c.end.ops++
+	c.end.mu.Unlock()
+}
+
+// release ends an operation that failed with err (nil: it succeeded, or
+// its caller judged the error itself). It records what err proves, and
+// finishes the close that err calls for.
+func (c *Conn) release(err error, what string) {
+	var ce websocket.CloseError
+	var then func()
+	closed := c.nc.isClosed()
+	switch {
+	case err == nil:
+	case errors.As(err, &ce):
+		c.decide(ErrClosedByPeer, ce.Code, ce.Reason) // coder/websocket closed the connection
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		if closed { // coder/websocket closes the connection when a context ends an I/O
+			c.decide(ErrClosedByServer, websocket.StatusAbnormalClosure, what+" context done")
+		}
+	case closed, errors.Is(err, net.ErrClosed):
+		// Someone closed it, and recorded why.
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		// coder/websocket sent 1009; the handshake is ours to finish.
+		c.decide(ErrClosedByServer, websocket.StatusMessageTooBig, "message too big")
+		then = func() { _ = c.shut(nil, websocket.StatusMessageTooBig, "") }
+	case c.nc.broke.Load():
+		// EOF, reset, timeout, an HTTP/2 disconnect or stream reset: no
+		// close frame can be exchanged.
+		then = func() { _ = c.abort(ErrConnectionLost, "") }
+	case what == "write":
+		// Nothing proven: the socket may be open still.
+	default:
+		// coder/websocket refused a frame: it sent 1002 for most such
+		// errors and nothing for some; Close sends it when it did not.
+		c.decide(ErrClosedByServer, websocket.StatusProtocolError, "protocol error")
+		then = func() { _ = c.shut(nil, websocket.StatusProtocolError, "protocol error") }
+	}
+	c.end.mu.Lock()
+	c.end.ops--
+	fire := c.end.ops == 0 && c.end.closed && !c.end.ended
+	c.end.ended = c.end.ended || fire
+	c.end.mu.Unlock()
+	if fire {
+		c.ending()
+	}
+	if then != nil {
+		then()
+	}
+}
+
+// connClosed runs once, when the network connection closes, in the
+// goroutine that closed it.
+func (c *Conn) connClosed() {
+	c.end.mu.Lock()
+	c.end.closed, c.end.at = true, time.Now()
+	fire := c.end.ops == 0 && !c.end.ended
+	c.end.ended = c.end.ended || fire
+	c.end.mu.Unlock()
+	if fire {
+		c.ending()
+	}
+}
+
+// ending ends the socket, once: it stops the keep-alive, takes the socket
+// out of the registry, and then cancels the Context with the cause, so
+// that when Done fires, Stats no longer counts the socket. A connection
+// that closed with nobody deciding was lost.
+func (c *Conn) ending() {
+	c.decide(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
+	c.hb.stop()
+	registered := c.m.unregister(c)
+	c.cancel(&c.end.cause) // never written again: decide refuses
+	if registered {
+		c.m.goroutines.Done() // last: see Middleware.goroutines
+	}
+}
+
+// wireClose returns the code and reason coder/websocket's Close sends for
+// code and reason: 1011 without a reason when the code may not be sent or
+// the reason is over 123 bytes, and no payload at all for 1005.
+func wireClose(code websocket.StatusCode, reason string) (websocket.StatusCode, string) {
+	switch {
+	case code == websocket.StatusNoStatusRcvd:
+		return code, ""
+	case len(reason) > 123, code < 1000, code > 4999, code >= 1015 && code < 3000,
+		code == 1004, code == websocket.StatusAbnormalClosure:
+		return websocket.StatusInternalError, ""
+	}
+	return code, reason
+}
+
+// errCloseTimeout is returned by Close when the close handshake did not
+// finish within Options.CloseTimeout and the connection was aborted.
+var errCloseTimeout = errors.New("chiws: close handshake timed out; connection aborted")
+
+// shut is the graceful close: it waits for the message being written
+// through Conn, records by (unless nil: the caller recorded already), sends
+// the close frame and waits for the peer's, and aborts the connection when
+// Options.CloseTimeout passes first. The close frame never waits behind a
+// message, so the recorded code is the one on the wire; when the writer is
+// not free in time, nothing was sent and the abort records 1006.
+func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
+	code, reason = wireClose(code, reason)
+	aborted := make(chan struct{})
+	t := time.AfterFunc(c.m.cfg.closeTimeout, func() { // waited for below
+		defer close(aborted)
+		c.abort(cmp.Or(by, ErrClosedByServer), reason)
+	})
+	var err error
+	select {
+	case c.wmu <- struct{}{}:
+		if by != nil {
+			c.decide(by, code, reason)
+		}
+		err = c.Conn.Close(code, reason)
+		<-c.wmu
+	case <-c.ctx.Done(): // ended meanwhile, by the timer or anyone
+		err = net.ErrClosed
+	}
+	if !t.Stop() {
+		<-aborted
+		err = errCloseTimeout
+	}
+	return err
+}
+
+// abort closes the connection without a handshake, after recording by.
+// The network connection is closed first: coder/websocket's CloseNow waits
+// for a close handshake in progress.
+func (c *Conn) abort(by error, reason string) error {
+	c.decide(by, websocket.StatusAbnormalClosure, reason)
+	_ = c.nc.abort()
+	return c.Conn.CloseNow()
+}
+
+// Close performs the WebSocket close handshake with code and reason, and
+// records ErrClosedByServer with the code sent: coder/websocket sends 1011
+// instead of a code that may not be sent, or with a reason over 123 bytes.
+// It waits for a message being written through Conn to end, and aborts the
+// connection when the handshake takes longer than Options.CloseTimeout.
+func (c *Conn) Close(code websocket.StatusCode, reason string) error {
+	return c.shut(ErrClosedByServer, code, reason)
+}
+
+// CloseWith closes the socket as Close does and records cause as why it
+// ended: context.Cause(c.Context()) then matches cause and
+// ErrClosedByServer with errors.Is, and carries the code sent. Packages
+// built on chiws use it for endings of their own (a broadcast hub's "too
+// slow", an expired credential). The close log's closedBy is "server",
+// and its cause field is cause's text.
+func (c *Conn) CloseWith(cause error, code websocket.StatusCode, reason string) error {
+	if cause == nil {
+		cause = ErrClosedByServer
+	}
+	return c.shut(cause, code, reason)
+}
+
+// CloseNow closes the connection without a close handshake, and records
+// ErrClosedByServer. See websocket.Conn.CloseNow.
+func (c *Conn) CloseNow() error {
+	return c.abort(ErrClosedByServer, "")
+}
+
+// AddLogFields adds fields to the lines chiws logs about this socket from
+// now on, its close log included: the user, a tenant, a session. It is
+// safe for concurrent use.
+func (c *Conn) AddLogFields(fields ...zap.Field) {
+	c.end.mu.Lock()
+	defer c.end.mu.Unlock()
+	c.end.fields = append(c.end.fields, fields...)
+}
+
+// logFields returns the socket's request fields and those added to it.
+func (c *Conn) logFields(extra ...zap.Field) []zap.Field {
+	c.end.mu.Lock()
+	defer c.end.mu.Unlock()
+	f := append(c.req.fields(), c.end.fields...)
+	return append(f, extra...)
+}
+
+// logClose writes the close log once, after the connection closed; extra,
+// when set, is logged first under the same lock (see upgrade.finish). It
+// holds the lock while writing, so that Shutdown, which may write it in
+// the handler's stead, never returns while it is being written.
+func (c *Conn) logClose(extra func()) {
+	c.end.logMu.Lock()
+	defer c.end.logMu.Unlock()
+	if c.end.logged {
+		return
+	}
+	c.end.logged = true
+	if extra != nil {
+		extra()
+	}
+	ce := c.m.cfg.log.Check(zap.DebugLevel, "websocket closed")
+	if ce == nil {
+		return
+	}
+	c.end.mu.Lock()
+	cause, at := c.end.cause, c.end.at
+	c.end.mu.Unlock()
+	if cause.by == nil { // Shutdown gave up on a socket still closing
+		cause = closeCause{by: ErrShuttingDown, code: websocket.StatusAbnormalClosure}
+	}
+	if at.IsZero() {
+		at = time.Now()
+	}
+	by, ok := closedBy[cause.by]
+	if !ok {
+		by = closedBy[ErrClosedByServer]
+	}
+	f := c.logFields(
+		zap.Int(keyCloseCode, int(cause.code)),
+		zap.String(keyCloseReason, clip(cause.reason)),
+		zap.String(keyClosedBy, by),
+		zap.Duration(keyDuration, at.Sub(c.start)),
+		zap.Uint64(keyMessagesIn, c.msgsIn.Load()),
+		zap.Uint64(keyMessagesOut, c.msgsOut.Load()),
+		zap.Int64(keyBytesIn, c.nc.bytesIn.Load()),
+		zap.Int64(keyBytesOut, c.nc.bytesOut.Load()),
+	)
+	if !ok {
+		f = append(f, zap.String(keyCause, clip(cause.by.Error())))
+	}
+	ce.Write(f...)
+}
+
+// socketEnd is the state of a socket's end; only this file touches it.
+type socketEnd struct {
+	mu     sync.Mutex
+	cause  closeCause  // decided once (by nil: not yet)
+	ops    int         // reads, writes and pings through Conn in progress
+	closed bool        // the network connection closed
+	ended  bool        // ending ran, or is running
+	at     time.Time   // when the connection closed
+	fields []zap.Field // added by AddLogFields
+
+	logMu  sync.Mutex // held while the close log is written
+	logged bool
+}
