@@ -7,7 +7,9 @@
 // testing.Benchmark; the network parts run a benchserver and a
 // benchclient process, built into a temporary directory, over loopback.
 // Candidates alternate within each round and the report gives medians of
-// the rounds and the median per-round ratio to raw coder/websocket.
+// the rounds, the median per-round ratio to raw coder/websocket, and the
+// per-round ratios of chiws to chi-coder (the same chi router without the
+// middleware) with their spread. -rounds sets the number of rounds;
 // -smoke runs everything with tiny counts in a few seconds.
 package main
 
@@ -78,6 +80,7 @@ func main() {
 	out := flag.String("out", "-", "write the Markdown report here (- for stdout)")
 	smoke := flag.Bool("smoke", false, "tiny counts: checks that the harness works")
 	only := flag.String("only", "", "comma-separated sections to run (passthrough,upgrade,connect,echo,idle,churn,h2); empty = all")
+	nRounds := flag.Int("rounds", 0, "rounds of every section, candidates interleaved in each (0 = the plan's: 5, idle 3; -smoke 1)")
 	profileDir := flag.String("cpuprofile", "", "write the server's CPU profile over each idle window of the keep-alive candidates into this directory")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
@@ -86,6 +89,9 @@ func main() {
 	p := fullPlan
 	if *smoke {
 		p = smokePlan
+	}
+	if *nRounds > 0 {
+		p.rounds, p.idleRounds = *nRounds, *nRounds
 	}
 	if err := flag.Set("test.benchtime", p.benchtime); err != nil {
 		log.Fatal(err)
@@ -351,8 +357,8 @@ func rounds[T any](n int, candidates []string, fn func(c string) (T, error)) (ma
 
 var (
 	connectCandidates = []string{bench.Coder, bench.ChiCoder, bench.Chiws, bench.Gorilla}
-	echoCandidates    = []string{bench.Coder, bench.Chiws, bench.Gorilla}
-	idleCandidates    = []string{bench.Coder, bench.CoderPing, bench.Chiws, bench.Gorilla, bench.GorillaPing}
+	echoCandidates    = []string{bench.Coder, bench.ChiCoder, bench.Chiws, bench.Gorilla}
+	idleCandidates    = []string{bench.Coder, bench.CoderPing, bench.ChiCoder, bench.Chiws, bench.Gorilla, bench.GorillaPing}
 )
 
 func (h *harness) connect() (map[string][]bench.ConnectResult, error) {

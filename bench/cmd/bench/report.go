@@ -60,14 +60,62 @@ func median(v []float64) float64 {
 }
 
 // ratio is the median of the per-round ratios a[i]/b[i].
-func ratio(a, b []float64) float64 {
+func ratio(a, b []float64) float64 { return median(ratios(a, b)) }
+
+// ratios is the per-round ratios a[i]/b[i], leaving out the rounds where
+// b[i] is 0. Round i of every candidate ran in the same round (rounds and
+// inProcess interleave the candidates).
+func ratios(a, b []float64) []float64 {
 	var r []float64
 	for i := range min(len(a), len(b)) {
 		if b[i] != 0 {
 			r = append(r, a[i]/b[i])
 		}
 	}
-	return median(r)
+	return r
+}
+
+// diffs is the per-round differences a[i]-b[i].
+func diffs(a, b []float64) []float64 {
+	d := make([]float64, min(len(a), len(b)))
+	for i := range d {
+		d[i] = a[i] - b[i]
+	}
+	return d
+}
+
+// quantile is the q-quantile of v, interpolated between the nearest
+// order statistics (the median for q = 0.5).
+func quantile(v []float64, q float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(v))
+	pos := q * float64(len(s)-1)
+	i := int(pos)
+	if i+1 >= len(s) {
+		return s[len(s)-1]
+	}
+	return s[i] + (pos-float64(i))*(s[i+1]-s[i])
+}
+
+// span is the range of the per-round values v in format f, for a table
+// cell: "min to max".
+func span(v []float64, f string) string {
+	if len(v) == 0 {
+		return "-"
+	}
+	return fmt.Sprintf(f+" to "+f, slices.Min(v), slices.Max(v))
+}
+
+// spread describes the per-round values v in format f: the median, the
+// range, the interquartile range and the number of rounds.
+func spread(v []float64, f string) string {
+	if len(v) == 0 {
+		return "no rounds"
+	}
+	return fmt.Sprintf(f+" (per round "+f+" to "+f+", IQR "+f+" to "+f+", n=%d)", median(v),
+		slices.Min(v), slices.Max(v), quantile(v, 0.25), quantile(v, 0.75), len(v))
 }
 
 func each[T any](v []T, f func(T) float64) []float64 {
@@ -137,7 +185,10 @@ func (r *report) render(w io.Writer) {
 	}
 	fmt.Fprintln(w, ".")
 	fmt.Fprintln(w, "The machine is shared and noisy: read the ratios (median of per-round ratios, candidates")
-	fmt.Fprintln(w, "alternating within each round), not the absolute times.")
+	fmt.Fprintln(w, "alternating within each round), not the absolute times. chiws is also set against chi-coder,")
+	fmt.Fprintln(w, "the same chi router and handlers without the middleware (the route calls `websocket.Accept`):")
+	fmt.Fprintln(w, "those rows give the range and interquartile range (IQR) of the per-round ratios. More rounds:")
+	fmt.Fprintln(w, "`go run ./bench/cmd/bench -rounds 10 -only upgrade,connect,echo,idle -out FILE`.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "## Goals")
 	fmt.Fprintln(w)
@@ -239,8 +290,13 @@ func (r *report) renderBody(w io.Writer) {
 				median(row.allocs), ratio(row.ns, coder.ns), median(row.allocs)-median(coder.allocs))
 		}
 		fmt.Fprintln(w)
-		fmt.Fprintf(w, "chiws against chi-coder (the same chi router without the middleware): %.2fx time, %+.0f allocs, %+.0f B.\n\n",
-			ratio(chiws.ns, chiCoder.ns), median(chiws.allocs)-median(chiCoder.allocs), median(chiws.bytes)-median(chiCoder.bytes))
+		dAllocs := diffs(chiws.allocs, chiCoder.allocs)
+		fmt.Fprintf(w, "chiws against chi-coder (the same chi router without the middleware), per round: time %s;\n",
+			spread(ratios(chiws.ns, chiCoder.ns), "%.2fx"))
+		fmt.Fprintf(w, "allocations %s; bytes %s.\n\n", spread(dAllocs, "%+.0f"), spread(diffs(chiws.bytes, chiCoder.bytes), "%+.0f"))
+		r.addGoal("2. Upgrade: at most +4 allocations over chi + coder/websocket (chi-coder, in process)", median(dAllocs) <= 4,
+			"allocations %s; bytes %+.0f; time %.2fx", spread(dAllocs, "%+.0f"),
+			median(diffs(chiws.bytes, chiCoder.bytes)), ratio(chiws.ns, chiCoder.ns))
 		extra := median(chiws.allocs) - median(coder.allocs)
 		rt := ratio(chiws.ns, coder.ns)
 		r.addInfo("2. Upgrade: allocations and time over bare Accept (in process)",
@@ -255,8 +311,8 @@ func (r *report) renderBody(w io.Writer) {
 		fmt.Fprintln(w, "chiws runs with its default keep-alive (armed on every socket; the sockets close long before")
 		fmt.Fprintln(w, "it would fire).")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| Candidate | keep-alive armed | conns/s | p50 handshake | p99 handshake | rate vs coder | p99 vs coder | errors |")
-		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+		fmt.Fprintln(w, "| Candidate | keep-alive armed | conns/s | p50 handshake | p99 handshake | rate vs coder | p99 vs coder | rate vs chi-coder (per round) | errors |")
+		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 		rate := func(c string) []float64 {
 			return each(r.connect[c], func(x bench.ConnectResult) float64 { return x.PerSecond })
 		}
@@ -266,12 +322,17 @@ func (r *report) renderBody(w io.Writer) {
 		for _, c := range connectCandidates {
 			p50 := each(r.connect[c], func(x bench.ConnectResult) float64 { return x.Handshake.P50 })
 			errs := each(r.connect[c], func(x bench.ConnectResult) float64 { return float64(x.Errors) })
-			fmt.Fprintf(w, "| %s | %s | %.0f | %.0f µs | %.0f µs | %.3fx | %.2fx | %.0f |\n", c, armed(c, 0), median(rate(c)), median(p50),
-				median(p99(c)), ratio(rate(c), rate(bench.Coder)), ratio(p99(c), p99(bench.Coder)), median(errs))
+			vsChi := ratios(rate(c), rate(bench.ChiCoder))
+			fmt.Fprintf(w, "| %s | %s | %.0f | %.0f µs | %.0f µs | %.3fx | %.2fx | %.3fx (%s) | %.0f |\n", c, armed(c, 0), median(rate(c)), median(p50),
+				median(p99(c)), ratio(rate(c), rate(bench.Coder)), ratio(p99(c), p99(bench.Coder)),
+				median(vsChi), span(vsChi, "%.2f"), median(errs))
 		}
 		fmt.Fprintln(w)
 		rr, pr := ratio(rate(bench.Chiws), rate(bench.Coder)), ratio(p99(bench.Chiws), p99(bench.Coder))
 		r.addGoal("3. Connect rate at least 0.95x raw coder/websocket", rr >= 0.95, "%.3fx", rr)
+		rc := ratios(rate(bench.Chiws), rate(bench.ChiCoder))
+		r.addGoal("3. Connect rate at least 0.97x chi + coder/websocket (chi-coder)", median(rc) >= 0.97,
+			"%s; p99 handshake %.2fx", spread(rc, "%.3fx"), ratio(p99(bench.Chiws), p99(bench.ChiCoder)))
 		r.addInfo("3. p99 handshake vs raw coder/websocket", "%.2fx", pr)
 	}
 	for _, e := range r.echo {
@@ -284,19 +345,22 @@ func (r *report) renderBody(w io.Writer) {
 		fmt.Fprintln(w, "Every connection sends a message and waits for its echo, in a loop. CPU is the server")
 		fmt.Fprintln(w, "process's user+system time (getrusage) over the window. chiws has its keep-alive armed")
 		fmt.Fprintf(w, "(every %v); the sockets are busy, so it should find none of them quiet and send no ping.\n", p.keepAlive)
-		fmt.Fprintln(w, "coder and gorilla have no keep-alive.")
+		fmt.Fprintln(w, "coder, chi-coder and gorilla have no keep-alive.")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| Candidate | keep-alive armed | msgs/s | p50 | p99 | p99.9 | server CPU s / M msgs | msgs/s vs coder | CPU/msg vs coder |")
-		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		fmt.Fprintln(w, "| Candidate | keep-alive armed | msgs/s | p50 | p99 | p99.9 | server CPU s / M msgs | msgs/s vs coder | CPU/msg vs coder | msgs/s vs chi-coder (per round) | CPU/msg vs chi-coder (per round) |")
+		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 		f := func(c string, g func(bench.EchoResult) float64) []float64 { return each(e[c], g) }
 		rate := func(x bench.EchoResult) float64 { return x.PerSecond }
 		cpu := func(x bench.EchoResult) float64 { return x.CPUPerMsgM }
 		for _, c := range echoCandidates {
-			fmt.Fprintf(w, "| %s | %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %.1f | %.3fx | %.2fx |\n", c, armed(c, keepAliveFor(p, c)), median(f(c, rate)),
+			rc := ratios(f(c, rate), f(bench.ChiCoder, rate))
+			cc := ratios(f(c, cpu), f(bench.ChiCoder, cpu))
+			fmt.Fprintf(w, "| %s | %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %.1f | %.3fx | %.2fx | %.3fx (%s) | %.3fx (%s) |\n", c, armed(c, keepAliveFor(p, c)), median(f(c, rate)),
 				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P50 }))/1e3,
 				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P99 }))/1e3,
 				median(f(c, func(x bench.EchoResult) float64 { return x.Latency.P999 }))/1e3,
-				median(f(c, cpu)), ratio(f(c, rate), f(bench.Coder, rate)), ratio(f(c, cpu), f(bench.Coder, cpu)))
+				median(f(c, cpu)), ratio(f(c, rate), f(bench.Coder, rate)), ratio(f(c, cpu), f(bench.Coder, cpu)),
+				median(rc), span(rc, "%.2f"), median(cc), span(cc, "%.2f"))
 		}
 		fmt.Fprintln(w)
 		rr := ratio(f(bench.Chiws, rate), f(bench.Coder, rate))
@@ -309,6 +373,15 @@ func (r *report) renderBody(w io.Writer) {
 			size, p.echoConns, p.keepAlive), rr >= 0.97 && armedOK && p.echoConns >= 1000,
 			"%.3fx (CPU per message %.2fx; chiws pings sent in the window: %.0f)%s",
 			rr, ratio(f(bench.Chiws, cpu), f(bench.Coder, cpu)), median(pings), echoShort(p, armedOK))
+		counted := armedOK && p.echoConns >= 1000
+		rc := ratios(f(bench.Chiws, rate), f(bench.ChiCoder, rate))
+		cc := ratios(f(bench.Chiws, cpu), f(bench.ChiCoder, cpu))
+		where := fmt.Sprintf("4. Echo %d B, %d busy sockets, chiws keep-alive armed (%v), against chi + coder/websocket (chi-coder) without keep-alive",
+			size, p.echoConns, p.keepAlive)
+		r.addGoal(where+": msgs/s at least 0.98x", median(rc) >= 0.98 && counted,
+			"%s%s", spread(rc, "%.3fx"), echoShort(p, armedOK))
+		r.addGoal(where+": server CPU per message at most 1.03x", median(cc) <= 1.03 && counted,
+			"%s%s", spread(cc, "%.3fx"), echoShort(p, armedOK))
 	}
 	if r.idle != nil {
 		r.renderIdle(w)
@@ -378,14 +451,19 @@ func (r *report) renderIdle(w io.Writer) {
 	fmt.Fprintf(w, "Server in one process, clients in another (every client reads, so pings are answered).\n")
 	fmt.Fprintf(w, "Per connection: (snapshot with the sockets open - snapshot before any) / connections, both after\n")
 	fmt.Fprintf(w, "two GCs, taken at the end of the keep-alive window of section 6 (pings in flight included).\n")
-	fmt.Fprintf(w, "chiws, coder-ping and gorilla-ping ping every %v; coder and gorilla never ping.\n\n", p.keepAlive)
-	fmt.Fprintln(w, "| Candidate | keep-alive armed | heap/conn | stack/conn | heap+stack/conn | heap+stack vs coder-ping | goroutines/conn | RSS/conn |")
-	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintf(w, "chiws, coder-ping and gorilla-ping ping every %v; coder, chi-coder and gorilla never ping.\n\n", p.keepAlive)
+	fmt.Fprintln(w, "| Candidate | keep-alive armed | heap/conn | stack/conn | heap+stack/conn | heap+stack vs coder-ping | heap/conn vs chi-coder (per round, KiB) | goroutines/conn | RSS/conn |")
+	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	// heapDiff is c's heap per socket minus base's, per round, in KiB.
+	heapDiff := func(c, base string) []float64 {
+		return each(diffs(m[c].heap, m[base].heap), func(d float64) float64 { return d / 1024 })
+	}
 	for _, c := range idleCandidates {
 		x := m[c]
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %+.2f KiB | %.3f | %s |\n", c, armed(c, keepAliveFor(p, c)),
+		dc := heapDiff(c, bench.ChiCoder)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %+.2f KiB | %+.2f (%s) | %.3f | %s |\n", c, armed(c, keepAliveFor(p, c)),
 			kib(median(x.heap)), kib(median(x.stack)), kib(median(x.mem)),
-			(median(x.mem)-median(m[bench.CoderPing].mem))/1024, median(x.gor), kib(median(x.rss)))
+			(median(x.mem)-median(m[bench.CoderPing].mem))/1024, median(dc), span(dc, "%+.2f"), median(x.gor), kib(median(x.rss)))
 	}
 	fmt.Fprintln(w)
 	enough := p.idleConns >= 15000 && keepAliveFor(p, bench.Chiws) == time.Second && keepAliveFor(p, bench.CoderPing) == time.Second
@@ -399,9 +477,15 @@ func (r *report) renderIdle(w io.Writer) {
 	r.addGoal(fmt.Sprintf("5. Idle (%s): at most 1.05 goroutines per idle socket (chiws)", where), gc <= 1.05 && enough,
 		"%.3f (coder-ping %.3f, coder without keep-alive %.3f)%s", gc, median(cp.gor), median(m[bench.Coder].gor), short)
 	hc, hp := median(ch.heap), median(cp.heap)
-	r.addGoal(fmt.Sprintf("5. Idle (%s): heap per idle socket after GC at most coder-ping's", where), hc <= hp && enough,
-		"%s vs %s (%+.2f KiB); heap+stack %s vs %s; RSS %s vs %s%s", kib(hc), kib(hp), (hc-hp)/1024,
+	r.addGoal(fmt.Sprintf("5. Idle (%s): heap per idle socket after GC at most raw coder/websocket's with the same keep-alive (coder-ping)", where),
+		hc <= hp && enough,
+		"%s vs %s, difference %s KiB; heap+stack %s vs %s; RSS %s vs %s%s", kib(hc), kib(hp),
+		spread(heapDiff(bench.Chiws, bench.CoderPing), "%+.2f"),
 		kib(median(ch.mem)), kib(median(cp.mem)), kib(median(ch.rss)), kib(median(cp.rss)), short)
+	r.addInfo(fmt.Sprintf("5. Idle (%s): heap per idle socket after GC vs raw coder/websocket and chi + coder/websocket, both without keep-alive (chiws's pings in flight included)", where),
+		"%s vs %s (coder), difference %s KiB; vs %s (chi-coder), difference %s KiB", kib(hc),
+		kib(median(m[bench.Coder].heap)), spread(heapDiff(bench.Chiws, bench.Coder), "%+.2f"),
+		kib(median(m[bench.ChiCoder].heap)), spread(heapDiff(bench.Chiws, bench.ChiCoder), "%+.2f"))
 	r.addInfo("5. Idle: heap+stack per socket vs raw coder/websocket without keep-alive, and vs gorilla",
 		"%+.2f KiB vs coder, %+.2f KiB vs gorilla, %+.2f KiB vs gorilla-ping",
 		(median(ch.mem)-median(m[bench.Coder].mem))/1024, (median(ch.mem)-median(m[bench.Gorilla].mem))/1024,
