@@ -63,9 +63,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !m.admit(w, r) {
 		return
 	}
-	defer m.release()
 	u := &upgrade{m: m}
-	u.w.ResponseWriter = w
+	defer func() { m.release(u.w.foreign) }()
+	u.w.ResponseWriter, u.w.m = w, m
 	r = r.WithContext(context.WithValue(r.Context(), upgradeKey, u))
 	if isExtendedConnect(r) { // RFC 8441
 		u.w.h2 = newH2Stream(w, r)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/internal/wstest"
+	"github.com/chiws/chiws/internal/xconnect"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/goleak"
@@ -23,6 +24,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	xconnect.Reexec() // net/http's HTTP/2 server offers RFC 8441 only with it
 	goleak.VerifyTestMain(m)
 }
 
@@ -105,6 +107,9 @@ func startServer(t *testing.T, ws *chiws.Middleware, configure func(*http.Server
 	r.Use(ws.Handler)
 	setup(r)
 	srv := httptest.NewUnstartedServer(r)
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetHTTP1(true)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
 	errLog := &wstest.SyncBuffer{}
 	srv.Config.ErrorLog = log.New(errLog, "", 0)
 	if configure != nil {

@@ -23,6 +23,7 @@ import (
 // It is used by the handler's goroutine only, as any ResponseWriter.
 type upgradeWriter struct {
 	http.ResponseWriter
+	m        *Middleware
 	conn     *Conn     // set by Accept: the socket the connection is for
 	h2       *h2Stream // the stream of an HTTP/2 WebSocket (http2.go), or nil
 	nc       *netConn  // set up by Hijack for Accept
@@ -148,6 +149,7 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.hijacked = true
 	if w.conn == nil {
 		w.foreign = true
+		w.m.passThrough()
 		return c, brw, nil
 	}
 	w.nc.init(c, w.conn)

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"runtime"
@@ -20,6 +22,7 @@ import (
 	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
+	"go.uber.org/zap"
 )
 
 // Test101HasNoBodyHeaders: like net/http, the 101 carries no
@@ -235,5 +238,103 @@ func TestHeld101MatchesNetHTTP(t *testing.T) {
 	}
 	if held != netHTTP {
 		t.Errorf("101 written by Hijack:\n%s\nnet/http's:\n%s", held, netHTTP)
+	}
+}
+
+// TestForeignUpgradesPassThrough: a route behind the middleware that
+// upgrades without chiws.Accept works as it would without the middleware:
+// coder/websocket's own Accept, a reverse proxy to a WebSocket backend, and
+// a second chiws mounted in a route group. The origin policy and the limit
+// still apply first (a foreign socket counts against MaxConnections while
+// its handler runs); Shutdown neither closes nor waits for it, as net/http's
+// does not for hijacked connections; it is logged at Debug as passed
+// through. (gorilla/websocket's Upgrader: e2e/interop_test.go.)
+func TestForeignUpgradesPassThrough(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		coderEcho(c)
+	}))
+	t.Cleanup(backend.Close)
+	target, err := url.Parse(backend.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := chiws.New(chiws.Options{})
+	t.Cleanup(func() { inner.Shutdown(context.Background()) })
+	tests := []struct {
+		name  string
+		route func(r chi.Router)
+	}{
+		{"coder/websocket Accept", func(r chi.Router) {
+			r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+				c, err := websocket.Accept(w, r, nil)
+				if err != nil {
+					return
+				}
+				defer c.CloseNow()
+				coderEcho(c)
+			})
+		}},
+		{"httputil.ReverseProxy", func(r chi.Router) {
+			r.Handle("/ws", httputil.NewSingleHostReverseProxy(target))
+		}},
+		{"a second chiws in a group", func(r chi.Router) {
+			r.Group(func(r chi.Router) {
+				r.Use(inner.Handler)
+				r.Get("/ws", echo)
+			})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ws, srv, logs := relServer(t, chiws.Options{MaxConnections: 1}, nil, tt.route)
+			if code := dialStatus(t, wsURL(srv, "/ws"), &websocket.DialOptions{
+				HTTPHeader: http.Header{"Origin": {"https://evil.example"}},
+			}); code != http.StatusForbidden {
+				t.Fatalf("cross-origin dial: %d, want 403 before the route", code)
+			}
+			c := dial(t, wsURL(srv, "/ws"), nil)
+			ctx := testCtx(t)
+			roundTrip := func(msg string) {
+				t.Helper()
+				if err := c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+					t.Fatal(err)
+				}
+				if _, p, err := c.Read(ctx); err != nil || string(p) != msg {
+					t.Fatalf("echo %q: %q %v", msg, p, err)
+				}
+			}
+			roundTrip("through")
+			if code := dialStatus(t, wsURL(srv, "/ws"), nil); code != http.StatusServiceUnavailable {
+				t.Fatalf("second socket over MaxConnections 1: %d, want 503", code)
+			}
+			shutCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			if err := ws.Shutdown(shutCtx); err != nil {
+				t.Fatalf("Shutdown waited for a foreign socket: %v", err)
+			}
+			roundTrip("after Shutdown") // not the outer middleware's to close
+			if err := c.Close(websocket.StatusNormalClosure, ""); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "passed-through log", func() bool {
+				return logs.FilterMessageSnippet("passed through").FilterLevelExact(zap.DebugLevel).Len() == 1
+			})
+		})
+	}
+}
+
+// coderEcho echoes until an error, with coder/websocket alone.
+func coderEcho(c *websocket.Conn) {
+	ctx := context.Background()
+	for {
+		typ, p, err := c.Read(ctx)
+		if err != nil || c.Write(ctx, typ, p) != nil {
+			return
+		}
 	}
 }

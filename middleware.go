@@ -210,9 +210,10 @@ type Middleware struct {
 
 	mu       sync.Mutex
 	inflight int                // admitted upgrade requests whose handler runs
+	foreign  int                // of which upgraded by their route, not Accept
 	sockets  map[*Conn]struct{} // accepted, connection not yet closed
 	closing  bool               // Shutdown was called
-	drained  chan struct{}      // closed when inflight drops to 0 while closing
+	drained  chan struct{}      // closed when inflight-foreign drops to 0 while closing
 
 	// goroutines counts the sockets until their connection closed, and
 	// the keep-alive goroutines while they run: Shutdown waits for it, so
@@ -292,12 +293,32 @@ func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
-// release ends what a successful admit began.
-func (m *Middleware) release() {
+// release ends what a successful admit began; foreign says whether the
+// route upgraded the connection itself (passThrough).
+func (m *Middleware) release(foreign bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.inflight--
-	if m.inflight == 0 && m.drained != nil {
+	if foreign {
+		m.foreign--
+	}
+	m.drainedIf()
+}
+
+// passThrough notes that an admitted request's route upgraded the
+// connection without Accept: the connection is the route's, and Shutdown
+// does not wait for it, as net/http's does not wait for hijacked ones. It
+// still counts against MaxConnections until its handler returns.
+func (m *Middleware) passThrough() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.foreign++
+	m.drainedIf()
+}
+
+// drainedIf tells Shutdown when the last handler it waits for returned.
+func (m *Middleware) drainedIf() {
+	if m.inflight == m.foreign && m.drained != nil {
 		close(m.drained)
 		m.drained = nil
 	}

@@ -64,7 +64,7 @@ func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.closing = true
 	socks := slices.Collect(maps.Keys(m.sockets))
 	var drained chan struct{}
-	if m.inflight > 0 {
+	if m.inflight > m.foreign {
 		if m.drained == nil {
 			m.drained = make(chan struct{})
 		}

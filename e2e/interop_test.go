@@ -58,3 +58,47 @@ func TestEchoGorilla(t *testing.T) {
 		t.Fatalf("read after close = %v, want the echoed 4000", err)
 	}
 }
+
+// TestGorillaUpgraderBehindMiddleware: a route that upgrades with
+// gorilla/websocket's Upgrader, not chiws.Accept, works behind the
+// middleware as it would without it (a foreign upgrade passes through).
+func TestGorillaUpgraderBehindMiddleware(t *testing.T) {
+	ws := chiws.New(chiws.Options{})
+	r := chi.NewRouter()
+	r.Use(ws.Handler)
+	up := gorilla.Upgrader{}
+	r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			t.Errorf("Upgrade behind the middleware: %v", err)
+			return
+		}
+		defer c.Close()
+		for {
+			typ, p, err := c.ReadMessage()
+			if err != nil || c.WriteMessage(typ, p) != nil {
+				return
+			}
+		}
+	})
+	srv := httptest.NewServer(r)
+	defer srv.Close()
+	c, _, err := gorilla.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := c.WriteMessage(gorilla.TextMessage, []byte("gorilla")); err != nil {
+		t.Fatal(err)
+	}
+	if _, p, err := c.ReadMessage(); err != nil || string(p) != "gorilla" {
+		t.Fatalf("echo: %q %v", p, err)
+	}
+	if err := c.WriteMessage(gorilla.CloseMessage, gorilla.FormatCloseMessage(1000, "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.ReadMessage(); !gorilla.IsCloseError(err, 1000) {
+		t.Fatalf("read after close = %v, want the echoed 1000", err)
+	}
+}

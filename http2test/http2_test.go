@@ -254,15 +254,3 @@ func TestKeepAliveAbortsSilentPeer(t *testing.T) {
 		}
 	})
 }
-
-// TestUnansweredConnect: a route that neither accepts nor answers an
-// extended CONNECT gets a 500, not net/http's default 200, which RFC 8441
-// takes for an open socket.
-func TestUnansweredConnect(t *testing.T) {
-	s := startServer(t, "h2c", chiws.Options{}, nil, func(r chi.Router) {
-		r.Get("/ws", func(http.ResponseWriter, *http.Request) {})
-	})
-	if resp := s.dialStatus(t, "/ws", nil); resp.StatusCode != http.StatusInternalServerError {
-		t.Errorf("status %d, want 500", resp.StatusCode)
-	}
-}
