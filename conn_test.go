@@ -274,7 +274,7 @@ func TestBadFrames(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			calls := newCalls()
-			ws, srv, _ := relServer(t, chiws.Options{ReadLimit: readLimit}, nil, func(r chi.Router) {
+			ws, srv, _ := relServer(t, chiws.Options{ReadLimit: readLimit, CloseTimeout: time.Second}, nil, func(r chi.Router) {
 				r.HandleFunc("/ws", calls.wrap(echoErr))
 			})
 			c, err := wstest.Handshake(hostOf(srv), "/ws", "")
@@ -428,7 +428,7 @@ func TestSlowConsumer(t *testing.T) {
 // connection, so that the reset, if any, has arrived.
 func TestCloseCodeReachesSendingPeer(t *testing.T) {
 	calls := newCalls()
-	ws, srv, logs := relServer(t, chiws.Options{KeepAliveInterval: -1}, nil,
+	ws, srv, logs := relServer(t, chiws.Options{KeepAliveInterval: -1, CloseTimeout: time.Second}, nil,
 		func(r chi.Router) { r.Get("/ws", calls.wrap(echoErr)) })
 	var wire []byte
 	const frames = 100 // more than the server's buffers hold past the limit

@@ -84,18 +84,24 @@ func (c *Conn) begin() {
 // finishes the close that err calls for.
 func (c *Conn) release(err error, what string) {
 	var ce websocket.CloseError
-	var then func()
+	then := c.awaitEnd // the end is certain, and under way
 	closed := c.nc.isClosed()
 	switch {
 	case err == nil:
+		then = nil
 	case errors.As(err, &ce):
-		c.decide(ErrClosedByPeer, ce.Code, ce.Reason) // coder/websocket closed the connection
+		// coder/websocket read the peer's close frame: it closes the
+		// connection, or someone closing it already will.
+		c.decide(ErrClosedByPeer, ce.Code, ce.Reason)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		if closed { // coder/websocket closes the connection when a context ends an I/O
-			c.decide(ErrClosedByServer, websocket.StatusAbnormalClosure, what+" context done")
+		if !closed {
+			then = nil // the context ended the wait for a lock: still open
+			break
 		}
+		// coder/websocket closes the connection when a context ends an I/O
+		c.decide(ErrClosedByServer, websocket.StatusAbnormalClosure, what+" context done")
 	case closed, errors.Is(err, net.ErrClosed):
-		// Someone closed it, and recorded why.
+		// Someone closed it, or is closing it, and recorded why.
 	case errors.Is(err, websocket.ErrMessageTooBig):
 		// coder/websocket sent 1009; the handshake is ours to finish.
 		c.decide(ErrClosedByServer, websocket.StatusMessageTooBig, "message too big")
@@ -105,7 +111,7 @@ func (c *Conn) release(err error, what string) {
 		// close frame can be exchanged.
 		then = func() { _ = c.abort(ErrConnectionLost, "") }
 	case what == "write":
-		// Nothing proven: the socket may be open still.
+		then = nil // nothing proven: the socket may be open still
 	default:
 		// coder/websocket refused a frame: it sent 1002 for most such
 		// errors and nothing for some; Close sends it when it did not.
@@ -122,6 +128,19 @@ func (c *Conn) release(err error, what string) {
 	}
 	if then != nil {
 		then()
+	}
+}
+
+// awaitEnd waits until the socket has ended, for an operation that saw
+// its end under way: so that Done has fired when the operation returns. A
+// close frame sent by coder/websocket through the embedded Conn leaves the
+// connection open until the handler returns, hence the bound.
+func (c *Conn) awaitEnd() {
+	t := time.NewTimer(c.m.cfg.closeTimeout)
+	defer t.Stop()
+	select {
+	case <-c.ctx.Done():
+	case <-t.C:
 	}
 }
 

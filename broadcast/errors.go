@@ -13,8 +13,15 @@ var (
 	// ErrBrokerClosed means Close was called on the broker.
 	ErrBrokerClosed = errors.New("broker closed")
 
-	// ErrHubClosed means Shutdown was called on the hub.
+	// ErrHubClosed means Shutdown was called on the hub. It is also the
+	// cause of the members' sockets that Shutdown closed with 1001.
 	ErrHubClosed = errors.New("hub shut down")
+
+	// ErrTooSlow is the cause of a member's socket closed with 1008 "too
+	// slow" because its queue went over Options.QueueMessages or
+	// QueueBytes: context.Cause(c.Context()) matches it and
+	// chiws.ErrClosedByServer.
+	ErrTooSlow = errors.New("member too slow")
 
 	// ErrMemberLeft means the member has left the hub: its socket closed,
 	// or it was dropped for being too slow.

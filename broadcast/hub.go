@@ -283,20 +283,26 @@ func (h *Hub) Stats() Stats {
 // CloseAll closes every member's socket with code and reason, after the
 // write in progress; members leave as their sockets close. It does not
 // block, so OnBrokerState may call it. Members that join later stay open.
+// The sockets' Context causes match chiws.ErrClosedByServer.
 func (h *Hub) CloseAll(code websocket.StatusCode, reason string) {
+	h.closeAll(nil, code, reason)
+}
+
+func (h *Hub) closeAll(cause error, code websocket.StatusCode, reason string) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for m := range h.members {
-		m.close(code, reason)
+		m.close(cause, code, reason)
 	}
 }
 
-// Shutdown closes every member's socket with 1001 Going Away, releases the
-// broker subscriptions and waits for the members' writers, or until ctx is
-// done. Then it cancels the writes under way, which aborts their sockets,
-// and returns ctx.Err(); a writer still in a close handshake ends within
-// coder/websocket's close timeouts (five seconds to send the close frame,
-// five to receive the reply), and a later Shutdown call waits for it. Join
+// Shutdown closes every member's socket with 1001 Going Away (the sockets'
+// Context causes match ErrHubClosed), releases the broker subscriptions
+// and waits for the members' writers, or until ctx is done. Then it
+// cancels the writes under way, which aborts their sockets, and returns
+// ctx.Err(); a writer still in a close handshake ends within the
+// middleware's Options.CloseTimeout, and a later Shutdown call waits for
+// it. Join
 // and Publish fail with ErrHubClosed from the start of Shutdown. It may be
 // called more than once. It does not close the broker.
 func (h *Hub) Shutdown(ctx context.Context) error {
@@ -308,7 +314,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		// Outside mu: a notification under way may be in CloseAll.
 		h.stopState()
 	}
-	h.CloseAll(websocket.StatusGoingAway, "server shutting down")
+	h.closeAll(ErrHubClosed, websocket.StatusGoingAway, "server shutting down")
 
 	done := make(chan struct{})
 	go func() { // owned by Shutdown's caller: ends with the last writer, which coder's close timeouts bound

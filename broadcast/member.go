@@ -27,6 +27,7 @@ type Member struct {
 	head    int
 	bytes   int
 	closing bool
+	cause   error // recorded as the socket's end (chiws.Conn.CloseWith)
 	code    websocket.StatusCode
 	reason  string
 	wake    chan struct{} // size one: work for the writer
@@ -142,7 +143,7 @@ func (m *Member) enqueue(msg message) bool {
 	n := len(m.queue) - m.head
 	if n+1 > m.h.opts.QueueMessages || m.bytes+len(msg.data) > m.h.opts.QueueBytes {
 		m.mu.Unlock()
-		if m.close(websocket.StatusPolicyViolation, "too slow") {
+		if m.close(ErrTooSlow, websocket.StatusPolicyViolation, "too slow") {
 			m.h.slow.Add(1)
 			// Debug: a client that stops reading chooses this.
 			m.h.log.Debug("closed a slow member",
@@ -165,13 +166,14 @@ func (m *Member) enqueue(msg message) bool {
 }
 
 // close makes the writer close the socket with code and reason after the
-// write in progress, dropping what is queued. It does not block and
-// reports whether this call decided the close.
-func (m *Member) close(code websocket.StatusCode, reason string) bool {
+// write in progress, dropping what is queued, and record cause as why the
+// socket ended. It does not block and reports whether this call decided
+// the close.
+func (m *Member) close(cause error, code websocket.StatusCode, reason string) bool {
 	m.mu.Lock()
 	first := !m.closing
 	if first {
-		m.closing, m.code, m.reason = true, code, reason
+		m.closing, m.cause, m.code, m.reason = true, cause, code, reason
 		clear(m.queue) // let the payloads go now
 		m.queue, m.head, m.bytes = nil, 0, 0
 	}
@@ -196,11 +198,9 @@ func (m *Member) run() {
 		msg, ok, closing := m.next()
 		switch {
 		case closing:
-			// Bounded by coder/websocket's close handshake timeouts, and
-			// by the middleware's abort when its Shutdown reaches its deadline.
-			if err := m.c.Close(m.code, m.reason); err != nil {
-				_ = m.c.CloseNow()
-			}
+			// Bounded by the middleware's Options.CloseTimeout, which
+			// aborts the connection.
+			_ = m.c.CloseWith(m.cause, m.code, m.reason)
 			return
 		case ok:
 			ctx, cancel := context.WithTimeout(m.h.ctx, m.h.opts.WriteTimeout)

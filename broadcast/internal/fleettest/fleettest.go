@@ -68,6 +68,23 @@ type Server struct {
 	stateMu sync.Mutex
 	states  []bool
 	stateCh chan struct{} // size one: a state change was recorded
+	causes  []error       // why each socket served here ended
+}
+
+// WaitCause waits until a socket served here ended with cause (errors.Is).
+func (s *Server) WaitCause(t *testing.T, cause error, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d sockets ended by %v", n, cause), func() bool {
+		s.stateMu.Lock()
+		defer s.stateMu.Unlock()
+		got := 0
+		for _, err := range s.causes {
+			if errors.Is(err, cause) {
+				got++
+			}
+		}
+		return got >= n
+	})
 }
 
 // Start builds a fleet on nodes with opts for every hub.
@@ -139,6 +156,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	for {
 		typ, p, err := c.Read(ctx)
 		if err != nil {
+			if ctx.Err() != nil { // the socket ended, and Context says why
+				s.stateMu.Lock()
+				s.causes = append(s.causes, context.Cause(ctx))
+				s.stateMu.Unlock()
+			}
 			return
 		}
 		if err := s.Hub.Publish(ctx, topics[0], typ, p); err != nil {

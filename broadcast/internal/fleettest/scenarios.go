@@ -195,6 +195,7 @@ func testSlowMember(t *testing.T, newNodes NewNodes) {
 		t.Fatalf("slow client closed with %v %q, want 1008 \"too slow\"", code, reason)
 	}
 	slowNode.WaitMembers(t, "room", 1)
+	slowNode.WaitCause(t, broadcast.ErrTooSlow, 1)
 }
 
 // testShutdown: Shutdown sends 1001 to its members, and the hub refuses
@@ -219,6 +220,7 @@ func testShutdown(t *testing.T, newNodes NewNodes) {
 			t.Fatalf("member closed with %v, want 1001", code)
 		}
 	}
+	f.Nodes[0].WaitCause(t, broadcast.ErrHubClosed, 2)
 	if err := hub.Publish(ctx, "room", websocket.MessageText, []byte("x")); !errors.Is(err, broadcast.ErrHubClosed) {
 		t.Fatalf("Publish after Shutdown: %v, want ErrHubClosed", err)
 	}
