@@ -2,27 +2,24 @@ package chiws
 
 import "errors"
 
-// Sentinel errors returned by Accept and Middleware methods. Each is wrapped
-// with a short context ("chiws: accept: ..."), so compare with errors.Is.
+// Errors returned by Accept and Middleware methods, wrapped with a short
+// context ("chiws: accept: ..."): compare with errors.Is.
 var (
 	// ErrNotWebSocket means the request is not a WebSocket upgrade request.
 	// Accept answers it with 400 Bad Request.
 	ErrNotWebSocket = errors.New("not a WebSocket upgrade request")
 
 	// ErrMiddlewareMissing means Accept saw a valid upgrade request that did
-	// not pass through the middleware. It is the most common setup mistake:
-	// mount the middleware before the routes, for example r.Use(ws.Handler)
-	// on a chi router. Accept answers with 500 Internal Server Error.
+	// not pass through the middleware, which must be mounted before the
+	// routes. Accept answers with 500 Internal Server Error.
 	ErrMiddlewareMissing = errors.New("the chiws middleware is not mounted: " +
 		"call r.Use(m.Handler) (or wrap the handler with m.Handler) " +
 		"before the routes that accept WebSockets")
 
-	// ErrHijackBypassed means a ResponseWriter wrapper between the
-	// middleware and Accept hijacked the connection without going through
-	// the middleware's ResponseWriter, so chiws cannot see the connection
-	// close. Accept closes the socket with 1011 and returns this error. Wrappers
-	// must reach the middleware's writer through Unwrap or delegate their
-	// Hijack to it, as chi's middleware.WrapResponseWriter does.
+	// ErrHijackBypassed means a ResponseWriter wrapper between the middleware
+	// and Accept hijacked around the middleware's writer, hiding the close
+	// from chiws; Accept then closes with 1011. Wrappers must Unwrap to that
+	// writer or delegate Hijack to it (chi's middleware.WrapResponseWriter does).
 	ErrHijackBypassed = errors.New("a ResponseWriter wrapper hijacked the connection " +
 		"around the middleware's ResponseWriter")
 
@@ -30,30 +27,27 @@ var (
 	ErrAlreadyAccepted = errors.New("the request was already accepted")
 )
 
-// Why a socket ended: context.Cause(c.Context()) matches exactly one of
-// these with errors.Is once the socket is closed, and also carries the
-// close code when one was sent or received (websocket.CloseStatus). The
-// close log's closedBy field names the same cause.
+// Why a socket ended: once it is closed, context.Cause(c.Context())
+// matches exactly one of these with errors.Is, and carries the close code
+// when one was sent or received (websocket.CloseStatus). The close log's
+// closedBy field names the same cause.
 var (
 	// ErrClosedByPeer: the peer sent a close frame (closedBy "client").
 	ErrClosedByPeer = errors.New("closed by the peer")
 
 	// ErrClosedByServer: the application closed the socket (Conn.Close,
-	// Conn.CloseNow, Conn.CloseWith, or a read or write whose context
-	// ended and closed it), or the peer broke the protocol or the read
-	// limit and the server closed it with 1002, 1003, 1007, 1008 or 1009
-	// (closedBy "server").
+	// CloseNow, CloseWith, or a read or write whose context ended), or the
+	// server closed it with 1002, 1003, 1007, 1008 or 1009 for a peer that
+	// broke the protocol or the read limit (closedBy "server").
 	ErrClosedByServer = errors.New("closed by the server")
 
-	// ErrKeepAliveTimeout: the peer answered no keep-alive ping within
-	// KeepAliveTimeout and the connection was aborted (closedBy
-	// "keepalive").
+	// ErrKeepAliveTimeout: a keep-alive ping went unanswered for
+	// KeepAliveTimeout; the connection was aborted (closedBy "keepalive").
 	ErrKeepAliveTimeout = errors.New("keep-alive timeout")
 
 	// ErrShuttingDown: Shutdown closed the socket with 1001 Going Away
-	// (closedBy "shutdown"). Accept also returns it when Shutdown began
-	// while the handler ran; the upgrade request is then answered with 503
-	// Service Unavailable, or the socket closed with 1001 if already open.
+	// (closedBy "shutdown"). Accept returns it when Shutdown began while the
+	// handler ran, having answered 503 or closed the open socket with 1001.
 	ErrShuttingDown = errors.New("shutting down")
 
 	// ErrHandlerReturned: the route handler returned with the socket open,
@@ -64,11 +58,10 @@ var (
 	// middleware closed the socket with 1011 (closedBy "panic").
 	ErrHandlerPanicked = errors.New("handler panicked")
 
-	// ErrConnectionLost: the connection broke without a close frame: the
+	// ErrConnectionLost: the connection broke without a close frame (the
 	// peer vanished or reset it, a read or write timed out, an HTTP/2
-	// stream was reset, or the connection was closed through the embedded
-	// websocket.Conn, which chiws does not see (closedBy
-	// "connection-lost").
+	// stream was reset) or was closed through the embedded websocket.Conn,
+	// which chiws does not see (closedBy "connection-lost").
 	ErrConnectionLost = errors.New("connection lost")
 )
 

@@ -2,7 +2,6 @@ package chiws
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -276,7 +275,7 @@ func (u *upgrade) finish(r *http.Request) {
 		_ = c.shut(ErrHandlerReturned, websocket.StatusInternalError, "handler returned")
 	}
 	<-c.Done()
-	early := errors.Is(context.Cause(c.ctx), ErrHandlerReturned)
+	early := c.end.cause.by == ErrHandlerReturned // never written again
 	if early {
 		m.stats.earlyReturns.Add(1)
 	}

@@ -6,14 +6,9 @@ import (
 	"strings"
 )
 
-// This file recognises WebSocket upgrade requests (RFC 6455 section 4.2.1).
-// Everything here runs on the request path and must not allocate for
-// ordinary HTTP requests.
-
-// isUpgradeAttempt reports whether r asks for a WebSocket at all: an
-// HTTP/1.1 upgrade (its Upgrade header lists "websocket") or an HTTP/2
-// extended CONNECT (RFC 8441). It is the only check ordinary requests pay
-// for.
+// isUpgradeAttempt reports whether r asks for a WebSocket (RFC 6455 section
+// 4.2.1, or RFC 8441 over HTTP/2). Ordinary requests pay for it alone, so
+// it must not allocate.
 func isUpgradeAttempt(r *http.Request) bool {
 	return hasToken(r.Header["Upgrade"], "websocket") || isExtendedConnect(r)
 }
@@ -30,15 +25,13 @@ func isExtendedConnect(r *http.Request) bool {
 }
 
 // checkHandshake applies ASP.NET Core's IsWebSocketRequest rules to an
-// upgrade attempt (see isUpgradeAttempt), and returns the status to answer
-// and why when it breaks one, or 0. The reason never holds request data.
-// HTTP/1.1: GET, Connection lists "upgrade", Sec-WebSocket-Version is 13
-// (else 426, RFC 6455 section 4.4), one Sec-WebSocket-Key that decodes to
-// 16 bytes, and no body. HTTP/2 (RFC 8441): CONNECT with :protocol
-// websocket and version 13; the stream is the body, and there is no key.
+// upgrade attempt, and returns the status to answer and why (never request
+// data) when it breaks one, or 0. An HTTP/2 stream is its own body and has
+// no key. Version 13 must be the only one named: coder/websocket accepts
+// nothing else, so "13, 8" gets 426 (RFC 6455 section 4.4), not Accept's 400.
 func checkHandshake(r *http.Request) (status int, reason string) {
-	keys := r.Header["Sec-Websocket-Key"]
-	version13 := isVersion13(r.Header["Sec-Websocket-Version"])
+	keys, versions := r.Header["Sec-Websocket-Key"], r.Header["Sec-Websocket-Version"]
+	version13 := len(versions) == 1 && strings.Trim(versions[0], " \t") == "13"
 	if isExtendedConnect(r) {
 		if !version13 {
 			return http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13"
@@ -66,13 +59,6 @@ func checkHandshake(r *http.Request) (status int, reason string) {
 	return 0, ""
 }
 
-// isVersion13 reports whether the request names version 13 and only it:
-// coder/websocket, which performs the upgrade, accepts nothing else, so a
-// list such as "13, 8" gets the 426 here rather than a 400 from Accept.
-func isVersion13(values []string) bool {
-	return len(values) == 1 && strings.Trim(values[0], " \t") == "13"
-}
-
 // validKey reports whether k is the base64 encoding of exactly 16 bytes.
 func validKey(k string) bool {
 	k = strings.TrimSpace(k)
@@ -97,7 +83,6 @@ func hasToken(values []string, token string) bool {
 	return false
 }
 
-// parseProtocols splits the Sec-WebSocket-Protocol lists in values.
 func parseProtocols(values []string) []string {
 	var out []string
 	for _, v := range values {

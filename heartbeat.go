@@ -11,46 +11,29 @@ import (
 	"go.uber.org/zap"
 )
 
-// heartbeat is a socket's keep-alive. It owns one runtime timer; each time
-// the timer fires, the runtime runs beat in a goroutine of its own, which
-// decides and then re-arms the timer:
-//
-//   - the peer was heard and the server wrote within the interval: the
-//     socket is busy and needs no ping; check again an interval after the
-//     older of the two;
-//   - otherwise ping with coder/websocket's Ping, which writes the ping and
-//     waits for its pong, at most KeepAliveTimeout;
-//   - no pong, but bytes were read from the peer after the ping, or a write
-//     that holds the socket is still moving bytes to a slow reader: the
-//     peer is alive;
-//   - otherwise the peer is gone, and the connection is aborted.
-//
-// So an idle socket has no goroutine, and a ping has one goroutine for as
-// long as it is outstanding. The timer is only re-armed by its own
-// callback: moving a timer that is still in the runtime's heap makes the
-// runtime rescan the heap, which does not scale to many sockets (see
-// docs/design.md).
-//
-// Ping only sees its pong while someone reads the socket (its documented
-// rule), so handlers must keep reading: a socket nobody reads loses the
-// keep-alive, as a peer that never answers would.
+// heartbeat is a socket's keep-alive: one runtime timer, whose callback
+// (run, in a goroutine of its own) calls beat and re-arms the timer, so an
+// idle socket has no goroutine and a ping has one while outstanding. Only
+// the callback re-arms the timer: moving a timer still in the runtime's
+// heap makes it rescan the heap, which does not scale (docs/design.md).
+// Ping sees its pong only while someone reads the socket: a socket nobody
+// reads loses the keep-alive, as a peer that never answers would.
 type heartbeat struct {
 	c                 *Conn
 	interval, timeout time.Duration // timeout 0 (never negative): pings without a deadline
 
-	// pending is when a ping that failed before its deadline started,
-	// and outAtPing the bytes written then; zero when no ping is
-	// unanswered. Only beat uses them, and beats never overlap.
-	pending   time.Duration
-	outAtPing int64
+	// in and out are the bytes read and written at the last look (after
+	// its ping, if any), and pending when an unanswered ping started (else
+	// 0); only beat uses them, and beats never overlap. Comparing counters
+	// at each tick costs the traffic nothing, unlike a clock read per I/O.
+	in, out int64
+	pending time.Duration
 
 	mu      sync.Mutex // guards timer and stopped
 	timer   *time.Timer
 	stopped bool
 }
 
-// startHeartbeat arms c's keep-alive, unless interval is not positive or
-// the connection is closed already.
 func (c *Conn) startHeartbeat(interval, timeout time.Duration) {
 	if interval <= 0 {
 		return
@@ -76,9 +59,8 @@ func (h *heartbeat) stop() {
 	}
 }
 
-// run is the timer's callback. The middleware's goroutine count holds it
-// while it runs, so that Shutdown waits for it; the socket's own count is
-// held until stop, so adding to it here is safe.
+// run is the timer's callback, counted in m.goroutines so that Shutdown
+// waits for it; the socket holds a count until stop, so adding is safe.
 func (h *heartbeat) run() {
 	h.mu.Lock()
 	if h.stopped {
@@ -98,26 +80,25 @@ func (h *heartbeat) run() {
 	}
 }
 
-// beat decides what the socket needs now, and returns when to look again
-// (0: never, the socket is done).
+// beat pings a socket not both heard from and written to since the last
+// look, an interval ago, and returns when to look again (0: never).
 func (h *heartbeat) beat() time.Duration {
 	nc := h.c.nc
 	now := monotime()
 	if h.pending != 0 {
 		return h.judge(now)
 	}
-	lastRead := time.Duration(nc.lastRead.Load())
-	lastWrite := time.Duration(nc.lastWrite.Load())
-	if due := min(lastRead, lastWrite) + h.interval - now; due > 0 {
-		return due // busy both ways: no ping needed yet
+	in, out := nc.bytesIn.Load(), nc.bytesOut.Load()
+	busy := in != h.in && out != h.out
+	h.in, h.out = in, out
+	if busy {
+		return h.interval
 	}
 
-	h.outAtPing = nc.bytesOut.Load()
 	wait := cmp.Or(h.timeout, h.interval) // pings without a deadline: wait at most until the next
 	h.c.m.stats.pingsSent.Add(1)
-	// The ping holds the socket's end: coder/websocket closes the
-	// connection when a ping's write times out, before Ping returns, and
-	// the keep-alive is the one to say why.
+	// Hold the socket's end: coder/websocket closes the connection when a
+	// ping's write times out, before Ping returns, and we must say why.
 	h.c.begin()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	err := h.c.Conn.Ping(ctx)
@@ -126,6 +107,7 @@ func (h *heartbeat) beat() time.Duration {
 	switch {
 	case err == nil:
 		next = h.interval
+		h.in, h.out = nc.bytesIn.Load(), nc.bytesOut.Load() // the ping and pong are no traffic
 	case nc.broke.Load():
 		h.c.release(err, "write") // the connection broke: lost
 		return 0
@@ -134,13 +116,12 @@ func (h *heartbeat) beat() time.Duration {
 	case h.timeout <= 0 && !nc.isClosed():
 		next = h.interval // pings without a deadline
 	case h.timeout <= 0:
-		// coder/websocket bounds the write of a ping (five seconds) and
-		// closes the connection when it is exceeded: the peer stopped
-		// reading, whatever the deadline says.
+		// coder/websocket closed the connection when the ping's write
+		// exceeded its 5 s bound: the peer stopped reading.
 		h.expire()
 	default:
-		// No pong in time; the ping's write may also have timed out, and
-		// coder/websocket then closed the connection: judge says which.
+		// No pong in time (or the ping's write timed out and
+		// coder/websocket closed the connection): judge says which.
 		h.pending = now
 		next = h.judge(monotime())
 	}
@@ -148,18 +129,18 @@ func (h *heartbeat) beat() time.Duration {
 	return next
 }
 
-// judge decides about a ping that got no pong: it started at h.pending.
+// judge decides about the ping that started at h.pending and got no pong:
+// bytes read since, or a write still moving bytes to a slow reader, prove
+// the peer alive; else it is gone once the deadline passed.
 func (h *heartbeat) judge(now time.Duration) time.Duration {
 	nc := h.c.nc
 	switch {
-	case time.Duration(nc.lastRead.Load()) > h.pending:
-		// Heard after the ping: its pong may be queued behind a large
-		// message, but the peer is alive.
+	case nc.bytesIn.Load() != h.in:
+		// The pong may be queued behind a large message.
 		h.pending = 0
 		return h.interval
-	case nc.writes.Load() > 0 && nc.bytesOut.Load() != h.outAtPing:
-		// The ping waits behind a large message that a slow reader is
-		// still receiving: alive. That write's own context bounds it.
+	case nc.writes.Load() > 0 && nc.bytesOut.Load() != h.out:
+		// The ping waits behind that write, which its context bounds.
 		h.pending = 0
 		if ce := h.c.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive: ping deferred behind a slow write"); ce != nil {
 			ce.Write(zap.String(keyRoute, h.c.req.route), zap.String(keyRemoteAddr, h.c.req.remoteAddr))
@@ -167,19 +148,16 @@ func (h *heartbeat) judge(now time.Duration) time.Duration {
 		return h.interval
 	}
 	if left := h.pending + h.timeout - now; left > 0 && !nc.isClosed() {
-		// Ping failed early (a close frame was already sent, say): the
-		// peer still has until the deadline.
+		// Ping failed early (say a close frame was already sent).
 		return left
 	}
 	h.expire()
 	return 0
 }
 
-// expire aborts a socket whose peer sent nothing for KeepAliveTimeout after
-// a ping and made no progress reading. When another cause was recorded
-// (coder/websocket sent 1009 and waits for a close frame that never comes,
-// or Shutdown's 1001 handshake is under way), the abort still ends the
-// wait; only the count and the log are the keep-alive's own.
+// expire aborts a socket whose peer is gone. When another cause came first
+// (coder/websocket's 1009 or Shutdown's 1001 awaiting the peer's close),
+// the abort still ends the wait, but counts and logs nothing.
 func (h *heartbeat) expire() {
 	c := h.c
 	if c.decide(ErrKeepAliveTimeout, websocket.StatusAbnormalClosure, "keep-alive timeout") {
@@ -194,3 +172,8 @@ func (h *heartbeat) expire() {
 	}
 	_ = c.abort(ErrKeepAliveTimeout, "keep-alive timeout")
 }
+
+// epoch and monotime give the monotonic clock as a Duration.
+var epoch = time.Now()
+
+func monotime() time.Duration { return time.Since(epoch) }

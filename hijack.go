@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // upgradeWriter is the ResponseWriter route handlers see on upgrade
@@ -212,10 +211,9 @@ func find[T any](w http.ResponseWriter) (T, bool) {
 	}
 }
 
-// netConn wraps the hijacked connection: it counts the traffic, notes when
-// the peer was last heard and when the server last wrote (for the
-// keep-alive), notes an I/O error (the connection broke), and tells its
-// Conn when it closes, once.
+// netConn wraps the hijacked connection: it counts the traffic (which the
+// keep-alive compares), notes an I/O error (the connection broke), and
+// tells its Conn when it closes, once.
 type netConn struct {
 	net.Conn
 	c         *Conn
@@ -223,24 +221,15 @@ type netConn struct {
 	closed    atomic.Bool
 	broke     atomic.Bool // a read or write failed while open
 
-	bytesIn, bytesOut   atomic.Int64
-	lastRead, lastWrite atomic.Int64 // monotonic nanoseconds; see monotime
-	writes              atomic.Int32 // Writes in progress
+	bytesIn, bytesOut atomic.Int64
+	writes            atomic.Int32 // Writes in progress
 }
 
-func (nc *netConn) init(conn net.Conn, c *Conn) {
-	nc.Conn, nc.c = conn, c
-	now := int64(monotime())
-	nc.lastRead.Store(now)
-	nc.lastWrite.Store(now)
-}
+func (nc *netConn) init(conn net.Conn, c *Conn) { nc.Conn, nc.c = conn, c }
 
 func (c *netConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.bytesIn.Add(int64(n))
-		c.lastRead.Store(int64(monotime()))
-	}
+	c.bytesIn.Add(int64(n))
 	if err != nil && !c.closed.Load() {
 		c.broke.Store(true)
 	}
@@ -259,10 +248,7 @@ func (c *netConn) Write(p []byte) (total int, err error) {
 		n, err = c.Conn.Write(p[:min(len(p), writeChunk)])
 		total += n
 		p = p[n:]
-		if n > 0 {
-			c.bytesOut.Add(int64(n))
-			c.lastWrite.Store(int64(monotime()))
-		}
+		c.bytesOut.Add(int64(n))
 	}
 	if err != nil && !c.closed.Load() {
 		c.broke.Store(true)
@@ -291,9 +277,3 @@ func (c *netConn) abort() error {
 // isClosed reports whether Close was called. Nil (before the hijack)
 // counts as open.
 func (c *netConn) isClosed() bool { return c != nil && c.closed.Load() }
-
-// epoch and monotime give the monotonic clock as a Duration, which fits an
-// atomic.Int64.
-var epoch = time.Now()
-
-func monotime() time.Duration { return time.Since(epoch) }

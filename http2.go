@@ -9,12 +9,9 @@ import (
 	"time"
 )
 
-// This file adapts a WebSocket over an HTTP/2 stream (RFC 8441, extended
-// CONNECT) to what coder/websocket accepts: an HTTP/1.1 upgrade request and
-// a connection to hijack. coder/websocket has no API for an existing stream,
-// so the request it sees is the GET upgrade it expects, its 101 becomes the
-// 200 that RFC 8441 asks for, and the "hijacked connection" is the stream:
-// the request body in, the response writer out.
+// coder/websocket has no API for an existing stream, so a WebSocket over
+// HTTP/2 (RFC 8441) shows it the GET upgrade it expects, turns its 101 into
+// RFC 8441's 200, and hands it the stream as the hijacked connection.
 
 // h2Key is the Sec-WebSocket-Key of the request coder/websocket sees: RFC
 // 8441 has no key, and the Sec-WebSocket-Accept derived from it is not sent.
@@ -32,28 +29,19 @@ func h2UpgradeRequest(r *http.Request) *http.Request {
 	return up
 }
 
-// h2Stream is the net.Conn of a WebSocket over an HTTP/2 stream. Reads come
-// from the request body, which net/http lets a handler read while it
-// writes the response; writes go to the ResponseWriter and are flushed.
-//
-// The ResponseWriter must not be used once the handler has returned, so
-// every use of it is serialised with end, which the middleware calls
-// before it returns. Close sets a read deadline in the past, which ends a
-// read in progress, and the stream ends when the handler returns; Abort
-// also sets a write deadline in the past, which makes net/http reset the
-// stream.
+// h2Stream is the net.Conn of a WebSocket over an HTTP/2 stream: reads
+// from the request body, flushed writes to the ResponseWriter. Neither may
+// be used once the handler has returned, so every use is serialised with
+// end, which the middleware calls before it returns.
 type h2Stream struct {
-	body   io.Reader
-	w      http.ResponseWriter
-	rc     *http.ResponseController
-	local  net.Addr
-	remote net.Addr
+	body          io.Reader
+	w             http.ResponseWriter
+	rc            *http.ResponseController
+	local, remote net.Addr
 
 	// mu serialises writes and rmu reads; ctl serialises deadlines, which
 	// must be set while a write or a read is blocked, so under neither.
-	// ended, set under all three, means the handler is returning: neither
-	// w nor the body may be used (net/http forbids reading the body after
-	// or concurrently with the end of ServeHTTP).
+	// ended, set under all three, means the handler is returning.
 	mu, rmu, ctl sync.Mutex
 	ended        bool
 	closed       atomic.Bool
@@ -102,9 +90,8 @@ func (s *h2Stream) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Close ends the reads, and a write blocked by flow control (its peer
-// stopped reading), which resets the stream; otherwise the stream ends
-// when the handler returns.
+// Close ends the reads, and a write blocked by flow control, which resets
+// the stream; otherwise the stream ends when the handler returns.
 func (s *h2Stream) Close() error {
 	if !s.closed.Swap(true) {
 		s.deadline(false)
@@ -118,9 +105,8 @@ func (s *h2Stream) Abort() {
 	s.deadline(true)
 }
 
-// deadline sets the read deadline, and the write deadline when reset is
-// set, in the past. net/http's deadlines exist to end operations in
-// progress (its own timers set them from other goroutines).
+// deadline ends a read, and with reset a write, in progress by setting a
+// past deadline, as net/http's own timers do from other goroutines.
 func (s *h2Stream) deadline(reset bool) {
 	s.ctl.Lock()
 	defer s.ctl.Unlock()
@@ -137,10 +123,9 @@ func (s *h2Stream) deadline(reset bool) {
 
 var pastDeadline = time.Unix(1, 0)
 
-// end is called by the middleware before the handler returns: from then
-// on, the stream touches neither the ResponseWriter nor the body. A read
-// in progress is ended by the read deadline; a write still blocked by flow
-// control (its peer stopped reading) is ended by a reset.
+// end stops the stream's use of the ResponseWriter and the body, ending a
+// read in progress with the read deadline and a write still blocked by
+// flow control with a reset.
 func (s *h2Stream) end() {
 	s.ctl.Lock()
 	defer s.ctl.Unlock()
@@ -166,7 +151,6 @@ func (s *h2Stream) SetDeadline(t time.Time) error      { return nil }
 func (s *h2Stream) SetReadDeadline(t time.Time) error  { return nil }
 func (s *h2Stream) SetWriteDeadline(t time.Time) error { return nil }
 
-// h2Addr is a net.Addr for the stream's ends.
 type h2Addr string
 
 func (a h2Addr) Network() string { return "tcp" }

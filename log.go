@@ -1,6 +1,7 @@
 package chiws
 
 import (
+	"cmp"
 	"net/http"
 	"unicode/utf8"
 
@@ -40,8 +41,8 @@ const (
 	keyCause            = "cause"
 )
 
-// maxLogValue bounds every request-controlled string that reaches a log
-// line, so that a client cannot make the server write megabytes of logs.
+// maxLogValue bounds each request-controlled string in a log line: a
+// client must not make the server write megabytes of logs.
 const maxLogValue = 256
 
 // clip truncates s to maxLogValue bytes on a rune boundary, marking the cut.
@@ -56,16 +57,19 @@ func clip(s string) string {
 	return s[:cut] + "...(truncated)"
 }
 
-// reqInfo is what the logs say of a request: route (chi's pattern when
-// routed), path, host, origin, remote address and chi's request ID. A
-// socket keeps it rather than its request.
+// reqInfo is what the logs say of a request; a socket keeps it rather
+// than its request.
 type reqInfo struct {
 	route, path, host, origin, remoteAddr, requestID string
 }
 
 func newReqInfo(r *http.Request) reqInfo {
+	route := r.URL.Path // or chi's pattern ("/rooms/{id}") when chi routed r
+	if rc := chi.RouteContext(r.Context()); rc != nil {
+		route = cmp.Or(rc.RoutePattern(), route)
+	}
 	return reqInfo{
-		route:      routeOf(r),
+		route:      clip(route),
 		path:       clip(r.URL.Path),
 		host:       clip(r.Host),
 		origin:     clip(r.Header.Get("Origin")),
@@ -75,7 +79,7 @@ func newReqInfo(r *http.Request) reqInfo {
 }
 
 // fields returns the request's log fields, with room for the close log's.
-func (i *reqInfo) fields() []zap.Field {
+func (i reqInfo) fields() []zap.Field {
 	f := append(make([]zap.Field, 0, 16),
 		zap.String(keyRoute, i.route),
 		zap.String(keyPath, i.path),
@@ -90,21 +94,7 @@ func (i *reqInfo) fields() []zap.Field {
 }
 
 // requestFields describes a request that has no socket.
-func requestFields(r *http.Request) []zap.Field {
-	i := newReqInfo(r)
-	return i.fields()
-}
-
-// routeOf returns chi's route pattern ("/rooms/{id}") when the request was
-// routed by chi, else the path.
-func routeOf(r *http.Request) string {
-	if rc := chi.RouteContext(r.Context()); rc != nil {
-		if p := rc.RoutePattern(); p != "" {
-			return clip(p)
-		}
-	}
-	return clip(r.URL.Path)
-}
+func requestFields(r *http.Request) []zap.Field { return newReqInfo(r).fields() }
 
 // logReject logs a refused upgrade at Debug: a client can cause it at will.
 func (m *Middleware) logReject(r *http.Request, msg, reason string) {

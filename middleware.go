@@ -17,23 +17,20 @@ import (
 
 // Defaults for the zero values of Options.
 const (
-	// DefaultKeepAliveInterval is ASP.NET Core's default: a ping every two
-	// minutes keeps most proxies and NAT tables from dropping idle sockets.
+	// DefaultKeepAliveInterval is ASP.NET Core's: a ping every two minutes
+	// keeps most proxies and NAT tables from dropping idle sockets.
 	DefaultKeepAliveInterval = 2 * time.Minute
 
-	// DefaultKeepAliveTimeout is how long a pong may take. Thirty seconds
-	// covers a congested mobile link and a long GC pause on either side,
-	// and bounds the detection of a vanished peer to 2m30s with the default
-	// interval. ASP.NET Core leaves it infinite, which is why dead clients
-	// went unnoticed there for years.
+	// DefaultKeepAliveTimeout allows for a congested mobile link or a long
+	// GC pause, and finds a vanished peer within 2m30s by default (ASP.NET
+	// Core's is infinite: dead clients go unnoticed).
 	DefaultKeepAliveTimeout = 30 * time.Second
 
-	// DefaultReadLimit is coder/websocket's default: messages over 32 KiB
-	// close the socket with 1009 Message Too Big.
+	// DefaultReadLimit (32 KiB) is coder/websocket's default.
 	DefaultReadLimit = 32 << 10
 
-	// DefaultCloseTimeout bounds every close handshake, coder/websocket's
-	// own bound for each of its two halves.
+	// DefaultCloseTimeout is coder/websocket's bound for each half of a
+	// close handshake.
 	DefaultCloseTimeout = 5 * time.Second
 )
 
@@ -41,47 +38,40 @@ const (
 // same-origin browsers only, keep-alive pings every two minutes, a 32 KiB
 // read limit, no compression, no connection limit, no logs.
 type Options struct {
-	// KeepAliveInterval is how long a socket may stay quiet (nothing read
-	// from the peer, or nothing written to it) before the server sends it
-	// a ping frame; busy sockets are not pinged. Zero means
-	// DefaultKeepAliveInterval (2 minutes); a negative value disables
-	// pings. Pongs are only seen while the handler reads the socket (Read,
-	// Reader or CloseRead): see "Keep-alive" in the package documentation.
+	// KeepAliveInterval is how often the keep-alive looks at a socket: one
+	// quiet since the last look (nothing read, or nothing written) is
+	// pinged, so silence lasts one to two intervals; busy sockets are not
+	// pinged. Zero means DefaultKeepAliveInterval (2 minutes); negative
+	// disables pings. Pongs are seen only while the handler reads (Read,
+	// Reader, CloseRead).
 	KeepAliveInterval time.Duration
 
-	// KeepAliveTimeout is how long after a ping the peer may stay silent
-	// before it is declared dead: the socket is then aborted (like ASP.NET
-	// Core) and the timeout is logged. Anything read from the peer after
-	// the ping answers it: the pong, or a data message. A large message
-	// that the peer is still receiving, slowly, also keeps it alive: the
-	// ping waits behind it and is tried again an interval later. Zero
-	// means DefaultKeepAliveTimeout (30 s); a negative value disables the
-	// deadline, leaving pings that only keep proxies awake.
+	// KeepAliveTimeout is how long the peer may stay silent after a ping
+	// before the socket is aborted (like ASP.NET Core) and the timeout
+	// logged. Anything read after the ping answers it, and a large message
+	// the peer is still slowly receiving keeps it alive (the ping is tried
+	// again an interval later). Zero means DefaultKeepAliveTimeout (30 s);
+	// negative disables the deadline: pings then only keep proxies awake.
 	KeepAliveTimeout time.Duration
 
 	// AllowedOrigins lists the Origin values allowed to open a socket, as
 	// full origins ("https://client.com", "http://localhost:5000"),
-	// case-insensitive. A host may start with one wildcard label
-	// ("https://*.example.com" matches any subdomain, not example.com
-	// itself) and the port may be a wildcard ("http://localhost:*"). The
-	// entry "*" allows every origin, and "null" allows the opaque origin of
-	// sandboxed frames and file: pages.
+	// case-insensitive. The host may start with one wildcard label
+	// ("https://*.example.com": any subdomain, not example.com itself) and
+	// the port may be "*" ("http://localhost:*"); "*" allows every origin,
+	// and "null" the opaque origin of sandboxed frames and file: pages.
 	//
-	// Empty means same origin only: the Origin's host and port must equal
-	// the request's Host. This is stricter than ASP.NET Core, whose empty
-	// list allows everything, because browsers apply no CORS to WebSockets:
-	// an allow-all policy lets any web site open sockets with your users'
-	// cookies (cross-site WebSocket hijacking).
-	//
-	// Requests without an Origin header come from non-browser clients and
-	// are always allowed: Origin protects browser users, it does not
-	// authenticate anyone.
+	// Empty means same origin only (the Origin's host and port equal the
+	// request's Host), not ASP.NET Core's allow-all: browsers apply no CORS
+	// to WebSockets, so allowing all lets any site open sockets with your
+	// users' cookies (cross-site WebSocket hijacking). Requests without an
+	// Origin header (non-browser clients) are always allowed: Origin
+	// protects browser users, it does not authenticate.
 	AllowedOrigins []string
 
-	// AllowOriginFunc, when set, replaces AllowedOrigins: it receives the
-	// raw Origin header value and reports whether it is allowed. It is
-	// called synchronously on the request path and must not block. It is
-	// not called for requests without an Origin header.
+	// AllowOriginFunc, when set, replaces AllowedOrigins: it reports whether
+	// the raw Origin value is allowed. It runs synchronously on the request
+	// path, must not block, and is not called without an Origin header.
 	AllowOriginFunc func(r *http.Request, origin string) bool
 
 	// Subprotocols lists the subprotocols the server speaks, in order of
@@ -90,17 +80,13 @@ type Options struct {
 	Subprotocols []string
 
 	// CompressionMode enables permessage-deflate (RFC 7692) when the client
-	// offers it. The default is websocket.CompressionDisabled.
-	//
-	// Compressing secrets together with attacker-controlled data over TLS
-	// exposes the secrets to CRIME/BREACH-style attacks (ASP.NET Core calls
-	// its switch DangerousEnableCompression): do not enable it for sockets
-	// that mix the two.
+	// offers it; default websocket.CompressionDisabled. Keep it off for
+	// sockets that mix secrets with attacker-controlled data: over TLS that
+	// invites CRIME/BREACH (ASP.NET Core: DangerousEnableCompression).
 	CompressionMode websocket.CompressionMode
 
-	// CompressionThreshold is the smallest message that is compressed.
-	// Zero means coder/websocket's default (512 bytes without context
-	// takeover, 128 with).
+	// CompressionThreshold is the smallest message compressed; zero means
+	// coder/websocket's default (512 bytes without context takeover, 128 with).
 	CompressionThreshold int
 
 	// ReadLimit is the largest message, in bytes, a socket accepts; a larger
@@ -109,11 +95,10 @@ type Options struct {
 	ReadLimit int64
 
 	// CloseTimeout bounds every close handshake the server starts
-	// (Conn.Close, an early return, a panic, a protocol fault, Shutdown):
-	// the close frame waits for the message being written, and the peer's
-	// for the peer, and when CloseTimeout passes first the connection is
-	// aborted, so that a peer stalled mid-frame holds nothing. Zero means
-	// DefaultCloseTimeout (5 s); negative values are invalid.
+	// (Conn.Close, an early return, a panic, a protocol fault, Shutdown),
+	// waiting for a message being written and for the peer; then the
+	// connection is aborted, so that a peer stalled mid-frame holds nothing.
+	// Zero means DefaultCloseTimeout (5 s); negative is invalid.
 	CloseTimeout time.Duration
 
 	// MaxConnections caps the WebSocket requests in flight: accepted
@@ -122,19 +107,17 @@ type Options struct {
 	// before any route handler runs. Zero means unlimited.
 	MaxConnections int
 
-	// Logger receives structured logs of every decision. Nil means
-	// zap.NewNop(): chiws never logs through zap's global logger.
-	// What a remote client can cause at will (refused origins, malformed
-	// handshakes, the connection limit) and accepted and closed sockets are
-	// logged at Debug, and counted in Stats; keep-alive timeouts and
-	// Shutdown at Info; handlers that return early at Warn; panics and
-	// misconfigurations at Error. Nothing is logged per message.
+	// Logger receives structured logs of every decision; nil means
+	// zap.NewNop(), never zap's global logger. Debug: accepted and closed
+	// sockets, and what a remote client can cause at will (refused origins,
+	// malformed handshakes, the connection limit; also counted in Stats).
+	// Info: keep-alive timeouts and Shutdown. Warn: handlers that return
+	// early. Error: panics and misconfigurations. Nothing is per message.
 	Logger *zap.Logger
 }
 
-// Validate reports the first invalid option, naming the field. New panics
-// with the same message; call Validate first when options come from
-// configuration.
+// Validate reports the first invalid option, naming the field, as New's
+// panic does: call it first when options come from configuration.
 func (o *Options) Validate() error {
 	_, err := newConfig(*o)
 	return err
@@ -170,23 +153,21 @@ func newConfig(o Options) (config, error) {
 			return config{}, fmt.Errorf("Subprotocols[%d] %q is not an HTTP token", i, p)
 		}
 	}
-	c := config{origins: origins, maxConns: o.MaxConnections, log: o.Logger,
-		closeTimeout: cmp.Or(o.CloseTimeout, DefaultCloseTimeout)}
-	if c.log == nil {
-		c.log = zap.NewNop()
-	}
-	c.socket = socketOptions{
-		ws: websocket.AcceptOptions{
-			Subprotocols:         slices.Clone(o.Subprotocols),
-			InsecureSkipVerify:   true, // the middleware applied the origin policy
-			CompressionMode:      o.CompressionMode,
-			CompressionThreshold: o.CompressionThreshold,
+	return config{origins: origins, maxConns: o.MaxConnections,
+		closeTimeout: cmp.Or(o.CloseTimeout, DefaultCloseTimeout),
+		log:          cmp.Or(o.Logger, zap.NewNop()),
+		socket: socketOptions{
+			ws: websocket.AcceptOptions{
+				Subprotocols:         slices.Clone(o.Subprotocols),
+				InsecureSkipVerify:   true, // the middleware applied the origin policy
+				CompressionMode:      o.CompressionMode,
+				CompressionThreshold: o.CompressionThreshold,
+			},
+			interval:  orDisabled(o.KeepAliveInterval, DefaultKeepAliveInterval),
+			timeout:   orDisabled(o.KeepAliveTimeout, DefaultKeepAliveTimeout),
+			readLimit: cmp.Or(o.ReadLimit, DefaultReadLimit),
 		},
-		interval:  orDisabled(o.KeepAliveInterval, DefaultKeepAliveInterval),
-		timeout:   orDisabled(o.KeepAliveTimeout, DefaultKeepAliveTimeout),
-		readLimit: cmp.Or(o.ReadLimit, DefaultReadLimit),
-	}
-	return c, nil
+	}, nil
 }
 
 // orDisabled resolves a keep-alive duration: zero inherits, a negative
@@ -202,9 +183,8 @@ func isToken(s string) bool {
 	}) < 0
 }
 
-// Middleware is the WebSocket middleware: mount its Handler before the routes
-// that call Accept. A Middleware is safe for concurrent use; create it once
-// with New.
+// Middleware is the WebSocket middleware: create it once with New and
+// mount its Handler. It is safe for concurrent use.
 type Middleware struct {
 	cfg config
 
@@ -215,9 +195,8 @@ type Middleware struct {
 	closing  bool               // Shutdown was called
 	drained  chan struct{}      // closed when inflight-foreign drops to 0 while closing
 
-	// goroutines counts the sockets until their connection closed, and
-	// the keep-alive goroutines while they run: Shutdown waits for it, so
-	// that nothing of the middleware runs, or logs, after it returns.
+	// goroutines counts open sockets and running keep-alive callbacks, so
+	// that nothing of the middleware runs or logs after Shutdown returns.
 	goroutines sync.WaitGroup
 
 	stats struct {
@@ -226,9 +205,9 @@ type Middleware struct {
 	}
 }
 
-// New returns a Middleware configured by opts. It panics with a message that
-// names the field when an option is invalid (see Options.Validate), like
-// chi's middleware constructors: a misconfigured server should not start.
+// New returns a Middleware for opts. Like chi's constructors, it panics on
+// an invalid option (see Options.Validate): a misconfigured server must not
+// start.
 func New(opts Options) *Middleware {
 	cfg, err := newConfig(opts)
 	if err != nil {
@@ -237,23 +216,18 @@ func New(opts Options) *Middleware {
 	return &Middleware{cfg: cfg, sockets: make(map[*Conn]struct{})}
 }
 
-// Handler is the middleware: it passes ordinary requests to next untouched
-// and without allocating. Upgrade requests are validated (a malformed
-// handshake gets 400, 405 or 426), checked against the origin policy (403)
-// and the connection limit (503), marked in the request context for
-// IsWebSocketRequest and Accept, and handed to next. When next returns, a
-// socket it accepted but left open is closed with 1011 and a warning is
-// logged; a panic after Accept closes the socket with 1011 and is logged
-// instead of crashing the connection's goroutine.
+// Handler is the middleware: ordinary requests reach next untouched and
+// without allocating. Upgrades are validated (400, 405 or 426), checked
+// against the origin policy (403) and the connection limit (503), marked
+// for IsWebSocketRequest and Accept, and handed to next. A socket left open
+// by next, or by a panic after Accept, is closed with 1011 and logged.
 func (m *Middleware) Handler(next http.Handler) http.Handler {
 	return &handler{m: m, next: next}
 }
 
-// admit validates an upgrade request, applies the origin policy and the
-// connection limit, and counts the request in flight, answering the request
-// when any of it fails. When it succeeds, the caller must call release.
-// Everything a client can trigger at will is logged at Debug only, and
-// counted in Stats: a remote client must not be able to flood the logs.
+// admit counts a valid, allowed upgrade in flight (the caller must then
+// release it) or answers it. Refusals are logged at Debug only and counted
+// in Stats, so that a client cannot flood the logs.
 func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	if status, reason := checkHandshake(r); status != 0 {
 		m.stats.rejectedHandshake.Add(1)
@@ -305,10 +279,9 @@ func (m *Middleware) release(foreign bool) {
 	m.drainedIf()
 }
 
-// passThrough notes that an admitted request's route upgraded the
-// connection without Accept: the connection is the route's, and Shutdown
-// does not wait for it, as net/http's does not wait for hijacked ones. It
-// still counts against MaxConnections until its handler returns.
+// passThrough notes that an admitted request's route upgraded without
+// Accept: Shutdown leaves it alone, as net/http's leaves hijacked
+// connections, but MaxConnections counts it until its handler returns.
 func (m *Middleware) passThrough() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -330,15 +303,13 @@ func httpError(w http.ResponseWriter, status int) {
 }
 
 // IsWebSocketRequest reports whether r is a valid WebSocket upgrade request
-// that passed through the middleware. It is false for every request when the
-// middleware is not mounted, as in ASP.NET Core.
+// that passed through the middleware (never without it, as in ASP.NET Core).
 func IsWebSocketRequest(r *http.Request) bool {
 	return upgradeFrom(r.Context()) != nil
 }
 
-// RequestedProtocols returns the subprotocols the client listed in
-// Sec-WebSocket-Protocol, in its order, or nil when r is not a WebSocket
-// request (see IsWebSocketRequest).
+// RequestedProtocols returns the client's Sec-WebSocket-Protocol list, in
+// its order, or nil when r is not a WebSocket request (IsWebSocketRequest).
 func RequestedProtocols(r *http.Request) []string {
 	if upgradeFrom(r.Context()) == nil {
 		return nil
@@ -359,8 +330,7 @@ type Stats struct {
 	Panics            uint64 // handlers that panicked after Accept
 }
 
-// Stats returns the current counters. It is cheap enough to export as
-// metrics on every scrape.
+// Stats returns the current counters, cheaply enough for every scrape.
 func (m *Middleware) Stats() Stats {
 	m.mu.Lock()
 	active := len(m.sockets)

@@ -11,17 +11,6 @@ import (
 	"strings"
 )
 
-// This file holds the origin policy: pure string matching, no I/O.
-//
-// An AllowedOrigins entry is "*" (any origin, "null" included), "null" (the
-// opaque origin of sandboxed frames and file: pages), or
-// scheme "://" host [":" port], where host may begin with the label "*."
-// (one or more whole DNS labels: "https://*.example.com" matches
-// "https://a.example.com" and "https://a.b.example.com", never
-// "https://example.com") and port may be "*" (any port, or none). Matching
-// is case-insensitive, and a default port (80 for http and ws, 443 for
-// https and wss) equals no port.
-
 // origin is a parsed, lower-cased Origin value or AllowedOrigins entry.
 type origin struct {
 	scheme string
@@ -30,20 +19,21 @@ type origin struct {
 	anySub bool   // the pattern's host began with "*."
 }
 
-// originPolicy decides whether an Origin header value is allowed. The zero
-// value allows same-origin requests only.
+// originPolicy matches Origin values against Options.AllowedOrigins: pure
+// string matching, no I/O. A "*." host label stands for one or more whole
+// DNS labels, a "*" port for any port or none, and a default port (80 for
+// http and ws, 443 for https and wss) equals none. The zero value allows
+// same-origin requests only.
 type originPolicy struct {
 	allowAll, allowNull bool
 	patterns            []origin
 	fn                  func(r *http.Request, origin string) bool
 }
 
-// maxOriginLen bounds the Origin values parsed: a DNS name is at most 253
-// bytes, so anything longer is malformed.
-const maxOriginLen = 512
+const maxOriginLen = 512 // a DNS name has at most 253 bytes
 
-// newOriginPolicy validates and normalises the configured origins; an
-// error names the offending entry.
+// newOriginPolicy validates and normalises the configured origins, naming
+// the offending entry in its error.
 func newOriginPolicy(allowed []string, fn func(*http.Request, string) bool) (originPolicy, error) {
 	p := originPolicy{fn: fn}
 	for i, raw := range allowed {
@@ -65,10 +55,9 @@ func newOriginPolicy(allowed []string, fn func(*http.Request, string) bool) (ori
 	return p, nil
 }
 
-// refusal applies the policy to r: it returns why r is refused, or "" when
-// it is allowed. A request without an Origin header is allowed: browsers
-// always send one on WebSocket handshakes, so its absence means a
-// non-browser client, which could forge any value anyway.
+// refusal returns why r is refused, or "" when it is allowed. Browsers
+// always send Origin on WebSocket handshakes: without it, the client is no
+// browser, and could forge any value anyway.
 func (p *originPolicy) refusal(r *http.Request) string {
 	values := r.Header["Origin"]
 	switch {
@@ -100,10 +89,9 @@ func refusedUnless(allowed bool, reason string) string {
 	return reason
 }
 
-// match reports whether the origin o matches the pattern pt. For
-// "*.example.com", o's host must be longer than the suffix ".example.com":
-// parseOrigin accepts only well-formed labels, so the prefix is one or more
-// whole labels.
+// match reports whether o matches the pattern pt. For "*.example.com", o's
+// host must be longer than ".example.com"; parseOrigin accepts only
+// well-formed labels, so the prefix is whole labels.
 func (pt origin) match(o origin) bool {
 	return pt.scheme == o.scheme && (pt.port == "*" || pt.port == o.port) &&
 		(pt.host == o.host || pt.anySub && len(o.host) > len(pt.host) && strings.HasSuffix(o.host, pt.host))
@@ -113,19 +101,15 @@ func (pt origin) match(o origin) bool {
 // scheme is not compared, because behind a TLS-terminating proxy the server
 // cannot know it; but only http and https origins can be an HTTP server's.
 func sameOrigin(o origin, host string) bool {
-	if o.scheme != "http" && o.scheme != "https" {
-		return false
-	}
 	// RFC 3986 allows an empty port in a Host header (not in an Origin).
 	h, err := parseHost(o.scheme, strings.TrimSuffix(host, ":"), false)
-	return err == nil && h.host == o.host && h.port == o.port
+	return (o.scheme == "http" || o.scheme == "https") && err == nil && h.host == o.host && h.port == o.port
 }
 
-// parseOrigin parses "scheme://host[:port]" strictly: no path, query,
-// fragment, user info, white space or non-ASCII byte, because browsers
-// never send them and a lenient parser is how wildcard checks get tricked
-// ("https://a.example.com@evil.com"). With pattern set, the host may start
-// with "*." and the port may be "*".
+// parseOrigin parses "scheme://host[:port]" strictly (no path, query,
+// fragment, user info, white space or non-ASCII byte): browsers never send
+// them, and lenient parsers let "https://a.example.com@evil.com" pass
+// wildcards. A pattern's host may start with "*." and its port be "*".
 func parseOrigin(s string, pattern bool) (origin, error) {
 	if len(s) > maxOriginLen {
 		return origin{}, fmt.Errorf("longer than %d bytes", maxOriginLen)
@@ -146,7 +130,6 @@ func parseOrigin(s string, pattern bool) (origin, error) {
 	return parseHost(strings.ToLower(scheme), rest, pattern)
 }
 
-// parseHost parses the "host[:port]" of an origin of the given scheme.
 func parseHost(scheme, hostport string, pattern bool) (origin, error) {
 	o := origin{scheme: scheme}
 	host, port, bracketed := hostport, "", strings.HasPrefix(hostport, "[")
@@ -213,13 +196,11 @@ func validHostname(h string) bool {
 		return false
 	}
 	for label := range strings.SplitSeq(h, ".") {
-		if label == "" || len(label) > 63 || strings.ContainsFunc(label, notHostnameRune) {
+		if label == "" || len(label) > 63 || strings.ContainsFunc(label, func(c rune) bool {
+			return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_')
+		}) {
 			return false
 		}
 	}
 	return true
-}
-
-func notHostnameRune(c rune) bool {
-	return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_')
 }

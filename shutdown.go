@@ -10,9 +10,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// register adds an accepted socket to the registry; it fails once Shutdown
-// began. The socket holds a count in m.goroutines until it ends (see
-// Conn.ending).
+// register adds an accepted socket, which then holds a count in
+// m.goroutines until it ends; it fails once Shutdown began.
 func (m *Middleware) register(c *Conn) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -24,14 +23,12 @@ func (m *Middleware) register(c *Conn) bool {
 	return true
 }
 
-// shuttingDown reports whether Shutdown was called.
 func (m *Middleware) shuttingDown() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.closing
 }
 
-// unregister removes a socket and reports whether it was registered.
 func (m *Middleware) unregister(c *Conn) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -41,17 +38,15 @@ func (m *Middleware) unregister(c *Conn) bool {
 }
 
 // Shutdown closes every open socket with 1001 Going Away, refuses new ones
-// with 503, and waits until every WebSocket handler has returned and every
-// keep-alive goroutine has ended. When ctx ends first, the sockets are
-// aborted (closed without a handshake; an HTTP/2 stream is reset), all at
-// once, and Shutdown returns ctx.Err() as soon as they are closed; a
-// handler that is still running then is no longer waited for. Nothing of
-// the middleware runs or logs after Shutdown returns, except for handlers
-// that outlive it.
+// with 503, and waits for every WebSocket handler and keep-alive goroutine.
+// When ctx ends first, it aborts all sockets at once (no handshake; an
+// HTTP/2 stream is reset) and returns ctx.Err() once they are closed, no
+// longer waiting for handlers. Nothing of the middleware runs or logs after
+// Shutdown returns, except handlers that outlive it.
 //
 // http.Server.Shutdown neither closes nor waits for hijacked HTTP/1.1
-// connections, and it waits for HTTP/2 streams, WebSockets included. Start
-// Shutdown with the server's, which drains both kinds:
+// connections, and waits for HTTP/2 streams, WebSockets included. Start
+// Shutdown with the server's:
 //
 //	drained := make(chan error, 1)
 //	srv.RegisterOnShutdown(func() { drained <- ws.Shutdown(ctx) })
@@ -73,11 +68,9 @@ func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.mu.Unlock()
 	m.cfg.log.Info("websocket shutdown: closing sockets", zap.Int(keySockets, len(socks)))
 
-	// One goroutine per socket, owned by Shutdown, which waits for all of
-	// them below: each performs the close handshake, bounded by
-	// Options.CloseTimeout. When ctx ends first, every socket is aborted,
-	// which also ends the handshakes under way and a write its handler is
-	// stuck in.
+	// Shutdown owns and waits for one close handshake goroutine per socket
+	// (bounded by CloseTimeout); when ctx ends first, every socket is
+	// aborted, which also ends those handshakes and stuck writes.
 	var closers sync.WaitGroup
 	for _, c := range socks {
 		closers.Go(func() { _ = c.shut(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down") })
@@ -104,13 +97,10 @@ func (m *Middleware) Shutdown(ctx context.Context) error {
 		<-aborted // ctx ended: the sockets were aborted
 		err = ctx.Err()
 	}
-	// Every registered socket is closed now; what is left of
-	// m.goroutines are keep-alive goroutines, whose Ping fails at once on
-	// a closed connection.
+	// Every socket is closed: keep-alive goroutines left fail their Ping.
 	m.goroutines.Wait()
 	if err != nil {
-		// Handlers still running will not log their sockets' close after
-		// Shutdown returns: log it now.
+		// Running handlers will not log their sockets' close after we return.
 		for _, c := range socks {
 			c.logClose(nil)
 		}
