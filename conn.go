@@ -17,13 +17,9 @@ import (
 
 // Conn is an accepted WebSocket. It embeds *websocket.Conn, so all of
 // coder/websocket's API works on it, and adds the socket's lifecycle:
-// Done, Wait, Context, and why it ended.
-//
-// Read, Reader, Write, Writer, ReadJSON, WriteJSON, CloseRead, Close and
-// CloseNow go through Conn, which is how it knows why the socket ended.
-// Calls on the embedded c.Conn (and wsjson, which takes it) bypass that:
-// a close frame or a broken connection they see is recorded as
-// ErrConnectionLost, and a close they make as ErrConnectionLost too.
+// Done, Wait, Context, and why it ended. Conn knows why through its own
+// methods; calls on the embedded c.Conn (and wsjson, which takes it)
+// bypass it, and what they see or do is recorded as ErrConnectionLost.
 type Conn struct {
 	*websocket.Conn
 
@@ -37,29 +33,23 @@ type Conn struct {
 
 	msgsIn, msgsOut atomic.Uint64
 
-	// wmu is the writer: held for a message written through Conn, and by
-	// the close handshake, so that a close frame never waits behind a
-	// message (see shut).
+	// wmu is the writer, held for a message and by the close handshake, so
+	// that a close frame never waits behind a message (see shut).
 	wmu chan struct{}
 
-	// rd and wr wrap the io.Reader and io.WriteCloser of Reader and
-	// Writer; one of each at a time per socket (coder/websocket's rule),
-	// so they are reused.
+	// rd and wr wrap Reader's and Writer's, one at a time (coder's rule).
 	rd msgReader
 	wr msgWriter
 
 	closeReadOnce sync.Once
 	closeReadCtx  context.Context
-
-	end socketEnd // see end.go
+	end           socketEnd // see end.go
 }
 
-// init prepares the Conn of an upgrade request, before the handshake: its
-// connection and websocket.Conn are set by Accept.
+// init prepares the Conn before the handshake; Accept sets the rest.
 func (c *Conn) init(m *Middleware, r *http.Request) {
 	c.m, c.req = m, newReqInfo(r)
-	// The request's values without its deadline or cancellation: chi's
-	// Timeout middleware must not end sockets.
+	// Without the request's deadline: chi's Timeout must not end sockets.
 	c.ctx, c.cancel = context.WithCancelCause(context.WithoutCancel(r.Context()))
 	c.wmu = make(chan struct{}, 1)
 	c.rd.c, c.wr.c = c, c
@@ -71,13 +61,11 @@ func (c *Conn) init(m *Middleware, r *http.Request) {
 func (c *Conn) Done() <-chan struct{} { return c.ctx.Done() }
 
 // Wait blocks until the socket has ended (it returns nil) or ctx is done
-// (it returns ctx.Err() and leaves the socket open). It is the Go form of
-// ASP.NET Core's TaskCompletionSource pattern: a handler that gives the
-// socket to a background goroutine must wait for it, because the socket is
-// closed when the handler returns.
-//
-// Do not pass a context that expires with the request (chi's Timeout
-// middleware sets one): use context.Background() or c.Context().
+// (it returns ctx.Err() and leaves the socket open): ASP.NET Core's
+// TaskCompletionSource pattern, for a handler that gives the socket to a
+// background goroutine, since the socket is closed when the handler
+// returns. Do not pass a context that expires with the request (chi's
+// Timeout sets one): use context.Background() or c.Context().
 func (c *Conn) Wait(ctx context.Context) error {
 	select {
 	case <-c.ctx.Done():
@@ -87,30 +75,37 @@ func (c *Conn) Wait(ctx context.Context) error {
 	}
 }
 
-// Context returns a context that carries the request's values (chi's route
+// Context returns a context with the request's values (chi's route
 // context, request ID, authentication...) but not its deadline or
-// cancellation, so chi's Timeout middleware does not end sockets. It is
-// cancelled when the socket ends, and context.Cause then says why: an error
-// that matches exactly one of ErrClosedByPeer, ErrClosedByServer,
+// cancellation. It is cancelled when the socket ends, and context.Cause
+// then matches exactly one of ErrClosedByPeer, ErrClosedByServer,
 // ErrKeepAliveTimeout, ErrShuttingDown, ErrHandlerReturned,
 // ErrHandlerPanicked or ErrConnectionLost with errors.Is (and the cause
-// given to CloseWith), and carries the close code that went on the wire
-// when one did (websocket.CloseStatus).
+// given to CloseWith), and carries the close code that went on the wire,
+// if one did (websocket.CloseStatus).
 func (c *Conn) Context() context.Context { return c.ctx }
 
-// opErr wraps what an operation refused without touching the socket.
 func opErr(op string, err error) error { return fmt.Errorf("chiws: %s: %w", op, err) }
 
-// Read reads a whole message; see websocket.Conn.Read. A text message that
-// is not valid UTF-8 closes the socket with 1007 Invalid Frame Payload Data
-// (RFC 6455 section 8.1: coder/websocket leaves the check to the caller).
-// A ctx already done fails without touching the socket; a ctx that ends
-// while the read waits closes it, as coder/websocket does.
-func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
+// startRead refuses a read whose ctx is done without touching the socket
+// (coder/websocket picks at random between its lock and such a ctx), or
+// begins it.
+func (c *Conn) startRead(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
-		return 0, nil, opErr("read", err)
+		return opErr("read", err)
 	}
 	c.begin()
+	return nil
+}
+
+// Read reads a whole message; see websocket.Conn.Read. Text that is not
+// UTF-8 closes the socket with 1007 (RFC 6455 8.1; coder/websocket leaves
+// the check to the caller). A ctx done already fails without touching the
+// socket; one that ends while the read waits closes it, as in coder.
+func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
+	if err := c.startRead(ctx); err != nil {
+		return 0, nil, err
+	}
 	typ, p, err := c.Conn.Read(ctx)
 	if err == nil && typ == websocket.MessageText && !utf8.Valid(p) {
 		return typ, nil, c.refuse(websocket.StatusInvalidFramePayloadData, "invalid UTF-8")
@@ -122,8 +117,7 @@ func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) 
 	return typ, p, err
 }
 
-// refuse ends a read that returned a message the server refuses, by
-// closing the socket with code, and returns the error for the reader.
+// refuse closes the socket with code for a message read and refused.
 func (c *Conn) refuse(code websocket.StatusCode, reason string) error {
 	c.decide(ErrClosedByServer, code, reason)
 	c.release(nil, "read")
@@ -134,10 +128,9 @@ func (c *Conn) refuse(code websocket.StatusCode, reason string) error {
 // Reader returns a reader for the next message; see websocket.Conn.Reader.
 // Text messages read this way are not checked for UTF-8.
 func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, nil, opErr("read", err)
+	if err := c.startRead(ctx); err != nil {
+		return 0, nil, err
 	}
-	c.begin()
 	typ, rd, err := c.Conn.Reader(ctx)
 	if err == nil {
 		c.msgsIn.Add(1)
@@ -150,8 +143,8 @@ func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, er
 	return typ, &c.rd, nil
 }
 
-// msgReader sees the errors of a message read through Conn.Reader (a
-// message over the read limit fails there, not in Reader).
+// msgReader sees the errors of a message from Conn.Reader (the read limit
+// fails there).
 type msgReader struct {
 	r io.Reader
 	c *Conn
@@ -160,16 +153,12 @@ type msgReader struct {
 func (r *msgReader) Read(p []byte) (int, error) {
 	r.c.begin()
 	n, err := r.r.Read(p)
-	if err == io.EOF {
-		r.c.release(nil, "read")
-	} else {
-		r.c.release(err, "read")
-	}
+	r.c.release(err, "read")
 	return n, err
 }
 
-// lockWriter takes the socket's writer, unless ctx ends first (the socket
-// is untouched then) or the socket ended.
+// lockWriter takes the writer, unless ctx ends first (the socket is
+// untouched then) or the socket ended.
 func (c *Conn) lockWriter(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return opErr("write", err)
@@ -185,9 +174,8 @@ func (c *Conn) lockWriter(ctx context.Context) error {
 }
 
 // Write writes a whole message; see websocket.Conn.Write. A ctx that ends
-// while another message is being written fails without touching the
-// socket; one that ends while this message is written closes it, as
-// coder/websocket does.
+// while another message is written fails without touching the socket; one
+// that ends while this one is written closes it, as in coder/websocket.
 func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	if err := c.lockWriter(ctx); err != nil {
 		return err
@@ -220,8 +208,7 @@ func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteC
 	return &c.wr, nil
 }
 
-// msgWriter is the writer returned by Conn.Writer; its Close releases the
-// socket's writer, once.
+// msgWriter is Conn.Writer's; its first Close releases the writer.
 type msgWriter struct {
 	w      io.WriteCloser
 	c      *Conn
@@ -250,23 +237,22 @@ func (w *msgWriter) Close() error {
 	return err
 }
 
-// ReadJSON reads a text message and unmarshals it into v, through Conn (so
-// a close by the peer is recorded as such). As wsjson.Read does, a binary
-// message closes the socket with 1003, and invalid JSON with 1007.
+// ReadJSON reads a text message into v, through Conn. As wsjson.Read
+// does, a binary message closes the socket with 1003, invalid JSON 1007.
 func (c *Conn) ReadJSON(ctx context.Context, v any) error {
 	typ, p, err := c.Read(ctx)
-	switch {
-	case err != nil:
+	if err != nil {
 		return err
-	case typ != websocket.MessageText:
-		c.begin()
+	}
+	c.begin() // for refuse
+	if typ != websocket.MessageText {
 		return c.refuse(websocket.StatusUnsupportedData, "expected a text message")
 	}
 	if err := json.Unmarshal(p, v); err != nil {
-		c.begin()
 		_ = c.refuse(websocket.StatusInvalidFramePayloadData, "invalid JSON")
 		return opErr("read JSON", err)
 	}
+	c.release(nil, "read")
 	return nil
 }
 
@@ -279,14 +265,12 @@ func (c *Conn) WriteJSON(ctx context.Context, v any) error {
 	return c.Write(ctx, websocket.MessageText, p)
 }
 
-// CloseRead starts a goroutine that reads the socket for a handler that
-// only writes, so that pongs and the peer's close frame are processed; see
-// websocket.Conn.CloseRead. It reads through Conn, so the peer's close
-// code reaches Context's cause and the close log. A data message closes
-// the socket with 1008 Policy Violation. The returned context is cancelled
-// when the socket closes. It is idempotent: later calls return the first
-// call's context. The goroutine is the socket's: it ends when the socket
-// closes.
+// CloseRead starts a goroutine that reads the socket, through Conn, for a
+// handler that only writes, so that pongs and the peer's close frame are
+// processed; see websocket.Conn.CloseRead. A data message closes the
+// socket with 1008. The returned context is cancelled when the socket
+// closes; later calls return the first call's. The goroutine ends when
+// the socket closes.
 func (c *Conn) CloseRead(ctx context.Context) context.Context {
 	c.closeReadOnce.Do(func() {
 		ctx, cancel := context.WithCancel(ctx)

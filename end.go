@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -13,25 +14,19 @@ import (
 	"go.uber.org/zap"
 )
 
-// This file is the end of a socket, all of it: who decides, what is
-// recorded, how the connection is closed, and when Done fires.
-//
-// Invariants:
-//   - The cause is written once, under end.mu, by decide; whoever decides
-//     to close records before acting, so a read that sees the effect (the
-//     peer's echo of our close frame) finds the cause already set.
+// This file is the end of a socket, all of it. Invariants:
+//   - The cause is written once, by decide; whoever decides to close
+//     records before acting, so a read that sees the effect (the peer's
+//     echo of our close frame) finds the cause set.
 //   - A failed read or write records a cause only when the connection is
-//     closed (by coder/websocket, or by the classifier right after).
-//   - Done fires once, in ending, when the connection is closed and no
-//     read, write or ping through Conn is in progress: those may still
-//     learn why (coder/websocket closes the connection when it reads the
-//     peer's close frame, before the read returns the code).
-//   - There are two ways to close: shut (the bounded close handshake) and
-//     abort (no handshake).
+//     closed (by coder/websocket, or by release right after).
+//   - Done fires once, when the connection is closed and no read, write or
+//     ping through Conn is in progress: coder/websocket closes it when it
+//     reads the peer's close frame, before the read returns the code.
+//   - There are two ways to close: shut (bounded handshake) and abort.
 
-// closeCause is why a socket ended: who decided (one of the Err sentinels,
-// or the cause given to CloseWith), and the close code that went on the
-// wire (StatusAbnormalClosure when no close frame did).
+// closeCause is why a socket ended: who decided (an Err sentinel, or
+// CloseWith's cause), and the close code on the wire (1006: none).
 type closeCause struct {
 	by     error
 	code   websocket.StatusCode
@@ -45,10 +40,8 @@ func (e *closeCause) Error() string {
 	return fmt.Sprintf("chiws: socket %v: status %d %q", e.by, int(e.code), e.reason)
 }
 
-// Unwrap gives the cause, ErrClosedByServer when the cause is the
-// application's own (CloseWith), and the websocket.CloseError when a close
-// frame went on the wire, so that errors.Is and websocket.CloseStatus work
-// on context.Cause(c.Context()).
+// Unwrap gives the cause, ErrClosedByServer for CloseWith's, and the
+// websocket.CloseError when a close frame went on the wire.
 func (e *closeCause) Unwrap() []error {
 	errs := append(make([]error, 0, 3), e.by)
 	if _, ok := closedBy[e.by]; !ok {
@@ -72,26 +65,23 @@ func (c *Conn) decide(by error, code websocket.StatusCode, reason string) bool {
 	return true
 }
 
-// begin and release bracket every read, write and ping through Conn.
-func (c *Conn) begin() {
+func (c *Conn) begin() { // with release, around every read, write and ping
 	c.end.mu.Lock()
 	c.end.ops++
 	c.end.mu.Unlock()
 }
 
-// release ends an operation that failed with err (nil: it succeeded, or
-// its caller judged the error itself). It records what err proves, and
-// finishes the close that err calls for.
+// release ends an operation that returned err (nil: success, or judged by
+// the caller): it records what err proves and finishes the close it calls
+// for.
 func (c *Conn) release(err error, what string) {
 	var ce websocket.CloseError
 	then := c.awaitEnd // the end is certain, and under way
 	closed := c.nc.isClosed()
 	switch {
-	case err == nil:
+	case err == nil, err == io.EOF: // io.EOF: the end of a message
 		then = nil
-	case errors.As(err, &ce):
-		// coder/websocket read the peer's close frame: it closes the
-		// connection, or someone closing it already will.
+	case errors.As(err, &ce): // the peer's close frame: coder/websocket closes
 		c.decide(ErrClosedByPeer, ce.Code, ce.Reason)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		if !closed {
@@ -102,13 +92,10 @@ func (c *Conn) release(err error, what string) {
 		c.decide(ErrClosedByServer, websocket.StatusAbnormalClosure, what+" context done")
 	case closed, errors.Is(err, net.ErrClosed):
 		// Someone closed it, or is closing it, and recorded why.
-	case errors.Is(err, websocket.ErrMessageTooBig):
-		// coder/websocket sent 1009; the handshake is ours to finish.
+	case errors.Is(err, websocket.ErrMessageTooBig): // coder/websocket sent 1009
 		c.decide(ErrClosedByServer, websocket.StatusMessageTooBig, "message too big")
 		then = func() { _ = c.shut(nil, websocket.StatusMessageTooBig, "") }
-	case c.nc.broke.Load():
-		// EOF, reset, timeout, an HTTP/2 disconnect or stream reset: no
-		// close frame can be exchanged.
+	case c.nc.broke.Load(): // EOF, reset, timeout, HTTP/2 disconnect or reset
 		then = func() { _ = c.abort(ErrConnectionLost, "") }
 	case what == "write":
 		then = nil // nothing proven: the socket may be open still
@@ -131,10 +118,9 @@ func (c *Conn) release(err error, what string) {
 	}
 }
 
-// awaitEnd waits until the socket has ended, for an operation that saw
-// its end under way: so that Done has fired when the operation returns. A
-// close frame sent by coder/websocket through the embedded Conn leaves the
-// connection open until the handler returns, hence the bound.
+// awaitEnd waits for the end an operation saw under way, so that Done has
+// fired when it returns; bounded, for a close coder/websocket began
+// through the embedded Conn, which only the handler's return finishes.
 func (c *Conn) awaitEnd() {
 	t := time.NewTimer(c.m.cfg.closeTimeout)
 	defer t.Stop()
@@ -144,8 +130,7 @@ func (c *Conn) awaitEnd() {
 	}
 }
 
-// connClosed runs once, when the network connection closes, in the
-// goroutine that closed it.
+// connClosed runs once, in the goroutine that closed the connection.
 func (c *Conn) connClosed() {
 	c.end.mu.Lock()
 	c.end.closed, c.end.at = true, time.Now()
@@ -157,10 +142,9 @@ func (c *Conn) connClosed() {
 	}
 }
 
-// ending ends the socket, once: it stops the keep-alive, takes the socket
-// out of the registry, and then cancels the Context with the cause, so
-// that when Done fires, Stats no longer counts the socket. A connection
-// that closed with nobody deciding was lost.
+// ending ends the socket, once: a connection closed with nobody deciding
+// was lost. The socket leaves the registry before Done fires, so that
+// Stats no longer counts it then.
 func (c *Conn) ending() {
 	c.decide(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
 	c.hb.stop()
@@ -171,9 +155,9 @@ func (c *Conn) ending() {
 	}
 }
 
-// wireClose returns the code and reason coder/websocket's Close sends for
-// code and reason: 1011 without a reason when the code may not be sent or
-// the reason is over 123 bytes, and no payload at all for 1005.
+// wireClose returns what coder/websocket's Close sends for code and
+// reason: 1011 for a code that may not be sent or a reason over 123
+// bytes, and no payload for 1005.
 func wireClose(code websocket.StatusCode, reason string) (websocket.StatusCode, string) {
 	switch {
 	case code == websocket.StatusNoStatusRcvd:
@@ -185,16 +169,14 @@ func wireClose(code websocket.StatusCode, reason string) (websocket.StatusCode, 
 	return code, reason
 }
 
-// errCloseTimeout is returned by Close when the close handshake did not
-// finish within Options.CloseTimeout and the connection was aborted.
+// errCloseTimeout: the handshake outlasted Options.CloseTimeout.
 var errCloseTimeout = errors.New("chiws: close handshake timed out; connection aborted")
 
-// shut is the graceful close: it waits for the message being written
-// through Conn, records by (unless nil: the caller recorded already), sends
-// the close frame and waits for the peer's, and aborts the connection when
-// Options.CloseTimeout passes first. The close frame never waits behind a
-// message, so the recorded code is the one on the wire; when the writer is
-// not free in time, nothing was sent and the abort records 1006.
+// shut is the graceful close: it takes the writer, records by (nil: the
+// caller did), sends the close frame and waits for the peer's, and aborts
+// when Options.CloseTimeout passes first. The frame never waits behind a
+// message, so the recorded code is on the wire; if the writer is not free
+// in time, nothing was sent and the abort records 1006.
 func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 	code, reason = wireClose(code, reason)
 	aborted := make(chan struct{})
@@ -220,35 +202,29 @@ func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 	return err
 }
 
-// abort closes the connection without a handshake, after recording by.
-// The network connection is closed first: coder/websocket's CloseNow waits
-// for a close handshake in progress.
+// abort records by and closes the connection without a handshake, the
+// network connection first: CloseNow waits for a handshake under way.
 func (c *Conn) abort(by error, reason string) error {
 	c.decide(by, websocket.StatusAbnormalClosure, reason)
 	_ = c.nc.abort()
 	return c.Conn.CloseNow()
 }
 
-// Close performs the WebSocket close handshake with code and reason, and
-// records ErrClosedByServer with the code sent: coder/websocket sends 1011
-// instead of a code that may not be sent, or with a reason over 123 bytes.
-// It waits for a message being written through Conn to end, and aborts the
-// connection when the handshake takes longer than Options.CloseTimeout.
+// Close performs the close handshake with code and reason, and records
+// ErrClosedByServer with the code sent (coder/websocket sends 1011 for a
+// code that may not be sent or a reason over 123 bytes). It waits for the
+// message being written, and aborts past Options.CloseTimeout.
 func (c *Conn) Close(code websocket.StatusCode, reason string) error {
 	return c.shut(ErrClosedByServer, code, reason)
 }
 
-// CloseWith closes the socket as Close does and records cause as why it
-// ended: context.Cause(c.Context()) then matches cause and
-// ErrClosedByServer with errors.Is, and carries the code sent. Packages
-// built on chiws use it for endings of their own (a broadcast hub's "too
-// slow", an expired credential). The close log's closedBy is "server",
-// and its cause field is cause's text.
+// CloseWith closes as Close does, with cause as why the socket ended:
+// context.Cause(c.Context()) then matches cause and ErrClosedByServer, and
+// carries the code sent. It is for endings of a package's own (a hub's
+// "too slow", an expired credential); the close log says closedBy
+// "server" and gives cause's text.
 func (c *Conn) CloseWith(cause error, code websocket.StatusCode, reason string) error {
-	if cause == nil {
-		cause = ErrClosedByServer
-	}
-	return c.shut(cause, code, reason)
+	return c.shut(cmp.Or(cause, ErrClosedByServer), code, reason)
 }
 
 // CloseNow closes the connection without a close handshake, and records
@@ -257,8 +233,8 @@ func (c *Conn) CloseNow() error {
 	return c.abort(ErrClosedByServer, "")
 }
 
-// AddLogFields adds fields to the lines chiws logs about this socket from
-// now on, its close log included: the user, a tenant, a session. It is
+// AddLogFields adds fields (the user, a tenant, a session) to the lines
+// chiws logs about this socket from now on, its close log included. It is
 // safe for concurrent use.
 func (c *Conn) AddLogFields(fields ...zap.Field) {
 	c.end.mu.Lock()
@@ -274,10 +250,9 @@ func (c *Conn) logFields(extra ...zap.Field) []zap.Field {
 	return append(f, extra...)
 }
 
-// logClose writes the close log once, after the connection closed; extra,
-// when set, is logged first under the same lock (see upgrade.finish). It
-// holds the lock while writing, so that Shutdown, which may write it in
-// the handler's stead, never returns while it is being written.
+// logClose writes the close log once the socket has ended, and extra first;
+// under logMu, so that Shutdown, which may write it in the handler's
+// stead, never returns while it is being written.
 func (c *Conn) logClose(extra func()) {
 	c.end.logMu.Lock()
 	defer c.end.logMu.Unlock()
@@ -292,15 +267,7 @@ func (c *Conn) logClose(extra func()) {
 	if ce == nil {
 		return
 	}
-	c.end.mu.Lock()
-	cause, at := c.end.cause, c.end.at
-	c.end.mu.Unlock()
-	if cause.by == nil { // Shutdown gave up on a socket still closing
-		cause = closeCause{by: ErrShuttingDown, code: websocket.StatusAbnormalClosure}
-	}
-	if at.IsZero() {
-		at = time.Now()
-	}
+	cause, at := c.end.cause, c.end.at // never written again
 	by, ok := closedBy[cause.by]
 	if !ok {
 		by = closedBy[ErrClosedByServer]

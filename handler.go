@@ -11,38 +11,32 @@ import (
 	"go.uber.org/zap"
 )
 
-// This file is an upgrade request's path through the route: the request is
-// marked, the route handler runs and may Accept, and when the handler
-// returns (or panics) the socket it accepted is closed and logged.
+// This file is an upgrade request's path through the route: marked, the
+// handler runs and may Accept, and when it returns (or panics) its socket
+// is closed and logged.
 
 // AcceptOptions overrides the middleware's Options for one socket. A nil
 // *AcceptOptions, and every zero field, means "as the middleware says".
 type AcceptOptions struct {
-	// Subprotocols replaces Options.Subprotocols: the server's supported
-	// subprotocols in order of preference. Accept selects the first one the
-	// client requested (see RequestedProtocols); when none matches, the
-	// socket has no subprotocol (Conn.Subprotocol returns "").
+	// Subprotocols replaces Options.Subprotocols: in order of preference,
+	// Accept selects the first one the client requested, else none.
 	Subprotocols []string
 
 	// KeepAliveInterval and KeepAliveTimeout replace the Options fields of
 	// the same names: zero inherits, negative disables.
-	KeepAliveInterval time.Duration
-	KeepAliveTimeout  time.Duration
+	KeepAliveInterval, KeepAliveTimeout time.Duration
 
 	// CompressionMode, when not websocket.CompressionDisabled, replaces
-	// Options.CompressionMode. See the CRIME/BREACH warning there.
-	CompressionMode websocket.CompressionMode
-
-	// DisableCompression turns compression off for this socket even when
-	// Options.CompressionMode enables it.
+	// Options.CompressionMode (see the CRIME/BREACH warning there);
+	// DisableCompression turns compression off for this socket.
+	CompressionMode    websocket.CompressionMode
 	DisableCompression bool
 
 	// ReadLimit, when positive, replaces Options.ReadLimit.
 	ReadLimit int64
 
-	// OnPingReceived and OnPongReceived are passed to coder/websocket. They
-	// run synchronously in the goroutine reading the socket and must not
-	// block. Keep-alive works whether or not they are set.
+	// OnPingReceived and OnPongReceived are passed to coder/websocket: they
+	// run synchronously in the reading goroutine and must not block.
 	OnPingReceived func(ctx context.Context, payload []byte) bool
 	OnPongReceived func(ctx context.Context, payload []byte)
 }
@@ -63,7 +57,12 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u := &upgrade{m: m}
-	defer func() { m.release(u.w.foreign) }()
+	defer func() {
+		if u.w.foreign {
+			m.count(0, -1)
+		}
+		m.count(-1, 0)
+	}()
 	u.w.ResponseWriter, u.w.m = w, m
 	r = r.WithContext(context.WithValue(r.Context(), upgradeKey, u))
 	if isExtendedConnect(r) { // RFC 8441
@@ -77,9 +76,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.returned = true
 }
 
-// upgrade is an admitted upgrade request on its way through the route. It
-// holds the socket's Conn and connection, so that an upgrade is one
-// allocation.
+// upgrade is an admitted upgrade request on its way through the route,
+// with the socket's Conn and connection: one allocation.
 type upgrade struct {
 	m        *Middleware
 	w        upgradeWriter
@@ -103,29 +101,22 @@ func upgradeFrom(ctx context.Context) *upgrade {
 }
 
 // Accept upgrades r to a WebSocket: an HTTP/1.1 upgrade is answered 101,
-// an HTTP/2 extended CONNECT (RFC 8441) 200. The middleware must be
-// mounted in front of the handler that calls it (ErrMiddlewareMissing
-// otherwise). On error, Accept has already answered the request: 400 for
-// ErrNotWebSocket, 500 for ErrMiddlewareMissing, 501 when no ResponseWriter
-// below can hijack the connection, or flush the HTTP/2 stream
-// (http.TimeoutHandler's cannot; the error wraps http.ErrNotSupported),
-// 503 for ErrShuttingDown (Shutdown began while the handler ran; if it
-// began during the handshake, the socket is closed with 1001 Going Away).
-// A second call returns ErrAlreadyAccepted. The caller just returns.
+// an HTTP/2 extended CONNECT (RFC 8441) 200, once the socket is set up.
+// The middleware must be mounted in front of the handler. On error, Accept
+// has answered the request (the caller just returns): 400 for
+// ErrNotWebSocket, 500 for ErrMiddlewareMissing, 501 when no writer below
+// can hijack the connection or flush the stream (http.TimeoutHandler's;
+// the error wraps http.ErrNotSupported), 503 for ErrShuttingDown (1001 if
+// the socket was open already). A second call returns ErrAlreadyAccepted.
 //
 // The handler must not return until it is done with the socket: read until
 // an error, or hand the Conn to another goroutine and call Conn.Wait. If it
 // returns while the socket is open, the middleware closes the socket with
-// 1011 and logs a warning.
-//
-// Accept clears the connection's read and write deadlines first, so that a
-// slow handler (authentication, say) that outlived http.Server.WriteTimeout
-// still gets its 101 Switching Protocols to the client.
+// 1011 and logs a warning. Accept clears the connection's deadlines first:
+// a slow handler that outlived http.Server.WriteTimeout still gets its 101.
 func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn, error) {
 	u := upgradeFrom(r.Context())
-	if u == nil {
-		// Ordinary requests are not marked (that would cost an allocation
-		// on every request), so tell the two cases apart here.
+	if u == nil { // ordinary requests are not marked: tell the two apart
 		if status, _ := checkHandshake(r); isUpgradeAttempt(r) && status == 0 {
 			httpError(w, http.StatusInternalServerError)
 			return nil, fmt.Errorf("chiws: accept: %w", ErrMiddlewareMissing)
@@ -133,9 +124,7 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn,
 		httpError(w, http.StatusBadRequest)
 		return nil, fmt.Errorf("chiws: accept: %w", ErrNotWebSocket)
 	}
-	if u.called.Swap(true) {
-		// Even after a failure: the first call answered the request or
-		// spent the connection.
+	if u.called.Swap(true) { // even after a failure, which answered
 		return nil, fmt.Errorf("chiws: accept: %w", ErrAlreadyAccepted)
 	}
 	return u.accept(w, r, opts)
@@ -148,8 +137,7 @@ type socketOptions struct {
 	readLimit         int64
 }
 
-// socketOptions resolves the options of one socket: a copy, which the
-// socket may keep.
+// socketOptions resolves the options of one socket, as a copy.
 func (m *Middleware) socketOptions(opts *AcceptOptions) socketOptions {
 	o := m.cfg.socket
 	if opts == nil {
@@ -192,16 +180,12 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	u.w.conn, u.w.nc = c, &u.nc
 	u.w.direct = w == &u.w
 
-	// The 101 response is written with the connection's write deadline,
-	// which http.Server.WriteTimeout set when the request arrived.
+	// The 101 goes out under the deadlines WriteTimeout set on arrival.
 	rc := http.NewResponseController(&u.w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.SetReadDeadline(time.Time{})
 
-	if u.w.h2 != nil {
-		// The stream is the middleware's: wrappers above, made for
-		// HTTP/1.1 (chi's Compress), are not in its way, and the 200 goes
-		// out only once the socket is set up (upgradeWriter.Hijack).
+	if u.w.h2 != nil { // the stream is the middleware's: HTTP/1.1 wrappers above stay out
 		w, r = &u.w, h2UpgradeRequest(r)
 	}
 	wc, err := websocket.Accept(w, r, &so.ws)
@@ -210,12 +194,10 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 		return nil, fmt.Errorf("chiws: accept: %w", err)
 	}
 	c.Conn = wc
-	if !u.w.hijacked || u.w.foreign {
-		// Someone hijacked past the middleware's writer: chiws would not
-		// see the connection close, so the socket cannot be served.
+	if !u.w.hijacked {
+		// Hijacked past the middleware's writer, which would not see the
+		// connection close; coder/websocket bounds this handshake.
 		m.logMisconfigured(r, "websocket closed with 1011: "+ErrHijackBypassed.Error(), w)
-		// The connection is not the middleware's to abort: coder/websocket
-		// bounds this handshake itself.
 		_ = wc.Close(websocket.StatusInternalError, "server misconfigured")
 		return nil, fmt.Errorf("chiws: accept: %w", ErrHijackBypassed)
 	}
@@ -223,9 +205,7 @@ func (u *upgrade) accept(w http.ResponseWriter, r *http.Request, opts *AcceptOpt
 	c.start = time.Now()
 	wc.SetReadLimit(so.readLimit)
 	m.stats.accepted.Add(1)
-	if !m.register(c) {
-		// Shutdown began during the handshake: it does not know this
-		// socket, so it is closed here, and not logged.
+	if !m.register(c) { // Shutdown began during the handshake, without it
 		_ = c.shut(ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
 		return nil, fmt.Errorf("chiws: accept: %w", ErrShuttingDown)
 	}
@@ -248,10 +228,9 @@ func (m *Middleware) logMisconfigured(r *http.Request, msg string, w http.Respon
 	m.cfg.log.Error(msg, append(requestFields(r), zap.String(keyWriter, fmt.Sprintf("%T", w)))...)
 }
 
-// finish runs when the route handler returns or panics (the middleware
-// defers it). It enforces the rule that a handler owns its socket until the
-// socket is closed, turns a panic after Accept into a 1011 close, and
-// writes the close log once the socket has ended.
+// finish runs when the route handler returns or panics: a socket left open
+// is closed with 1011, a panic after Accept too, and the close log is
+// written once the socket has ended.
 func (u *upgrade) finish(r *http.Request) {
 	c := u.accepted.Load()
 	if c == nil {
@@ -261,17 +240,14 @@ func (u *upgrade) finish(r *http.Request) {
 	m := u.m
 	p := recover()
 	switch {
-	case p == http.ErrAbortHandler:
-		// net/http's sentinel for "abort quietly": close and re-panic
-		// below, as chi's Recoverer expects.
+	case p == http.ErrAbortHandler: // "abort quietly": re-panicked below
 		_ = c.abort(ErrHandlerPanicked, "")
 	case p != nil:
 		m.stats.panics.Add(1)
 		m.cfg.log.Error("websocket handler panicked; closing with 1011",
 			c.logFields(zap.Any(keyPanic, p), zap.Stack(keyStack))...)
 		_ = c.shut(ErrHandlerPanicked, websocket.StatusInternalError, "internal error")
-	case !c.nc.isClosed():
-		// The handler returned with the socket open.
+	case !c.nc.isClosed(): // an early return
 		_ = c.shut(ErrHandlerReturned, websocket.StatusInternalError, "handler returned")
 	}
 	<-c.Done()
@@ -290,10 +266,9 @@ func (u *upgrade) finish(r *http.Request) {
 	}
 }
 
-// notAccepted ends an upgrade request whose route did not accept it: a
-// foreign upgrade (a reverse proxy, another WebSocket library) is the
-// route's, and an extended CONNECT that the route answered 2xx, or not at
-// all, is refused, since RFC 8441 takes a 2xx for an open socket.
+// notAccepted ends an upgrade its route did not accept: a foreign one (a
+// reverse proxy, another library) is the route's, and an extended CONNECT
+// answered 2xx, or not at all, is refused (RFC 8441: 2xx means open).
 func (u *upgrade) notAccepted(r *http.Request) {
 	msg := ""
 	switch {

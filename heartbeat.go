@@ -48,8 +48,7 @@ func (c *Conn) startHeartbeat(interval, timeout time.Duration) {
 	h.timer = time.AfterFunc(interval, h.run)
 }
 
-// stop ends the keep-alive, armed or not; a beat in progress ends by
-// itself, as its Ping fails once the connection is closed.
+// stop ends the keep-alive; a beat under way fails its Ping and ends.
 func (h *heartbeat) stop() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -59,8 +58,8 @@ func (h *heartbeat) stop() {
 	}
 }
 
-// run is the timer's callback, counted in m.goroutines so that Shutdown
-// waits for it; the socket holds a count until stop, so adding is safe.
+// run is the timer's callback, counted in m.goroutines (which the socket
+// holds until stop, so adding is safe) for Shutdown to wait for.
 func (h *heartbeat) run() {
 	h.mu.Lock()
 	if h.stopped {
@@ -135,12 +134,10 @@ func (h *heartbeat) beat() time.Duration {
 func (h *heartbeat) judge(now time.Duration) time.Duration {
 	nc := h.c.nc
 	switch {
-	case nc.bytesIn.Load() != h.in:
-		// The pong may be queued behind a large message.
+	case nc.bytesIn.Load() != h.in: // the pong may wait behind a large message
 		h.pending = 0
 		return h.interval
-	case nc.writes.Load() > 0 && nc.bytesOut.Load() != h.out:
-		// The ping waits behind that write, which its context bounds.
+	case nc.writes.Load() > 0 && nc.bytesOut.Load() != h.out: // the ping waits behind it
 		h.pending = 0
 		if ce := h.c.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive: ping deferred behind a slow write"); ce != nil {
 			ce.Write(zap.String(keyRoute, h.c.req.route), zap.String(keyRemoteAddr, h.c.req.remoteAddr))
@@ -148,16 +145,14 @@ func (h *heartbeat) judge(now time.Duration) time.Duration {
 		return h.interval
 	}
 	if left := h.pending + h.timeout - now; left > 0 && !nc.isClosed() {
-		// Ping failed early (say a close frame was already sent).
-		return left
+		return left // the ping failed early (a close frame went out, say)
 	}
 	h.expire()
 	return 0
 }
 
-// expire aborts a socket whose peer is gone. When another cause came first
-// (coder/websocket's 1009 or Shutdown's 1001 awaiting the peer's close),
-// the abort still ends the wait, but counts and logs nothing.
+// expire aborts a socket whose peer is gone; after another cause (a 1009
+// or 1001 awaiting the peer's close) it ends the wait, but counts nothing.
 func (h *heartbeat) expire() {
 	c := h.c
 	if c.decide(ErrKeepAliveTimeout, websocket.StatusAbnormalClosure, "keep-alive timeout") {

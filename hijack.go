@@ -11,15 +11,12 @@ import (
 )
 
 // upgradeWriter is the ResponseWriter route handlers see on upgrade
-// requests. Its Hijack hands chiws.Accept a netConn, through which the
-// socket sees its connection close and its traffic, and hands any other
-// caller (a reverse proxy, another WebSocket library) the connection
-// itself. After the hijack it swallows writes, so that middleware writing
-// a late status (chi's Timeout writes 504 when its deadline has passed)
-// does not make net/http log "response.WriteHeader on hijacked
-// connection".
-//
-// It is used by the handler's goroutine only, as any ResponseWriter.
+// requests. Its Hijack hands Accept a netConn, through which the socket
+// sees its traffic and its close, and any other caller (a reverse proxy,
+// another library) the connection itself. After the hijack it swallows
+// writes: a late status (chi's Timeout writes 504) would make net/http log
+// "response.WriteHeader on hijacked connection". Like any ResponseWriter,
+// only the handler's goroutine uses it.
 type upgradeWriter struct {
 	http.ResponseWriter
 	m        *Middleware
@@ -31,9 +28,8 @@ type upgradeWriter struct {
 	refused  bool // an HTTP/2 route's 2xx was answered 501 (refuseH2)
 	answered bool // WriteHeader or Write was called
 
-	// direct is set by Accept when it was given this writer itself, and
-	// held101 by WriteHeader(101) when Hijack is to write the 101 (for
-	// HTTP/2, the 200 that stands for it).
+	// direct: Accept was given this writer itself; held101: Hijack is to
+	// write the 101 (for HTTP/2, the 200 that stands for it).
 	direct, held101 bool
 }
 
@@ -49,11 +45,8 @@ func (w *upgradeWriter) WriteHeader(status int) {
 		w.held101 = true // RFC 8441: 200 once the stream is the socket's (Hijack)
 	case status == http.StatusSwitchingProtocols && w.direct && !isWrapper(w.ResponseWriter):
 		// Hijack writes it, as gorilla/websocket does: net/http's path for
-		// a 101 is the deepest point of a socket's life, and under chi and
-		// the middleware it doubles the handler goroutine's stack, which
-		// the runtime keeps while the socket waits in Read
-		// (TestIdleSocketStack). A wrapper below (an access log) sees
-		// WriteHeader(101) as usual.
+		// a 101 doubles the stack the handler keeps while the socket waits
+		// (TestIdleSocketStack, docs/design.md). A wrapper below sees it.
 		w.held101 = true
 	default:
 		w.writeHeader(status)
@@ -61,17 +54,15 @@ func (w *upgradeWriter) WriteHeader(status int) {
 	w.answered = true
 }
 
-// refuseH2 answers 501 for an extended CONNECT whose route answered 2xx
-// without accepting, since RFC 8441 takes any 2xx for an open socket, and
-// swallows the route's body.
+// refuseH2 answers 501 instead of a route's 2xx without Accept (RFC 8441
+// takes any 2xx for an open socket), and swallows the route's body.
 func (w *upgradeWriter) refuseH2() {
 	w.hijacked, w.refused, w.answered = true, true, true
 	httpError(w.ResponseWriter, http.StatusNotImplemented)
 }
 
-// writeHeader passes status on. A 101 gets no Date (RFC 9110 6.6.1 makes
-// it optional on 1xx, and net/http formats it at the upgrade's deepest
-// point); a nil value suppresses it, as http.ResponseWriter documents.
+// writeHeader passes status on; a 101 without Date (optional on 1xx, RFC
+// 9110 6.6.1, and costly to format), suppressed by nil as documented.
 func (w *upgradeWriter) writeHeader(status int) {
 	if status == http.StatusSwitchingProtocols {
 		w.ResponseWriter.Header()["Date"] = nil
@@ -79,16 +70,15 @@ func (w *upgradeWriter) writeHeader(status int) {
 	w.ResponseWriter.WriteHeader(status)
 }
 
-// isWrapper reports whether w wraps another ResponseWriter. A wrapper
-// without Unwrap passes for the server's writer: it does not see the 101,
-// but sees the hijack (loggers that record 101 on Hijack keep working).
+// isWrapper reports whether w unwraps; one that does not passes for the
+// server's writer (it sees the hijack, not the 101).
 func isWrapper(w http.ResponseWriter) bool {
 	_, ok := w.(interface{ Unwrap() http.ResponseWriter })
 	return ok
 }
 
-// release101 hands a held-back 101 to net/http, for a handler that writes or
-// flushes after WriteHeader(101) instead of hijacking.
+// release101 passes a held 101 on, for a handler that writes or flushes
+// after WriteHeader(101) instead of hijacking.
 func (w *upgradeWriter) release101() {
 	if w.held101 && w.h2 == nil {
 		w.held101 = false
@@ -118,9 +108,8 @@ func (w *upgradeWriter) Flush() {
 	}
 }
 
-// Hijack implements http.Hijacker. For Accept, the connection it returns
-// is a netConn, which the buffers read from and write to; any other caller
-// gets the server's connection, untouched (a foreign upgrade).
+// Hijack implements http.Hijacker: for Accept, a netConn that the buffers
+// read from and write to; for anyone else, the server's connection.
 func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.hijacked {
 		return nil, nil, http.ErrHijacked
@@ -148,20 +137,17 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.hijacked = true
 	if w.conn == nil {
 		w.foreign = true
-		w.m.passThrough()
+		w.m.count(0, 1)
 		return c, brw, nil
 	}
 	w.nc.init(c, w.conn)
-	if w.held101 {
-		// The headers net/http would send on a 101: none about a body
-		// (RFC 9110 forbids Content-Length on a 1xx), and no Date.
+	if w.held101 { // as net/http would, without Date
 		_, _ = brw.Writer.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
 		_ = w.ResponseWriter.Header().WriteSubset(brw.Writer, noBodyHeaders)
 		_, _ = brw.Writer.WriteString("\r\n")
 	}
-	// net/http's buffers target the raw connection; point them at ours so
-	// that every byte is counted, after flushing what the writer holds
-	// (the 101). Bytes the client sent after its handshake stay buffered.
+	// net/http's buffers target the raw connection: point them at ours,
+	// after flushing the 101; bytes the client sent early stay buffered.
 	if err := brw.Writer.Flush(); err != nil {
 		_ = w.nc.Close()
 		return nil, nil, err
@@ -177,14 +163,12 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.nc, brw, nil
 }
 
-// noBodyHeaders are left out of a 101 written by Hijack: what net/http
-// leaves out of a 1xx response, and the Date it would add.
+// noBodyHeaders are left out of a 101 written by Hijack, as by net/http.
 var noBodyHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true, "Date": true}
 
-// upgradable reports whether a writer below w can hijack the connection
-// (HTTP/1.1) or flush the stream (HTTP/2), and names what it needs.
-// coder/websocket writes the 101 before it hijacks, and a writer that cannot
-// (http.TimeoutHandler's) would buffer a 101 that no socket follows.
+// upgradable reports whether a writer below can hijack the connection
+// (HTTP/1.1) or flush the stream (HTTP/2), else names what it needs: a
+// writer that cannot (http.TimeoutHandler's) would buffer a lone 101.
 func (w *upgradeWriter) upgradable() (bool, string) {
 	if w.h2 != nil {
 		_, ok := find[http.Flusher](w.ResponseWriter)
@@ -195,8 +179,7 @@ func (w *upgradeWriter) upgradable() (bool, string) {
 	return ok, "hijack the connection"
 }
 
-// find looks for T in w and the writers it unwraps to, in the order
-// http.ResponseController looks for the methods it calls.
+// find looks for T in w and what it unwraps to, as ResponseController does.
 func find[T any](w http.ResponseWriter) (T, bool) {
 	for {
 		if t, ok := w.(T); ok {
@@ -237,7 +220,7 @@ func (c *netConn) Read(p []byte) (int, error) {
 }
 
 // writeChunk is the most Write hands the kernel at once, so that bytesOut
-// shows the progress of a large message to a slow reader (see heartbeat).
+// shows a large message's progress to a slow reader (see heartbeat).
 const writeChunk = 64 << 10
 
 func (c *netConn) Write(p []byte) (total int, err error) {
@@ -257,7 +240,6 @@ func (c *netConn) Write(p []byte) (total int, err error) {
 }
 
 // Close closes the connection; the first call also tells its Conn.
-// coder/websocket closes it on every path that ends a socket.
 func (c *netConn) Close() error {
 	c.closed.Store(true)
 	err := c.Conn.Close()
@@ -265,8 +247,7 @@ func (c *netConn) Close() error {
 	return err
 }
 
-// abort closes the connection without a goodbye: an HTTP/2 stream is
-// reset.
+// abort closes the connection; an HTTP/2 stream is reset.
 func (c *netConn) abort() error {
 	if s, ok := c.Conn.(*h2Stream); ok {
 		s.Abort()
@@ -274,6 +255,5 @@ func (c *netConn) abort() error {
 	return c.Close()
 }
 
-// isClosed reports whether Close was called. Nil (before the hijack)
-// counts as open.
+// isClosed reports whether Close was called; nil (no hijack yet) is open.
 func (c *netConn) isClosed() bool { return c != nil && c.closed.Load() }

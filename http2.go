@@ -9,11 +9,9 @@ import (
 	"time"
 )
 
-// coder/websocket has no API for an existing stream, so a WebSocket over
-// HTTP/2 (RFC 8441) shows it the GET upgrade it expects, turns its 101 into
-// RFC 8441's 200, and hands it the stream as the hijacked connection.
-
-// h2Key is the Sec-WebSocket-Key of the request coder/websocket sees: RFC
+// coder/websocket has no API for an existing stream: over HTTP/2 (RFC
+// 8441) it sees the GET upgrade it expects and the stream as the hijacked
+// connection, and its 101 becomes a 200. h2Key is the Sec-WebSocket-Key of the request coder/websocket sees: RFC
 // 8441 has no key, and the Sec-WebSocket-Accept derived from it is not sent.
 const h2Key = "dGhlIHNhbXBsZSBub25jZQ=="
 

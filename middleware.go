@@ -226,7 +226,7 @@ func (m *Middleware) Handler(next http.Handler) http.Handler {
 }
 
 // admit counts a valid, allowed upgrade in flight (the caller must then
-// release it) or answers it. Refusals are logged at Debug only and counted
+// give it back: count) or answers it. Refusals are logged at Debug only and counted
 // in Stats, so that a client cannot flood the logs.
 func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	if status, reason := checkHandshake(r); status != 0 {
@@ -267,32 +267,16 @@ func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
-// release ends what a successful admit began; foreign says whether the
-// route upgraded the connection itself (passThrough).
-func (m *Middleware) release(foreign bool) {
+// count adds to the upgrades in flight (admit's, given back when their
+// handler returns) and to those of them whose route upgraded without
+// Accept: Shutdown waits for the others only, as net/http's leaves
+// hijacked connections alone, but MaxConnections counts them all.
+func (m *Middleware) count(inflight, foreign int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.inflight--
-	if foreign {
-		m.foreign--
-	}
-	m.drainedIf()
-}
-
-// passThrough notes that an admitted request's route upgraded without
-// Accept: Shutdown leaves it alone, as net/http's leaves hijacked
-// connections, but MaxConnections counts it until its handler returns.
-func (m *Middleware) passThrough() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.foreign++
-	m.drainedIf()
-}
-
-// drainedIf tells Shutdown when the last handler it waits for returned.
-func (m *Middleware) drainedIf() {
+	m.inflight, m.foreign = m.inflight+inflight, m.foreign+foreign
 	if m.inflight == m.foreign && m.drained != nil {
-		close(m.drained)
+		close(m.drained) // the last handler Shutdown waits for returned
 		m.drained = nil
 	}
 }
