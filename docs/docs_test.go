@@ -1,17 +1,31 @@
-// Package docs checks the guides in this directory: every ```go block is a
-// verbatim excerpt of a compiled file under snippets/ (whose own tests run
-// it), every relative link resolves, and the origin table of origins.md is
-// run through the middleware's origin policy.
+// Package docs checks the guides in this directory and the README: every
+// ```go block compiles, either as a verbatim excerpt of a compiled file
+// (under snippets/, or brokersnippets/ for the broker modules, whose own
+// tests run it) or as a whole program that the test builds; every relative
+// link resolves; the origin table of origins.md is run through the
+// middleware's origin policy; and the README's options table lists every
+// field of chiws.Options.
 package docs
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"go/format"
+	"go/parser"
+	"go/token"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -21,14 +35,22 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// guides are the files whose code this package checks.
-var guides = []string{
-	"getting-started.md",
-	"origins.md",
-	"keepalive.md",
-	"lifecycle.md",
-	"from-aspnet-core.md",
-	"design.md",
+// readme is the repository's README, checked with the guides.
+const readme = "../README.md"
+
+// docs returns the files whose code this package checks: the README and
+// every guide of this directory.
+func docs(t *testing.T) []string {
+	t.Helper()
+	guides, err := filepath.Glob("*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(guides) < 10 {
+		t.Fatalf("only %d guides found: %q", len(guides), guides)
+	}
+	slices.Sort(guides)
+	return append([]string{readme}, guides...)
 }
 
 var snippetMarker = regexp.MustCompile(`^<!-- snippet: (\S+) -->$`)
@@ -76,52 +98,214 @@ func readBlocks(t *testing.T, guide string) (lines []string, blocks []block) {
 	return lines, blocks
 }
 
-// TestGoBlocksAreCompiled checks that each ```go block follows a
-// <!-- snippet: path --> marker and appears verbatim in that file.
+// isProgram reports whether a go block is a whole file: its first line
+// that is neither blank nor a comment is its package clause.
+func isProgram(text string) bool {
+	for line := range strings.Lines(text) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "//") {
+			continue
+		}
+		return strings.HasPrefix(line, "package ")
+	}
+	return false
+}
+
+// isExcerpt reports whether text appears in src as whole lines, verbatim
+// or indented differently by tabs: a function body may be shown at the
+// left margin, and a method shown inside its function.
+func isExcerpt(src, text string) bool {
+	src = "\n" + src
+	lines := strings.SplitAfter(strings.TrimSuffix(text, "\n"), "\n")
+	common := -1
+	for _, l := range lines {
+		if strings.TrimSpace(l) == "" {
+			continue
+		}
+		if n := len(l) - len(strings.TrimLeft(l, "\t")); common < 0 || n < common {
+			common = n
+		}
+	}
+	for indent := 0; indent <= 4; indent++ {
+		var b strings.Builder
+		b.WriteByte('\n')
+		for _, l := range lines {
+			if strings.TrimSpace(l) != "" {
+				b.WriteString(strings.Repeat("\t", indent) + l[max(common, 0):])
+			} else {
+				b.WriteString(l)
+			}
+		}
+		b.WriteByte('\n')
+		if strings.Contains(src+"\n", b.String()) {
+			return true
+		}
+	}
+	return false
+}
+
+// program is a go block that is a whole file, built where its imports
+// resolve.
+type program struct {
+	doc  string
+	line int
+	text string
+}
+
+// brokerImports are the imports that put a program in the brokersnippets
+// module: the library's own module must not depend on them.
+var brokerImports = []string{
+	"github.com/chiws/chiws/broadcast/natsbroker",
+	"github.com/chiws/chiws/broadcast/redisbroker",
+	"github.com/nats-io/",
+	"github.com/redis/",
+}
+
+// moduleDir returns the directory of the module a program is built in:
+// this one (the library's), or brokersnippets for the broker modules.
+func (p program) moduleDir(t *testing.T) string {
+	f, err := parser.ParseFile(token.NewFileSet(), "", p.text, parser.ImportsOnly)
+	if err != nil {
+		t.Errorf("%s:%d: %v", p.doc, p.line, err)
+		return ""
+	}
+	for _, imp := range f.Imports {
+		path, _ := strconv.Unquote(imp.Path.Value)
+		for _, b := range brokerImports {
+			if strings.HasPrefix(path, b) {
+				return "brokersnippets"
+			}
+		}
+	}
+	return "."
+}
+
+// TestGoBlocksAreCompiled checks that each ```go block of the README and
+// the guides either follows a <!-- snippet: path --> marker and appears
+// in that file (a compiled file of this repository), or is a whole
+// program, which it builds.
 func TestGoBlocksAreCompiled(t *testing.T) {
-	for _, guide := range guides {
-		t.Run(guide, func(t *testing.T) {
-			_, blocks := readBlocks(t, guide)
+	var programs []program
+	readmeChecked := false
+	for _, doc := range docs(t) {
+		t.Run(filepath.Base(doc), func(t *testing.T) {
+			readmeChecked = readmeChecked || doc == readme
+			_, blocks := readBlocks(t, doc)
 			for _, b := range blocks {
-				if b.lang != "go" {
-					if b.snippet != "" {
-						t.Errorf("%s:%d: snippet marker on a %q block", guide, b.line, b.lang)
+				switch {
+				case b.lang != "go" && b.snippet != "":
+					t.Errorf("%s:%d: snippet marker on a %q block", doc, b.line, b.lang)
+				case b.lang != "go":
+				case b.snippet != "":
+					path := filepath.Join(filepath.Dir(doc), filepath.FromSlash(b.snippet))
+					src, err := os.ReadFile(path)
+					if err != nil {
+						t.Errorf("%s:%d: %v", doc, b.line, err)
+						continue
 					}
-					continue
-				}
-				if b.snippet == "" {
-					t.Errorf("%s:%d: go block without a <!-- snippet: path --> marker", guide, b.line)
-					continue
-				}
-				src, err := os.ReadFile(filepath.FromSlash(b.snippet))
-				if err != nil {
-					t.Errorf("%s:%d: %v", guide, b.line, err)
-					continue
-				}
-				if !strings.HasSuffix(b.snippet, ".go") || !strings.Contains(string(src), b.text) {
-					t.Errorf("%s:%d: block is not a verbatim excerpt of %s:\n%s", guide, b.line, b.snippet, b.text)
+					if !strings.HasSuffix(path, ".go") || !isExcerpt(string(src), b.text) {
+						t.Errorf("%s:%d: block is not an excerpt of %s:\n%s", doc, b.line, b.snippet, b.text)
+					}
+				case isProgram(b.text):
+					if f, err := format.Source([]byte(b.text)); err != nil || !bytes.Equal(f, []byte(b.text)) {
+						t.Errorf("%s:%d: program is not gofmt-formatted (%v)", doc, b.line, err)
+					}
+					programs = append(programs, program{doc, b.line, b.text})
+				default:
+					t.Errorf("%s:%d: go block is neither a whole program (package ...) nor "+
+						"after a <!-- snippet: path --> marker:\n%s", doc, b.line, b.text)
 				}
 			}
 		})
 	}
+	if readmeChecked && !slices.ContainsFunc(programs, func(p program) bool { return p.doc == readme }) {
+		t.Error("no whole program in the README; its chi example is one")
+	}
+	if len(programs) > 0 {
+		buildPrograms(t, programs)
+	}
 }
 
-// siblings are the guides of this directory that these guides link to
-// but this package does not check.
-var siblings = map[string]bool{"proxies.md": true, "reliability.md": true, "benchmarks.md": true}
+// buildPrograms builds each program as a package of its own, a file that
+// exists only in an overlay (go build -overlay) in a directory of its
+// module, so that its imports resolve as they do for the module's code,
+// through the workspace, without the network.
+func buildPrograms(t *testing.T, programs []program) {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	tmp := t.TempDir()
+	byModule := map[string][]string{} // module dir: package dirs
+	replace := map[string]string{}
+	where := map[string]string{} // package dir: doc and line
+	for i, p := range programs {
+		mod := p.moduleDir(t)
+		if mod == "" {
+			continue
+		}
+		absMod, err := filepath.Abs(mod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pkg := fmt.Sprintf("docblock_%s_%d", strings.TrimSuffix(strings.ToLower(filepath.Base(p.doc)), ".md"), p.line)
+		file := filepath.Join(tmp, fmt.Sprintf("%d.go", i))
+		if err := os.WriteFile(file, []byte(p.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(absMod, pkg)); err == nil {
+			t.Fatalf("%s exists on disk; the overlay needs the name", filepath.Join(mod, pkg))
+		}
+		replace[filepath.Join(absMod, pkg, "main.go")] = file
+		byModule[absMod] = append(byModule[absMod], "./"+pkg)
+		where[pkg] = fmt.Sprintf("%s:%d; line n of %d.go is line %d+n there", p.doc, p.line, i, p.line)
+	}
+	overlay, err := json.Marshal(map[string]any{"Replace": replace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlayFile := filepath.Join(tmp, "overlay.json")
+	if err := os.WriteFile(overlayFile, overlay, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for mod, pkgs := range byModule {
+		// -o: into a directory, which go build needs for several
+		// programs, and not into the module.
+		args := append([]string{"build", "-overlay", overlayFile, "-o", tmp + string(filepath.Separator)}, pkgs...)
+		cmd := exec.Command(gobin, args...)
+		cmd.Dir = mod
+		// Every dependency is in the module cache or the workspace.
+		cmd.Env = append(os.Environ(), "GOPROXY=off")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			var from []string
+			for _, pkg := range pkgs {
+				from = append(from, strings.TrimPrefix(pkg, "./")+" is "+where[strings.TrimPrefix(pkg, "./")])
+			}
+			t.Errorf("go %s in %s: %v\n%s\n(%s)", strings.Join(args, " "), mod, err, out, strings.Join(from, "; "))
+		}
+	}
+}
 
 var mdLink = regexp.MustCompile(`\]\(([^)\s]+)\)`)
 
 // TestLinks checks that relative links point at existing files and, for
-// links into the guides, at existing headings.
+// links into the README and the guides, at existing headings.
 func TestLinks(t *testing.T) {
-	anchors := map[string]map[string]bool{}
-	for _, guide := range guides {
-		lines, _ := readBlocks(t, guide)
-		anchors[guide] = headingAnchors(lines)
+	abs := func(path string) string {
+		a, err := filepath.Abs(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
 	}
-	for _, guide := range guides {
-		lines, _ := readBlocks(t, guide)
+	anchors := map[string]map[string]bool{} // by absolute path
+	for _, doc := range docs(t) {
+		lines, _ := readBlocks(t, doc)
+		anchors[abs(doc)] = headingAnchors(lines)
+	}
+	for _, doc := range docs(t) {
+		lines, _ := readBlocks(t, doc)
 		inFence := false
 		for n, line := range lines {
 			if strings.HasPrefix(line, "```") {
@@ -136,20 +320,16 @@ func TestLinks(t *testing.T) {
 					continue
 				}
 				file, frag, _ := strings.Cut(target, "#")
-				if file == "" {
-					file = guide
+				path := filepath.Clean(doc)
+				if file != "" {
+					path = filepath.Join(filepath.Dir(doc), filepath.FromSlash(file))
 				}
-				if _, err := os.Stat(filepath.FromSlash(file)); err != nil {
-					if siblings[file] {
-						// Written alongside these guides; checked once present.
-						t.Logf("%s:%d: %s does not exist yet", guide, n+1, target)
-						continue
-					}
-					t.Errorf("%s:%d: broken link %s", guide, n+1, target)
+				if _, err := os.Stat(path); err != nil {
+					t.Errorf("%s:%d: broken link %s", doc, n+1, target)
 					continue
 				}
-				if a, ok := anchors[file]; ok && frag != "" && !a[frag] {
-					t.Errorf("%s:%d: no heading #%s in %s", guide, n+1, frag, file)
+				if a, ok := anchors[abs(path)]; ok && frag != "" && !a[frag] {
+					t.Errorf("%s:%d: no heading #%s in %s", doc, n+1, frag, path)
 				}
 			}
 		}
@@ -180,6 +360,43 @@ func headingAnchors(lines []string) map[string]bool {
 		out[b.String()] = true
 	}
 	return out
+}
+
+// TestOptionsTable checks that the README's options table has a row for
+// every field of chiws.Options, and no row for a field it lacks.
+func TestOptionsTable(t *testing.T) {
+	lines, _ := readBlocks(t, readme)
+	start := slices.Index(lines, "## Options")
+	if start < 0 {
+		t.Fatal("README has no ## Options section")
+	}
+	row := regexp.MustCompile("^\\| `(\\w+)` \\|")
+	var rows []string
+	for _, l := range lines[start+1:] {
+		if strings.HasPrefix(l, "## ") {
+			break
+		}
+		if m := row.FindStringSubmatch(l); m != nil {
+			rows = append(rows, m[1])
+		}
+	}
+	var fields []string
+	typ := reflect.TypeFor[chiws.Options]()
+	for i := range typ.NumField() {
+		if f := typ.Field(i); f.IsExported() {
+			fields = append(fields, f.Name)
+		}
+	}
+	for _, f := range fields {
+		if !slices.Contains(rows, f) {
+			t.Errorf("README's options table has no row for Options.%s", f)
+		}
+	}
+	for _, r := range rows {
+		if !slices.Contains(fields, r) {
+			t.Errorf("README's options table has a row for %s, which Options lacks", r)
+		}
+	}
 }
 
 // TestOriginTable runs every row of the table that follows

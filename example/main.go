@@ -222,11 +222,7 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(addr stri
 		_ = a.Shutdown(context.Background())
 		return err
 	}
-	srv := &http.Server{
-		Handler:           a.Handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          zap.NewStdLog(log.Named("http")),
-	}
+	srv := newServer(a.Handler, log.Named("http"))
 	scheme := "http"
 	if cfg.tls {
 		scheme = "https"
@@ -284,6 +280,33 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(addr stri
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newServer returns the example's server, configured as docs/http2.md
+// recommends. ReadHeaderTimeout and IdleTimeout bound the connections that
+// carry no socket: a hijacked HTTP/1.1 connection is no longer the
+// server's, and an HTTP/2 connection with a stream open is not idle. The
+// HTTP/2 receive windows keep a client that floods one socket whose
+// handler does not read from stalling the other sockets of its connection:
+// with net/http's defaults (1 MiB for the stream and for the connection),
+// one such socket takes the whole connection window until it closes,
+// which for a handler that stopped reading is when the keep-alive gives
+// up on it: minutes, by default.
+func newServer(h http.Handler, log *zap.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		HTTP2: &http.HTTP2Config{
+			// A socket's unread messages hold at most this much of the
+			// connection's window.
+			MaxReceiveBufferPerStream: 64 << 10,
+			// The largest connection window net/http allows (under 4 MiB):
+			// about 64 stalled sockets before the connection is.
+			MaxReceiveBufferPerConnection: 4<<20 - 1,
+		},
+		ErrorLog: zap.NewStdLog(log),
+	}
 }
 
 // http2WebSockets reports whether net/http's HTTP/2 server accepts

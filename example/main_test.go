@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -24,6 +25,7 @@ import (
 	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -437,5 +439,85 @@ func startRun(ctx context.Context, t *testing.T, args []string, out io.Writer, d
 	case err := <-done:
 		t.Fatalf("run %q: %v", args, err)
 		return ""
+	}
+}
+
+// TestServerSettings checks that the server is configured as
+// docs/http2.md recommends, and reads the HTTP/2 windows back from what a
+// client receives: the stream window in the server's first SETTINGS frame,
+// and the connection window from the WINDOW_UPDATE that follows it.
+// (http2test's TestFlowControlUnreadSocket shows what these windows buy: a
+// socket flooded by its client while its handler does not read leaves the
+// other sockets of the connection alone.)
+func TestServerSettings(t *testing.T) {
+	const (
+		wantStream = 64 << 10
+		wantConn   = 4<<20 - 1
+	)
+	srv := newServer(http.NotFoundHandler(), zap.NewNop())
+	if srv.ReadHeaderTimeout <= 0 || srv.IdleTimeout <= 0 {
+		t.Errorf("ReadHeaderTimeout %v, IdleTimeout %v: want both set", srv.ReadHeaderTimeout, srv.IdleTimeout)
+	}
+	if h2 := srv.HTTP2; h2 == nil || h2.MaxReceiveBufferPerStream != wantStream ||
+		h2.MaxReceiveBufferPerConnection != wantConn {
+		t.Fatalf("HTTP2 = %+v, want docs/http2.md's windows", srv.HTTP2)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs wstest.SyncBuffer
+	done := make(chan error, 1)
+	addr := startRun(ctx, t, []string{"-addr", "127.0.0.1:0", "-tls"}, &logs, done)
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run = %v", err)
+		}
+	}()
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}) // self-signed
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("ALPN %q, want h2", p)
+	}
+	_ = c.SetDeadline(time.Now().Add(testTimeout))
+	// The client preface and an empty SETTINGS frame.
+	if _, err := io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"); err != nil {
+		t.Fatal(err)
+	}
+	stream, conn := -1, 65535 // RFC 9113's initial windows, until the server says otherwise
+	br := bufio.NewReader(c)
+	for seenSettings, seenUpdate := false, false; !seenSettings || !seenUpdate; {
+		var hdr [9]byte
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			t.Fatalf("reading the server's frames: %v", err)
+		}
+		length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
+		typ, flags := hdr[3], hdr[4]
+		streamID := binary.BigEndian.Uint32(hdr[5:]) & 0x7fffffff
+		payload := make([]byte, length)
+		if _, err := io.ReadFull(br, payload); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case typ == 0x4 && flags&0x1 == 0: // SETTINGS, not an ACK
+			seenSettings = true
+			for p := payload; len(p) >= 6; p = p[6:] {
+				if id := binary.BigEndian.Uint16(p); id == 0x4 { // INITIAL_WINDOW_SIZE
+					stream = int(binary.BigEndian.Uint32(p[2:]))
+				}
+			}
+		case typ == 0x8 && streamID == 0: // WINDOW_UPDATE for the connection
+			seenUpdate = true
+			conn += int(binary.BigEndian.Uint32(payload) & 0x7fffffff)
+		case typ == 0x8 || typ == 0x4 || typ == 0x6: // other updates, ACKs, PINGs
+		default:
+			t.Fatalf("unexpected frame type %#x before the windows", typ)
+		}
+	}
+	if stream != wantStream || conn != wantConn {
+		t.Errorf("windows: stream %d, connection %d; want %d and %d", stream, conn, wantStream, wantConn)
 	}
 }

@@ -31,11 +31,11 @@ func Chat(logger *zap.Logger) http.HandlerFunc {
 		ctx := c.Context()
 		for {
 			var msg Message
-			if err := wsjson.Read(ctx, c.Conn, &msg); err != nil {
-				return
+			if err := c.ReadJSON(ctx, &msg); err != nil {
+				return // the client closed the socket, or sent no JSON (1003, 1007)
 			}
 			msg.Text = strings.ToUpper(msg.Text)
-			if err := wsjson.Write(ctx, c.Conn, msg); err != nil {
+			if err := c.WriteJSON(ctx, msg); err != nil {
 				return
 			}
 		}
@@ -45,6 +45,29 @@ func Chat(logger *zap.Logger) http.HandlerFunc {
 // Message is a JSON chat message.
 type Message struct {
 	Text string `json:"text"`
+}
+
+// EmbeddedChat is Chat written with wsjson, which takes the embedded
+// *websocket.Conn: what it reads and writes bypasses Conn, so a client's
+// normal close ends the socket as ErrConnectionLost (1006). It is what
+// docs/lifecycle.md shows for functions that take a *websocket.Conn; for
+// JSON, Chat's ReadJSON and WriteJSON keep the accounting.
+func EmbeddedChat(w http.ResponseWriter, r *http.Request) {
+	c, err := chiws.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	ctx := c.Context()
+	for {
+		var msg Message
+		if err := wsjson.Read(ctx, c.Conn, &msg); err != nil {
+			return
+		}
+		msg.Text = strings.ToUpper(msg.Text)
+		if err := wsjson.Write(ctx, c.Conn, msg); err != nil {
+			return
+		}
+	}
 }
 
 // Progress is the background-service example of docs/lifecycle.md: the

@@ -1,5 +1,7 @@
-// Package snippets holds the code shown in the guides under docs/. Each
-// ```go block of a guide is a verbatim excerpt of a file in this directory
-// tree (docs_test.go checks it), so the guides' code compiles with the
-// module and the tests here run it.
+// Package snippets holds the code shown in the README and the guides under
+// docs/. Each ```go block that follows a <!-- snippet: path --> marker is
+// an excerpt of a file in this directory tree, verbatim up to its
+// indentation (docs_test.go checks it), so the documents' code compiles
+// with the module and the tests here run it. Code that needs the broker
+// modules is in ../brokersnippets, a module of its own.
 package snippets

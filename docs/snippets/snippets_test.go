@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
@@ -614,4 +615,142 @@ func TestCloseReason(t *testing.T) {
 	case <-testCtx(t).Done():
 		t.Fatal("socket did not end")
 	}
+}
+
+// TestEmbeddedChat pins what docs/lifecycle.md says of calls on the
+// embedded *websocket.Conn: the echo works, but a client's normal close,
+// read through wsjson, ends the socket as a lost connection (1006), where
+// Chat's ReadJSON records the client's close.
+func TestEmbeddedChat(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		give     http.HandlerFunc
+		wantBy   string
+		wantCode int64
+	}{
+		{"ReadJSON", Chat(zap.NewNop()), "client", 1000},
+		{"wsjson on c.Conn", EmbeddedChat, "connection-lost", 1006},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			logger, logs := observed()
+			ws := chiws.New(chiws.Options{Logger: logger})
+			srv := serve(t, ws, route(ws, tt.give))
+			c, _ := dial(t, wsURL(srv), nil)
+			ctx := testCtx(t)
+			if err := wsjson.Write(ctx, c, Message{Text: "hi"}); err != nil {
+				t.Fatal(err)
+			}
+			var got Message
+			if err := wsjson.Read(ctx, c, &got); err != nil || got.Text != "HI" {
+				t.Fatalf("got %+v, %v", got, err)
+			}
+			if err := c.Close(websocket.StatusNormalClosure, ""); err != nil {
+				t.Fatal(err)
+			}
+			closed := waitLog(t, logs, "websocket closed").ContextMap()
+			if closed["closedBy"] != tt.wantBy || closed["closeCode"] != tt.wantCode {
+				t.Errorf("close log = %v, want closedBy %s, code %d", closed, tt.wantBy, tt.wantCode)
+			}
+		})
+	}
+}
+
+// TestRoomRouter runs the hub example of docs/broadcast.md: a message from
+// one member reaches both members of the room, with its type, and the
+// hub's Shutdown closes them with 1001.
+func TestRoomRouter(t *testing.T) {
+	b := broadcast.NewMemory()
+	defer b.Close()
+	hub, rooms := RoomRouter(b)
+	ws := chiws.New(chiws.Options{})
+	srv := serve(t, ws, ws.Handler(rooms))
+	url := strings.TrimSuffix(wsURL(srv), "/ws") + "/room/go"
+	alice, _ := dial(t, url, nil)
+	bob, _ := dial(t, url, nil)
+	waitFor(t, "both members", func() bool { return hub.Len("room.go") == 2 })
+
+	ctx := testCtx(t)
+	if err := alice.Write(ctx, websocket.MessageBinary, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*websocket.Conn{"alice": alice, "bob": bob} {
+		if typ, p, err := c.Read(ctx); err != nil || typ != websocket.MessageBinary || string(p) != "hello" {
+			t.Errorf("%s read %v %q %v", name, typ, p, err)
+		}
+	}
+	closed := make(chan error, 2)
+	for _, c := range []*websocket.Conn{alice, bob} {
+		go func() { // ends with the close handshake, which it answers
+			_, _, err := c.Read(ctx)
+			closed <- err
+		}()
+	}
+	if err := hub.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-closed; websocket.CloseStatus(err) != websocket.StatusGoingAway {
+			t.Errorf("after Shutdown: %v, want 1001", err)
+		}
+	}
+}
+
+// TestJoinAndPublish runs the README's broadcast example: the socket that
+// joined receives what was published.
+func TestJoinAndPublish(t *testing.T) {
+	ws := chiws.New(chiws.Options{})
+	srv := serve(t, ws, route(ws, func(w http.ResponseWriter, r *http.Request) {
+		c, err := chiws.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		if err := JoinAndPublish(c.Context(), c); err != nil {
+			c.Close(websocket.StatusInternalError, err.Error())
+			return
+		}
+		c.CloseRead(c.Context())
+		_ = c.Wait(context.Background())
+	}))
+	c, _ := dial(t, wsURL(srv), nil)
+	if _, p, err := c.Read(testCtx(t)); err != nil || string(p) != "hi" {
+		t.Fatalf("read %q %v, want hi", p, err)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, "handler", func() bool { return ws.Stats().Active == 0 })
+}
+
+// TestNewServer checks the settings docs/http2.md recommends.
+func TestNewServer(t *testing.T) {
+	srv := NewServer(http.NotFoundHandler())
+	if srv.ReadHeaderTimeout <= 0 || srv.IdleTimeout <= 0 {
+		t.Errorf("ReadHeaderTimeout %v, IdleTimeout %v: want both set", srv.ReadHeaderTimeout, srv.IdleTimeout)
+	}
+	if h2 := srv.HTTP2; h2 == nil || h2.MaxReceiveBufferPerStream != 64<<10 || h2.MaxReceiveBufferPerConnection != 4<<20-1 {
+		t.Errorf("HTTP2 = %+v", srv.HTTP2)
+	}
+}
+
+// TestReadmeRoutes checks the README's Throttle example: a plain GET is
+// served while a socket is open.
+func TestReadmeRoutes(t *testing.T) {
+	ws := chiws.New(chiws.Options{MaxConnections: 10})
+	api := func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }
+	srv := serve(t, ws, ReadmeRoutes(ws, echoHandler, api))
+	c, _ := dial(t, wsURL(srv), nil)
+	ctx := testCtx(t)
+	if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Read(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(srv.URL + "/api/items")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /api/items with a socket open: %d", resp.StatusCode)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
 }

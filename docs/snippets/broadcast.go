@@ -1,0 +1,65 @@
+package snippets
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/broadcast"
+	"github.com/coder/websocket"
+	"github.com/go-chi/chi/v5"
+)
+
+// RoomRouter is the hub example of docs/broadcast.md: a room per URL, on
+// broker, whose sockets are closed with 1013 while the broker is away. The
+// router must be served behind ws.Handler; call hub.Shutdown on SIGTERM.
+func RoomRouter(broker broadcast.Broker) (*broadcast.Hub, chi.Router) {
+	// OnBrokerState may run before NewHub returns: it finds the hub here.
+	var current atomic.Pointer[broadcast.Hub]
+	hub := broadcast.NewHub(broker, broadcast.Options{
+		OnBrokerState: func(up bool) {
+			if h := current.Load(); h != nil && !up { // messages are being lost
+				h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
+			}
+		},
+	})
+	current.Store(hub)
+
+	r := chi.NewRouter()
+	r.Get("/room/{name}", func(w http.ResponseWriter, r *http.Request) {
+		topic := "room." + chi.URLParam(r, "name")
+		c, err := chiws.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		if _, err := hub.Join(c, topic); err != nil {
+			c.Close(websocket.StatusTryAgainLater, "try again later")
+			return
+		}
+		for { // the hub writes; the handler reads until the socket closes
+			typ, p, err := c.Read(c.Context())
+			if err != nil {
+				return // the member has left
+			}
+			if err := hub.Publish(c.Context(), topic, typ, p); err != nil {
+				c.Close(websocket.StatusTryAgainLater, "broker unavailable")
+				return
+			}
+		}
+	})
+	// On SIGTERM: hub.Shutdown(ctx) sends 1001 to its members; then close the broker.
+	return hub, r
+}
+
+// JoinAndPublish is the broadcast example of the README: c joins a room of
+// a hub in this process, and a message goes to every member of it.
+func JoinAndPublish(ctx context.Context, c *chiws.Conn) error {
+	hub := broadcast.NewHub(broadcast.NewMemory(), broadcast.Options{})
+	_, err := hub.Join(c, "room.42") // the hub writes to c; the handler keeps reading it
+	if err != nil {
+		return err
+	}
+	err = hub.Publish(ctx, "room.42", websocket.MessageText, []byte("hi"))
+	return err
+}
