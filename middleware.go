@@ -22,7 +22,7 @@ const (
 	DefaultKeepAliveInterval = 2 * time.Minute
 
 	// DefaultKeepAliveTimeout allows for a congested mobile link or a long
-	// GC pause, and finds a vanished peer within 2m30s by default (ASP.NET
+	// GC pause, and finds a vanished peer within 4m30s by default (ASP.NET
 	// Core's is infinite: dead clients go unnoticed).
 	DefaultKeepAliveTimeout = 30 * time.Second
 

@@ -12,10 +12,11 @@ import (
 func NewBehindProxy() *chiws.Middleware {
 	return chiws.New(chiws.Options{
 		// nginx drops a proxied connection after 60 s without traffic
-		// (proxy_read_timeout): ping well within that.
-		KeepAliveInterval: 30 * time.Second,
+		// (proxy_read_timeout). A quiet socket is pinged one to two
+		// intervals after its last traffic: at most 50 s of silence.
+		KeepAliveInterval: 25 * time.Second,
 		// A peer that has not answered 10 s after a ping is gone: it is
-		// detected at most 40 s after its last sign of life.
+		// detected at most 60 s after its last sign of life.
 		KeepAliveTimeout: 10 * time.Second,
 	})
 }
