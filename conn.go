@@ -18,8 +18,9 @@ import (
 // Conn is an accepted WebSocket. It embeds *websocket.Conn, so all of
 // coder/websocket's API works on it, and adds the socket's lifecycle:
 // Done, Wait, Context, and why it ended. Conn knows why through its own
-// methods; calls on the embedded c.Conn (and wsjson, which takes it)
-// bypass it, and what they see or do is recorded as ErrConnectionLost.
+// methods: calls on the embedded c.Conn (and wsjson, which takes it) are
+// not seen, and an end they cause is recorded as a lost connection or,
+// once the handler returns, as an early return.
 type Conn struct {
 	*websocket.Conn
 
@@ -113,15 +114,16 @@ func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) 
 	if err == nil {
 		c.msgsIn.Add(1)
 	}
-	c.release(err, "read")
+	c.release(ctx, err, "read")
 	return typ, p, err
 }
 
 // refuse closes the socket with code for a message read and refused.
 func (c *Conn) refuse(code websocket.StatusCode, reason string) error {
 	c.decide(ErrClosedByServer, code, reason)
-	c.release(nil, "read")
+	c.release(nil, nil, "read")
 	_ = c.shut(nil, code, reason)
+	c.awaitEnd()
 	return opErr("read", websocket.CloseError{Code: code, Reason: reason})
 }
 
@@ -134,9 +136,9 @@ func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, er
 	typ, rd, err := c.Conn.Reader(ctx)
 	if err == nil {
 		c.msgsIn.Add(1)
-		c.rd.r = rd
+		c.rd.r, c.rd.ctx = rd, ctx
 	}
-	c.release(err, "read")
+	c.release(ctx, err, "read")
 	if err != nil {
 		return typ, nil, err
 	}
@@ -146,14 +148,15 @@ func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, er
 // msgReader sees the errors of a message from Conn.Reader (the read limit
 // fails there).
 type msgReader struct {
-	r io.Reader
-	c *Conn
+	r   io.Reader
+	c   *Conn
+	ctx context.Context
 }
 
 func (r *msgReader) Read(p []byte) (int, error) {
 	r.c.begin()
 	n, err := r.r.Read(p)
-	r.c.release(err, "read")
+	r.c.release(r.ctx, err, "read")
 	return n, err
 }
 
@@ -186,7 +189,7 @@ func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) e
 	if err == nil {
 		c.msgsOut.Add(1)
 	}
-	c.release(err, "write")
+	c.release(ctx, err, "write")
 	return err
 }
 
@@ -200,11 +203,11 @@ func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteC
 	wr, err := c.Conn.Writer(ctx, typ)
 	if err != nil {
 		<-c.wmu
-		c.release(err, "write")
+		c.release(ctx, err, "write")
 		return nil, err
 	}
-	c.release(nil, "write")
-	c.wr.w, c.wr.closed = wr, false
+	c.release(nil, nil, "write")
+	c.wr.w, c.wr.ctx, c.wr.closed = wr, ctx, false
 	return &c.wr, nil
 }
 
@@ -212,13 +215,14 @@ func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteC
 type msgWriter struct {
 	w      io.WriteCloser
 	c      *Conn
+	ctx    context.Context
 	closed bool
 }
 
 func (w *msgWriter) Write(p []byte) (int, error) {
 	w.c.begin()
 	n, err := w.w.Write(p)
-	w.c.release(err, "write")
+	w.c.release(w.ctx, err, "write")
 	return n, err
 }
 
@@ -233,7 +237,7 @@ func (w *msgWriter) Close() error {
 	if err == nil {
 		w.c.msgsOut.Add(1)
 	}
-	w.c.release(err, "write")
+	w.c.release(w.ctx, err, "write")
 	return err
 }
 
@@ -252,7 +256,7 @@ func (c *Conn) ReadJSON(ctx context.Context, v any) error {
 		_ = c.refuse(websocket.StatusInvalidFramePayloadData, "invalid JSON")
 		return opErr("read JSON", err)
 	}
-	c.release(nil, "read")
+	c.release(nil, nil, "read")
 	return nil
 }
 

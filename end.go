@@ -71,25 +71,26 @@ func (c *Conn) begin() { // with release, around every read, write and ping
 	c.end.mu.Unlock()
 }
 
-// release ends an operation that returned err (nil: success, or judged by
-// the caller): it records what err proves and finishes the close it calls
-// for.
-func (c *Conn) release(err error, what string) {
+// release ends an operation under ctx (nil: none) that returned err (nil:
+// success, or judged by the caller): it records what err proves, finishes
+// the close it calls for, and waits for an end it proves (awaitEnd).
+func (c *Conn) release(ctx context.Context, err error, what string) {
 	var ce websocket.CloseError
-	then := c.awaitEnd // the end is certain, and under way
+	var then func()
+	ends := true
 	closed := c.nc.isClosed()
+	ctxEnded := ctx != nil && ctx.Err() != nil
 	switch {
 	case err == nil, err == io.EOF: // io.EOF: the end of a message
-		then = nil
+		ends = false
 	case errors.As(err, &ce): // the peer's close frame: coder/websocket closes
 		c.decide(ErrClosedByPeer, ce.Code, ce.Reason)
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		if !closed {
-			then = nil // the context ended the wait for a lock: still open
-			break
-		}
-		// coder/websocket closes the connection when a context ends an I/O
+	case ctxEnded && (closed || errors.Is(err, net.ErrClosed)):
+		// The context ended an I/O, and coder/websocket closes the
+		// connection (it marks it closed first: net.ErrClosed).
 		c.decide(ErrClosedByServer, websocket.StatusAbnormalClosure, what+" context done")
+	case ctxEnded:
+		ends = false // the context ended a wait for a lock: still open
 	case closed, errors.Is(err, net.ErrClosed):
 		// Someone closed it, or is closing it, and recorded why.
 	case errors.Is(err, websocket.ErrMessageTooBig): // coder/websocket sent 1009
@@ -98,7 +99,7 @@ func (c *Conn) release(err error, what string) {
 	case c.nc.broke.Load(): // EOF, reset, timeout, HTTP/2 disconnect or reset
 		then = func() { _ = c.abort(ErrConnectionLost, "") }
 	case what == "write":
-		then = nil // nothing proven: the socket may be open still
+		ends = false // nothing proven: the socket may be open still
 	default:
 		// coder/websocket refused a frame: it sent 1002 for most such
 		// errors and nothing for some; Close sends it when it did not.
@@ -115,6 +116,9 @@ func (c *Conn) release(err error, what string) {
 	}
 	if then != nil {
 		then()
+	}
+	if ends {
+		c.awaitEnd()
 	}
 }
 
@@ -169,9 +173,6 @@ func wireClose(code websocket.StatusCode, reason string) (websocket.StatusCode, 
 	return code, reason
 }
 
-// errCloseTimeout: the handshake outlasted Options.CloseTimeout.
-var errCloseTimeout = errors.New("chiws: close handshake timed out; connection aborted")
-
 // shut is the graceful close: it takes the writer, records by (nil: the
 // caller did), sends the close frame and waits for the peer's, and aborts
 // when Options.CloseTimeout passes first. The frame never waits behind a
@@ -187,7 +188,7 @@ func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 	var err error
 	select {
 	case c.wmu <- struct{}{}:
-		if by != nil {
+		if by != nil && !c.nc.isClosed() { // not after the peer's close, say
 			c.decide(by, code, reason)
 		}
 		err = c.Conn.Close(code, reason)
@@ -197,7 +198,7 @@ func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 	}
 	if !t.Stop() {
 		<-aborted
-		err = errCloseTimeout
+		err = errors.New("chiws: close handshake timed out; connection aborted")
 	}
 	return err
 }

@@ -27,7 +27,7 @@ type heartbeat struct {
 	// 0); only beat uses them, and beats never overlap. Comparing counters
 	// at each tick costs the traffic nothing, unlike a clock read per I/O.
 	in, out int64
-	pending time.Duration
+	pending time.Time
 
 	mu      sync.Mutex // guards timer and stopped
 	timer   *time.Timer
@@ -83,9 +83,9 @@ func (h *heartbeat) run() {
 // look, an interval ago, and returns when to look again (0: never).
 func (h *heartbeat) beat() time.Duration {
 	nc := h.c.nc
-	now := monotime()
-	if h.pending != 0 {
-		return h.judge(now)
+	now := time.Now()
+	if !h.pending.IsZero() {
+		return h.judge()
 	}
 	in, out := nc.bytesIn.Load(), nc.bytesOut.Load()
 	busy := in != h.in && out != h.out
@@ -108,7 +108,7 @@ func (h *heartbeat) beat() time.Duration {
 		next = h.interval
 		h.in, h.out = nc.bytesIn.Load(), nc.bytesOut.Load() // the ping and pong are no traffic
 	case nc.broke.Load():
-		h.c.release(err, "write") // the connection broke: lost
+		h.c.release(nil, err, "write") // the connection broke: lost
 		return 0
 	case nc.isClosed() && !errors.Is(err, context.DeadlineExceeded):
 		// closed by someone else, who said why
@@ -122,29 +122,29 @@ func (h *heartbeat) beat() time.Duration {
 		// No pong in time (or the ping's write timed out and
 		// coder/websocket closed the connection): judge says which.
 		h.pending = now
-		next = h.judge(monotime())
+		next = h.judge()
 	}
-	h.c.release(nil, "")
+	h.c.release(nil, nil, "")
 	return next
 }
 
 // judge decides about the ping that started at h.pending and got no pong:
 // bytes read since, or a write still moving bytes to a slow reader, prove
 // the peer alive; else it is gone once the deadline passed.
-func (h *heartbeat) judge(now time.Duration) time.Duration {
+func (h *heartbeat) judge() time.Duration {
 	nc := h.c.nc
 	switch {
 	case nc.bytesIn.Load() != h.in: // the pong may wait behind a large message
-		h.pending = 0
+		h.pending = time.Time{}
 		return h.interval
 	case nc.writes.Load() > 0 && nc.bytesOut.Load() != h.out: // the ping waits behind it
-		h.pending = 0
+		h.pending = time.Time{}
 		if ce := h.c.m.cfg.log.Check(zap.DebugLevel, "websocket keep-alive: ping deferred behind a slow write"); ce != nil {
 			ce.Write(zap.String(keyRoute, h.c.req.route), zap.String(keyRemoteAddr, h.c.req.remoteAddr))
 		}
 		return h.interval
 	}
-	if left := h.pending + h.timeout - now; left > 0 && !nc.isClosed() {
+	if left := h.timeout - time.Since(h.pending); left > 0 && !nc.isClosed() {
 		return left // the ping failed early (a close frame went out, say)
 	}
 	h.expire()
@@ -167,8 +167,3 @@ func (h *heartbeat) expire() {
 	}
 	_ = c.abort(ErrKeepAliveTimeout, "keep-alive timeout")
 }
-
-// epoch and monotime give the monotonic clock as a Duration.
-var epoch = time.Now()
-
-func monotime() time.Duration { return time.Since(epoch) }

@@ -37,9 +37,8 @@ type h2Stream struct {
 	rc            *http.ResponseController
 	local, remote net.Addr
 
-	// mu serialises writes and rmu reads; ctl serialises deadlines, which
-	// must be set while a write or a read is blocked, so under neither.
-	// ended, set under all three, means the handler is returning.
+	// mu serialises writes, rmu reads, ctl deadlines (set while either is
+	// blocked); ended, set under all three: the handler is returning.
 	mu, rmu, ctl sync.Mutex
 	ended        bool
 	closed       atomic.Bool
@@ -53,8 +52,7 @@ func newH2Stream(w http.ResponseWriter, r *http.Request) *h2Stream {
 	return &h2Stream{body: r.Body, w: w, rc: http.NewResponseController(w), local: local, remote: h2Addr(r.RemoteAddr)}
 }
 
-// respond writes the 200 that replaces coder/websocket's 101, without the
-// HTTP/1.1 upgrade headers, and flushes it: the socket is open.
+// respond flushes the 200 that stands for coder/websocket's 101.
 func (s *h2Stream) respond() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -62,6 +60,9 @@ func (s *h2Stream) respond() error {
 	h.Del("Upgrade")
 	h.Del("Connection")
 	h.Del("Sec-WebSocket-Accept")
+	// A header makes Flush wait until the HEADERS frame is written, which
+	// an abort's RST_STREAM would otherwise overtake (docs/design.md).
+	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	s.w.WriteHeader(http.StatusOK)
 	return s.rc.Flush()
 }
@@ -121,9 +122,8 @@ func (s *h2Stream) deadline(reset bool) {
 
 var pastDeadline = time.Unix(1, 0)
 
-// end stops the stream's use of the ResponseWriter and the body, ending a
-// read in progress with the read deadline and a write still blocked by
-// flow control with a reset.
+// end stops the stream's use of the writer and the body, ending a read in
+// progress, and a write blocked by flow control with a reset.
 func (s *h2Stream) end() {
 	s.ctl.Lock()
 	defer s.ctl.Unlock()

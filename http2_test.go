@@ -3,10 +3,13 @@ package chiws_test
 import (
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/go-chi/chi/v5"
 )
 
@@ -70,5 +73,66 @@ func TestExtendedConnectRecognised(t *testing.T) {
 				t.Errorf("426 without Sec-WebSocket-Version: 13")
 			}
 		})
+	}
+}
+
+// TestExtendedConnectProtocolHeader pins what the middleware relies on and
+// net/http does not document: its HTTP/2 server passes the :protocol
+// pseudo-header of an extended CONNECT in r.Header. net/http's client
+// cannot send one (it rejects the header name) and this module may not use
+// golang.org/x/net, so a hand-made h2c client sends it (wstest.DialH2C).
+// The route takes every method, so that a CONNECT the middleware did not
+// recognise reaches it too, and says so.
+func TestExtendedConnectProtocolHeader(t *testing.T) {
+	type seen struct {
+		method    string
+		ws        bool
+		protocols []string
+	}
+	got := make(chan seen, 1)
+	_, srv := server(t, chiws.Options{}, func(r chi.Router) {
+		r.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+			got <- seen{r.Method, chiws.IsWebSocketRequest(r), chiws.RequestedProtocols(r)}
+		})
+	})
+	c, err := wstest.DialH2C(hostOf(srv), time.Now().Add(testTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !c.ExtendedConnect() {
+		t.Fatalf("the server's SETTINGS %v lack ENABLE_CONNECT_PROTOCOL = 1 (GODEBUG=%q)", c.Settings, os.Getenv("GODEBUG"))
+	}
+	if err := c.WebSocketConnect(1, hostOf(srv), "/ws", wstest.H2Field{Name: "sec-websocket-protocol", Value: "chat, superchat"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-got:
+		if !s.ws || s.method != http.MethodGet {
+			t.Fatalf("the route saw a %s, IsWebSocketRequest %v: net/http no longer passes :protocol in r.Header?", s.method, s.ws)
+		}
+		if strings.Join(s.protocols, ",") != "chat,superchat" {
+			t.Errorf("RequestedProtocols = %q", s.protocols)
+		}
+	case <-testCtx(t).Done():
+		t.Fatal("the route never saw the extended CONNECT")
+	}
+	// The server took the request as valid: it answers the stream with
+	// HEADERS (the middleware's 501 for a route that did not accept), not
+	// with a reset or a GOAWAY.
+	for {
+		f, err := c.ReadFrame()
+		if err != nil {
+			t.Fatalf("waiting for the answer on stream 1: %v", err)
+		}
+		if f.Type == wstest.H2FrameGoAway {
+			t.Fatalf("GOAWAY % x", f.Payload)
+		}
+		if f.Stream == 1 {
+			if f.Type != wstest.H2FrameHeaders {
+				t.Fatalf("stream 1 answered with frame type %#x, want HEADERS", f.Type)
+			}
+			break
+		}
 	}
 }

@@ -95,7 +95,7 @@ func Worker(jobs <-chan *chiws.Conn) {
 	for c := range jobs {
 		ctx := c.Context()
 		for step := 1; step <= 3; step++ {
-			if err := wsjson.Write(ctx, c.Conn, map[string]int{"step": step}); err != nil {
+			if err := c.WriteJSON(ctx, map[string]int{"step": step}); err != nil {
 				break
 			}
 		}
