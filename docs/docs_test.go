@@ -30,6 +30,7 @@ import (
 	"testing"
 
 	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/internal/wstest"
 	"go.uber.org/goleak"
 )
 
@@ -440,7 +441,7 @@ func TestOriginTable(t *testing.T) {
 			if origin != nil {
 				r.Header.Set("Origin", origin[1])
 			}
-			ok := originAllowed(m, r)
+			ok := wstest.OriginAllowed(m, r)
 			switch {
 			case strings.HasPrefix(result, "allowed") && !ok:
 				t.Errorf("%s: 403, but the table says allowed", l)
@@ -454,26 +455,12 @@ func TestOriginTable(t *testing.T) {
 	r := httptest.NewRequest(http.MethodGet, "/ws", nil)
 	r.Host = "server.com"
 	r.Header["Origin"] = []string{"https://server.com", "https://server.com"}
-	if originAllowed(chiws.New(chiws.Options{}), r) {
+	if wstest.OriginAllowed(chiws.New(chiws.Options{}), r) {
 		t.Error("several Origin headers: allowed, origins.md says 403")
 	}
 	if rows < 10 {
 		t.Errorf("only %d rows in the origin table", rows)
 	}
-}
-
-// originAllowed reports whether ws lets r, made an upgrade request, through
-// to the route: its origin policy answers 403 before any route runs.
-func originAllowed(ws *chiws.Middleware, r *http.Request) bool {
-	r.Header.Set("Upgrade", "websocket")
-	r.Header.Set("Connection", "Upgrade")
-	r.Header.Set("Sec-WebSocket-Version", "13")
-	r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-	rec := httptest.NewRecorder()
-	ws.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.WriteHeader(http.StatusNoContent)
-	})).ServeHTTP(rec, r)
-	return rec.Code != http.StatusForbidden
 }
 
 // TestPlainRequestsDoNotAllocate backs design.md: the middleware passes

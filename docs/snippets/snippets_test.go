@@ -115,7 +115,7 @@ func TestNewWithOrigins(t *testing.T) {
 		t.Run(tt.give, func(t *testing.T) {
 			r := httptest.NewRequest(http.MethodGet, "https://server.com/ws", nil)
 			r.Header.Set("Origin", tt.give)
-			if got := originAllowed(ws, r); got != tt.want {
+			if got := wstest.OriginAllowed(ws, r); got != tt.want {
 				t.Errorf("%q: allowed=%v, want %v", tt.give, got, tt.want)
 			}
 		})
@@ -164,30 +164,16 @@ func TestOriginFunc(t *testing.T) {
 	} {
 		r := httptest.NewRequest(http.MethodGet, "https://"+tt.host+"/ws", nil)
 		r.Header.Set("Origin", tt.give)
-		if got := originAllowed(ws, r); got != tt.want {
+		if got := wstest.OriginAllowed(ws, r); got != tt.want {
 			t.Errorf("%s on %s: allowed=%v, want %v", tt.give, tt.host, got, tt.want)
 		}
 	}
 	set.Add("https://tenant-b.example")
 	r := httptest.NewRequest(http.MethodGet, "https://api.example/ws", nil)
 	r.Header.Set("Origin", "https://tenant-b.example")
-	if !originAllowed(ws, r) {
+	if !wstest.OriginAllowed(ws, r) {
 		t.Error("after Add: refused")
 	}
-}
-
-// originAllowed reports whether ws lets r, made an upgrade request, through
-// to the route: its origin policy answers 403 before any route runs.
-func originAllowed(ws *chiws.Middleware, r *http.Request) bool {
-	r.Header.Set("Upgrade", "websocket")
-	r.Header.Set("Connection", "Upgrade")
-	r.Header.Set("Sec-WebSocket-Version", "13")
-	r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-	rec := httptest.NewRecorder()
-	ws.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.WriteHeader(http.StatusNoContent)
-	})).ServeHTTP(rec, r)
-	return rec.Code != http.StatusForbidden
 }
 
 func echoHandler(w http.ResponseWriter, r *http.Request) {
