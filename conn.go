@@ -120,9 +120,8 @@ func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) 
 
 // refuse closes the socket with code for a message read and refused.
 func (c *Conn) refuse(code websocket.StatusCode, reason string) error {
-	c.decide(ErrClosedByServer, code, reason)
 	c.release(nil, nil, "read")
-	_ = c.shut(nil, code, reason)
+	_ = c.shut(ErrClosedByServer, code, reason)
 	c.awaitEnd()
 	return opErr("read", websocket.CloseError{Code: code, Reason: reason})
 }
@@ -154,14 +153,17 @@ type msgReader struct {
 }
 
 func (r *msgReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, opErr("read", err) // as startRead: the socket untouched
+	}
 	r.c.begin()
 	n, err := r.r.Read(p)
 	r.c.release(r.ctx, err, "read")
 	return n, err
 }
 
-// lockWriter takes the writer, unless ctx ends first (the socket is
-// untouched then) or the socket ended.
+// lockWriter takes the writer, unless ctx ends first (the socket untouched)
+// or the socket ended.
 func (c *Conn) lockWriter(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return opErr("write", err)
@@ -193,8 +195,8 @@ func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) e
 	return err
 }
 
-// Writer returns a writer for the next message; see websocket.Conn.Writer.
-// The socket's writer is held until it is closed: close it.
+// Writer returns a writer for the next message (see websocket.Conn.Writer),
+// which holds the socket's writer until closed.
 func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteCloser, error) {
 	if err := c.lockWriter(ctx); err != nil {
 		return nil, err
@@ -222,6 +224,10 @@ type msgWriter struct {
 func (w *msgWriter) Write(p []byte) (int, error) {
 	w.c.begin()
 	n, err := w.w.Write(p)
+	if err != nil && !w.closed { // the message is broken: free the writer
+		w.closed = true
+		<-w.c.wmu
+	}
 	w.c.release(w.ctx, err, "write")
 	return n, err
 }

@@ -14,16 +14,12 @@ import (
 	"go.uber.org/zap"
 )
 
-// This file is the end of a socket, all of it. Invariants:
-//   - The cause is written once, by decide; whoever decides to close
-//     records before acting, so a read that sees the effect (the peer's
-//     echo of our close frame) finds the cause set.
-//   - A failed read or write records a cause only when the connection is
-//     closed (by coder/websocket, or by release right after).
-//   - Done fires once, when the connection is closed and no read, write or
-//     ping through Conn is in progress: coder/websocket closes it when it
-//     reads the peer's close frame, before the read returns the code.
-//   - There are two ways to close: shut (bounded handshake) and abort.
+// This file is the end of a socket, all of it (docs/design.md). The cause
+// is written once, by decide: whoever closes records before acting, and a
+// failed read or write only when the connection is closed. Done fires once
+// the connection is closed and no operation through Conn is in progress
+// (coder/websocket closes it when it reads the peer's close frame, before
+// the read returns the code). Two ways to close: shut and abort.
 
 // closeCause is why a socket ended: who decided (an Err sentinel, or
 // CloseWith's cause), and the close code on the wire (1006: none).
@@ -44,7 +40,7 @@ func (e *closeCause) Error() string {
 // websocket.CloseError when a close frame went on the wire.
 func (e *closeCause) Unwrap() []error {
 	errs := append(make([]error, 0, 3), e.by)
-	if _, ok := closedBy[e.by]; !ok {
+	if _, ok := closedBy(e.by); !ok {
 		errs = append(errs, ErrClosedByServer)
 	}
 	if e.code != websocket.StatusAbnormalClosure {
@@ -93,20 +89,25 @@ func (c *Conn) release(ctx context.Context, err error, what string) {
 		ends = false // the context ended a wait for a lock: still open
 	case closed, errors.Is(err, net.ErrClosed):
 		// Someone closed it, or is closing it, and recorded why.
-	case errors.Is(err, websocket.ErrMessageTooBig): // coder/websocket sent 1009
-		c.decide(ErrClosedByServer, websocket.StatusMessageTooBig, "message too big")
-		then = func() { _ = c.shut(nil, websocket.StatusMessageTooBig, "") }
+	case errors.Is(err, websocket.ErrMessageTooBig): // coder/websocket sent 1009, or will
+		then = func() { _ = c.shut(ErrClosedByServer, websocket.StatusMessageTooBig, "message too big") }
 	case c.nc.broke.Load(): // EOF, reset, timeout, HTTP/2 disconnect or reset
 		then = func() { _ = c.abort(ErrConnectionLost, "") }
 	case what == "write":
 		ends = false // nothing proven: the socket may be open still
 	default:
 		// coder/websocket refused a frame: it sent 1002 for most such
-		// errors and nothing for some; Close sends it when it did not.
-		c.decide(ErrClosedByServer, websocket.StatusProtocolError, "protocol error")
-		then = func() { _ = c.shut(nil, websocket.StatusProtocolError, "protocol error") }
+		// errors (it gives up if another frame holds the connection for 5
+		// s) and nothing for some; Close sends it when it did not.
+		then = func() { _ = c.shut(ErrClosedByServer, websocket.StatusProtocolError, "protocol error") }
 	}
 	c.end.mu.Lock()
+	switch { // a context that ended, socket open: coder/websocket may still close
+	case ctxEnded && !ends:
+		c.end.ctxNote = what + " context done"
+	case err == nil:
+		c.end.ctxNote = "" // it did not
+	}
 	c.end.ops--
 	fire := c.end.ops == 0 && c.end.closed && !c.end.ended
 	c.end.ended = c.end.ended || fire
@@ -150,6 +151,12 @@ func (c *Conn) connClosed() {
 // was lost. The socket leaves the registry before Done fires, so that
 // Stats no longer counts it then.
 func (c *Conn) ending() {
+	c.end.mu.Lock()
+	note := c.end.ctxNote
+	c.end.mu.Unlock()
+	if note != "" {
+		c.decide(ErrClosedByServer, websocket.StatusAbnormalClosure, note)
+	}
 	c.decide(ErrConnectionLost, websocket.StatusAbnormalClosure, "")
 	c.hb.stop()
 	registered := c.m.unregister(c)
@@ -234,16 +241,14 @@ func (c *Conn) CloseNow() error {
 	return c.abort(ErrClosedByServer, "")
 }
 
-// AddLogFields adds fields (the user, a tenant, a session) to the lines
-// chiws logs about this socket from now on, its close log included. It is
-// safe for concurrent use.
+// AddLogFields adds fields (the user, a tenant) to the lines chiws logs
+// about this socket from now on, its close log included.
 func (c *Conn) AddLogFields(fields ...zap.Field) {
 	c.end.mu.Lock()
 	defer c.end.mu.Unlock()
 	c.end.fields = append(c.end.fields, fields...)
 }
 
-// logFields returns the socket's request fields and those added to it.
 func (c *Conn) logFields(extra ...zap.Field) []zap.Field {
 	c.end.mu.Lock()
 	defer c.end.mu.Unlock()
@@ -269,10 +274,7 @@ func (c *Conn) logClose(extra func()) {
 		return
 	}
 	cause, at := c.end.cause, c.end.at // never written again
-	by, ok := closedBy[cause.by]
-	if !ok {
-		by = closedBy[ErrClosedByServer]
-	}
+	by, ok := closedBy(cause.by)
 	f := c.logFields(
 		zap.Int(keyCloseCode, int(cause.code)),
 		zap.String(keyCloseReason, clip(cause.reason)),
@@ -291,13 +293,14 @@ func (c *Conn) logClose(extra func()) {
 
 // socketEnd is the state of a socket's end; only this file touches it.
 type socketEnd struct {
-	mu     sync.Mutex
-	cause  closeCause  // decided once (by nil: not yet)
-	ops    int         // reads, writes and pings through Conn in progress
-	closed bool        // the network connection closed
-	ended  bool        // ending ran, or is running
-	at     time.Time   // when the connection closed
-	fields []zap.Field // added by AddLogFields
+	mu      sync.Mutex
+	cause   closeCause  // decided once (by nil: not yet)
+	ops     int         // reads, writes and pings through Conn in progress
+	ctxNote string      // an operation's context ended with the socket open
+	closed  bool        // the network connection closed
+	ended   bool        // ending ran, or is running
+	at      time.Time   // when the connection closed
+	fields  []zap.Field // added by AddLogFields
 
 	logMu  sync.Mutex // held while the close log is written
 	logged bool

@@ -65,13 +65,19 @@ var (
 	ErrConnectionLost = errors.New("connection lost")
 )
 
-// closedBy names each cause in the close log's closedBy field.
-var closedBy = map[error]string{
-	ErrClosedByPeer:     "client",
-	ErrClosedByServer:   "server",
-	ErrKeepAliveTimeout: "keepalive",
-	ErrShuttingDown:     "shutdown",
-	ErrHandlerReturned:  "handler-return",
-	ErrHandlerPanicked:  "panic",
-	ErrConnectionLost:   "connection-lost",
+// closedBy names a sentinel cause in the close log's closedBy field, or
+// reports that by is CloseWith's. It compares with ==, which unlike a map
+// lookup cannot panic on a cause whose type is not comparable.
+func closedBy(by error) (string, bool) {
+	for _, n := range [...]struct {
+		err  error
+		name string
+	}{{ErrClosedByPeer, "client"}, {ErrClosedByServer, "server"}, {ErrKeepAliveTimeout, "keepalive"},
+		{ErrShuttingDown, "shutdown"}, {ErrHandlerReturned, "handler-return"},
+		{ErrHandlerPanicked, "panic"}, {ErrConnectionLost, "connection-lost"}} {
+		if n.err == by {
+			return n.name, true
+		}
+	}
+	return "server", false
 }

@@ -15,7 +15,8 @@ func TestCloseCause(t *testing.T) {
 		ErrHandlerReturned, ErrHandlerPanicked, ErrConnectionLost}
 	names := map[string]bool{}
 	for _, by := range sentinels {
-		names[closedBy[by]] = true
+		name, _ := closedBy(by)
+		names[name] = true
 		withCode := &closeCause{by: by, code: websocket.StatusGoingAway, reason: "bye"}
 		if !errors.Is(withCode, by) || websocket.CloseStatus(withCode) != websocket.StatusGoingAway {
 			t.Errorf("%v: errors.Is %v, CloseStatus %d", withCode, errors.Is(withCode, by), websocket.CloseStatus(withCode))

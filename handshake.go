@@ -83,14 +83,9 @@ func hasToken(values []string, token string) bool {
 	return false
 }
 
+// parseProtocols splits the lists in values (a token has no space).
 func parseProtocols(values []string) []string {
-	var out []string
-	for _, v := range values {
-		for _, p := range strings.Split(v, ",") {
-			if p = strings.Trim(p, " \t"); p != "" {
-				out = append(out, p)
-			}
-		}
-	}
-	return out
+	return strings.FieldsFunc(strings.Join(values, ","), func(c rune) bool {
+		return c == ',' || c == ' ' || c == '\t'
+	})
 }

@@ -12,20 +12,16 @@ import (
 )
 
 // heartbeat is a socket's keep-alive: one runtime timer, whose callback
-// (run, in a goroutine of its own) calls beat and re-arms the timer, so an
-// idle socket has no goroutine and a ping has one while outstanding. Only
-// the callback re-arms the timer: moving a timer still in the runtime's
-// heap makes it rescan the heap, which does not scale (docs/design.md).
-// Ping sees its pong only while someone reads the socket: a socket nobody
-// reads loses the keep-alive, as a peer that never answers would.
+// calls beat and re-arms it (only it: moving a timer still in the runtime's
+// heap does not scale, docs/design.md), so an idle socket has no goroutine.
+// Ping sees its pong only while someone reads the socket.
 type heartbeat struct {
 	c                 *Conn
 	interval, timeout time.Duration // timeout 0 (never negative): pings without a deadline
 
 	// in and out are the bytes read and written at the last look (after
-	// its ping, if any), and pending when an unanswered ping started (else
-	// 0); only beat uses them, and beats never overlap. Comparing counters
-	// at each tick costs the traffic nothing, unlike a clock read per I/O.
+	// its ping), pending when an unanswered ping started; only beat uses
+	// them, and beats never overlap.
 	in, out int64
 	pending time.Time
 
@@ -114,7 +110,7 @@ func (h *heartbeat) beat() time.Duration {
 		// closed by someone else, who said why
 	case h.timeout <= 0 && !nc.isClosed():
 		next = h.interval // pings without a deadline
-	case h.timeout <= 0:
+	case nc.isClosed():
 		// coder/websocket closed the connection when the ping's write
 		// exceeded its 5 s bound: the peer stopped reading.
 		h.expire()

@@ -11,12 +11,10 @@ import (
 )
 
 // upgradeWriter is the ResponseWriter route handlers see on upgrade
-// requests. Its Hijack hands Accept a netConn, through which the socket
-// sees its traffic and its close, and any other caller (a reverse proxy,
-// another library) the connection itself. After the hijack it swallows
-// writes: a late status (chi's Timeout writes 504) would make net/http log
-// "response.WriteHeader on hijacked connection". Like any ResponseWriter,
-// only the handler's goroutine uses it.
+// requests. Its Hijack hands Accept a netConn, and any other caller the
+// connection itself. After the hijack it swallows writes: a late status
+// (chi's Timeout writes 504) would make net/http log "response.WriteHeader
+// on hijacked connection". Only the handler's goroutine uses it.
 type upgradeWriter struct {
 	http.ResponseWriter
 	m        *Middleware
@@ -131,7 +129,7 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	c, brw, err := hj.Hijack()
 	if err != nil {
-		w.release101() // the caller's error status follows a 101, as without the hold
+		w.held101 = false // not sent: the caller's error status goes alone
 		return nil, nil, err
 	}
 	w.hijacked = true

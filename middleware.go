@@ -40,10 +40,9 @@ const (
 type Options struct {
 	// KeepAliveInterval is how often the keep-alive looks at a socket: one
 	// quiet since the last look (nothing read, or nothing written) is
-	// pinged, so silence lasts one to two intervals; busy sockets are not
-	// pinged. Zero means DefaultKeepAliveInterval (2 minutes); negative
-	// disables pings. Pongs are seen only while the handler reads (Read,
-	// Reader, CloseRead).
+	// pinged, one to two intervals after its last traffic. Zero means
+	// DefaultKeepAliveInterval (2 minutes); negative disables pings. Pongs
+	// are seen only while the handler reads (Read, Reader, CloseRead).
 	KeepAliveInterval time.Duration
 
 	// KeepAliveTimeout is how long the peer may stay silent after a ping
@@ -98,7 +97,8 @@ type Options struct {
 	// (Conn.Close, an early return, a panic, a protocol fault, Shutdown),
 	// waiting for a message being written and for the peer; then the
 	// connection is aborted, so that a peer stalled mid-frame holds nothing.
-	// Zero means DefaultCloseTimeout (5 s); negative is invalid.
+	// coder/websocket bounds each half of the handshake at 5 s itself. Zero
+	// means DefaultCloseTimeout (5 s); negative is invalid.
 	CloseTimeout time.Duration
 
 	// MaxConnections caps the WebSocket requests in flight: accepted

@@ -37,23 +37,19 @@ func (m *Middleware) unregister(c *Conn) bool {
 	return ok
 }
 
-// Shutdown closes every open socket with 1001 Going Away, refuses new ones
-// with 503, and waits for every WebSocket handler and keep-alive goroutine.
-// When ctx ends first, it aborts all sockets at once (no handshake; an
-// HTTP/2 stream is reset) and returns ctx.Err() once they are closed, no
-// longer waiting for handlers. Nothing of the middleware runs or logs after
-// Shutdown returns, except handlers that outlive it.
-//
-// http.Server.Shutdown neither closes nor waits for hijacked HTTP/1.1
-// connections, and waits for HTTP/2 streams, WebSockets included. Start
-// Shutdown with the server's:
+// Shutdown closes every open socket with 1001 Going Away (each close bounded
+// by Options.CloseTimeout), refuses new ones with 503, and waits for every
+// WebSocket handler and keep-alive goroutine. When ctx ends first, it aborts
+// all sockets at once and returns ctx.Err(), no longer waiting for
+// handlers. Nothing of the middleware runs or logs after it returns.
+// http.Server.Shutdown neither closes nor waits for hijacked connections,
+// and waits for HTTP/2 streams: start Shutdown with the server's:
 //
 //	drained := make(chan error, 1)
 //	srv.RegisterOnShutdown(func() { drained <- ws.Shutdown(ctx) })
 //	err := errors.Join(srv.Shutdown(ctx), <-drained)
 //
-// Shutdown may be called more than once; ordinary requests keep flowing
-// through the middleware.
+// It may be called more than once; ordinary requests keep flowing.
 func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.mu.Lock()
 	m.closing = true
