@@ -229,8 +229,8 @@ func (c *Conn) Close(code websocket.StatusCode, reason string) error {
 // CloseWith closes as Close does, with cause as why the socket ended:
 // context.Cause(c.Context()) then matches cause and ErrClosedByServer, and
 // carries the code sent. It is for endings of a package's own (a hub's
-// "too slow", an expired credential); the close log says closedBy
-// "server" and gives cause's text.
+// "too slow", an expired credential), not chiws's sentinels; the close log
+// says closedBy "server" and gives cause's text.
 func (c *Conn) CloseWith(cause error, code websocket.StatusCode, reason string) error {
 	return c.shut(cmp.Or(cause, ErrClosedByServer), code, reason)
 }

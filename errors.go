@@ -45,9 +45,9 @@ var (
 	// KeepAliveTimeout; the connection was aborted (closedBy "keepalive").
 	ErrKeepAliveTimeout = errors.New("keep-alive timeout")
 
-	// ErrShuttingDown: Shutdown closed the socket with 1001 Going Away
-	// (closedBy "shutdown"). Accept returns it when Shutdown began while the
-	// handler ran, having answered 503 or closed the open socket with 1001.
+	// ErrShuttingDown: Shutdown closed the socket with 1001 Going Away, or
+	// aborted it (1006) at its deadline (closedBy "shutdown"). Accept returns
+	// it when Shutdown began meanwhile, having answered 503 or sent 1001.
 	ErrShuttingDown = errors.New("shutting down")
 
 	// ErrHandlerReturned: the route handler returned with the socket open,

@@ -225,9 +225,10 @@ func TestHandlerFaultsUnderConcurrency(t *testing.T) {
 	}
 }
 
-// TestWsjsonReadLimitIsNotEarlyReturn: a handler reading through the
-// embedded *websocket.Conn (wsjson) returns after coder/websocket closed
-// with 1009; that is not an early return.
+// TestReadJSONReadLimitIsNotEarlyReturn: a handler reading JSON through
+// Conn returns after coder/websocket closed with 1009; that is not an
+// early return. (Through the embedded Conn, wsjson's read is not seen:
+// docs/lifecycle.md, snippets' EmbeddedChat test.)
 func TestReadJSONReadLimitIsNotEarlyReturn(t *testing.T) {
 	ws, srv, logs := relServer(t, chiws.Options{ReadLimit: 16}, nil, func(r chi.Router) {
 		r.Get("/json", func(w http.ResponseWriter, r *http.Request) {
