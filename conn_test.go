@@ -3,7 +3,9 @@ package chiws_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -590,4 +592,229 @@ func TestCloseReadSeesPeerClose(t *testing.T) {
 		t.Errorf("read after a data message = %v, want 1008", err)
 	}
 	<-causes
+}
+
+// TestReadJSON: ReadJSON decodes a JSON text message; as wsjson.Read
+// does, a binary message closes the socket with 1003 and invalid JSON
+// with 1007, both the server's doing; the peer's close read through
+// ReadJSON is the peer's, not a lost connection.
+func TestReadJSON(t *testing.T) {
+	type msg struct {
+		N int `json:"n"`
+	}
+	tests := []struct {
+		name     string
+		then     func(ctx context.Context, c *websocket.Conn) error // the client's second message
+		wantBy   error
+		wantCode websocket.StatusCode // the cause's, the client's and the close log's
+		closedBy string
+	}{
+		{"binary message", func(ctx context.Context, c *websocket.Conn) error {
+			return c.Write(ctx, websocket.MessageBinary, []byte(`{"n":2}`))
+		}, chiws.ErrClosedByServer, websocket.StatusUnsupportedData, "server"},
+		{"invalid JSON", func(ctx context.Context, c *websocket.Conn) error {
+			return c.Write(ctx, websocket.MessageText, []byte(`{"n":`))
+		}, chiws.ErrClosedByServer, websocket.StatusInvalidFramePayloadData, "server"},
+		{"the peer closes", func(ctx context.Context, c *websocket.Conn) error {
+			return c.Close(websocket.StatusNormalClosure, "bye")
+		}, chiws.ErrClosedByPeer, websocket.StatusNormalClosure, "client"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			type result struct {
+				first    msg
+				err      error // the second ReadJSON's
+				doneThen bool  // Done was closed when it returned
+				cause    error
+			}
+			got := make(chan result, 1)
+			_, srv, logs := relServer(t, chiws.Options{}, nil, func(r chi.Router) {
+				r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+					c, err := chiws.Accept(w, r, nil)
+					if err != nil {
+						return
+					}
+					var res result
+					if err := c.ReadJSON(c.Context(), &res.first); err != nil {
+						res.err = fmt.Errorf("the first ReadJSON: %w", err)
+						got <- res
+						return
+					}
+					if err := c.WriteJSON(c.Context(), res.first); err != nil {
+						res.err = fmt.Errorf("WriteJSON: %w", err)
+						got <- res
+						return
+					}
+					var second msg
+					res.err = c.ReadJSON(c.Context(), &second)
+					select {
+					case <-c.Done():
+						res.doneThen = true
+					default:
+					}
+					res.cause = context.Cause(c.Context())
+					got <- res
+				})
+			})
+			ctx := testCtx(t)
+			c := dial(t, wsURL(srv, "/ws"), nil)
+			if err := c.Write(ctx, websocket.MessageText, []byte(`{"n":42}`)); err != nil {
+				t.Fatal(err)
+			}
+			if typ, p, err := c.Read(ctx); err != nil || typ != websocket.MessageText || string(p) != `{"n":42}` {
+				t.Fatalf("client read %v %q %v, want the JSON echoed as text", typ, p, err)
+			}
+			if err := tt.then(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			if tt.wantBy == chiws.ErrClosedByServer {
+				if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != tt.wantCode {
+					t.Errorf("client read %v, want close %d", err, tt.wantCode)
+				}
+			}
+			var res result
+			select {
+			case res = <-got:
+			case <-ctx.Done():
+				t.Fatal("the handler never returned")
+			}
+			if res.first.N != 42 {
+				t.Errorf("ReadJSON decoded %+v, want n 42", res.first)
+			}
+			if res.err == nil {
+				t.Fatal("the second ReadJSON succeeded")
+			}
+			if !res.doneThen {
+				t.Errorf("Done was not closed when ReadJSON returned %v", res.err)
+			}
+			if !errors.Is(res.cause, tt.wantBy) || websocket.CloseStatus(res.cause) != tt.wantCode {
+				t.Errorf("cause %v, want %v with %d", res.cause, tt.wantBy, tt.wantCode)
+			}
+			if tt.wantCode != websocket.StatusInvalidFramePayloadData && websocket.CloseStatus(res.err) != tt.wantCode {
+				t.Errorf("ReadJSON = %v, want close status %d", res.err, tt.wantCode) // invalid JSON: the json error
+			}
+			waitFor(t, "close log", func() bool { return logs.FilterMessage("websocket closed").Len() == 1 })
+			if f := logs.FilterMessage("websocket closed").All()[0].ContextMap(); f["closedBy"] != tt.closedBy || f["closeCode"] != int64(tt.wantCode) {
+				t.Errorf("close log %v, want closedBy %q closeCode %d", f, tt.closedBy, tt.wantCode)
+			}
+		})
+	}
+}
+
+// TestWriteJSON: WriteJSON sends v as a JSON text message; a value that
+// cannot be marshalled fails before touching the socket, which stays open.
+func TestWriteJSON(t *testing.T) {
+	results := make(chan error, 1)
+	_, srv := server(t, chiws.Options{}, func(r chi.Router) {
+		r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+			c, err := chiws.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			err = c.WriteJSON(c.Context(), make(chan int))
+			var ute *json.UnsupportedTypeError
+			select {
+			case <-c.Done():
+				err = fmt.Errorf("the socket ended: %v", context.Cause(c.Context()))
+			default:
+				if !errors.As(err, &ute) {
+					err = fmt.Errorf("WriteJSON(chan) = %v, want a *json.UnsupportedTypeError", err)
+				} else {
+					err = c.WriteJSON(c.Context(), map[string]any{"ok": true, "n": 1})
+				}
+			}
+			results <- err
+			if err == nil {
+				_, _, _ = c.Read(c.Context()) // until the client closes
+			}
+		})
+	})
+	ctx := testCtx(t)
+	c := dial(t, wsURL(srv, "/ws"), nil)
+	typ, p, err := c.Read(ctx)
+	if err != nil || typ != websocket.MessageText || string(p) != `{"n":1,"ok":true}` {
+		t.Errorf("client read %v %q %v, want the JSON as text", typ, p, err)
+	}
+	if err := <-results; err != nil {
+		t.Fatal(err)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+}
+
+// TestCloseReadIdempotent: CloseRead returns its first call's context to
+// every call; the peer's close is recorded as the peer's, and a data
+// message closes the socket with 1008, the server's doing.
+func TestCloseReadIdempotent(t *testing.T) {
+	tests := []struct {
+		name     string
+		client   func(ctx context.Context, c *websocket.Conn) error
+		wantBy   error
+		wantCode websocket.StatusCode
+	}{
+		{"the peer closes", func(ctx context.Context, c *websocket.Conn) error {
+			return c.Close(4000, "bye")
+		}, chiws.ErrClosedByPeer, 4000},
+		{"a data message", func(ctx context.Context, c *websocket.Conn) error {
+			if err := c.Write(ctx, websocket.MessageText, []byte("unexpected")); err != nil {
+				return err
+			}
+			if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+				return fmt.Errorf("read after a data message = %v, want 1008", err)
+			}
+			return nil
+		}, chiws.ErrClosedByServer, websocket.StatusPolicyViolation},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			type result struct {
+				same, cancelled bool
+				cause           error
+			}
+			got := make(chan result, 1)
+			_, srv := server(t, chiws.Options{}, func(r chi.Router) {
+				r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+					c, err := chiws.Accept(w, r, nil)
+					if err != nil {
+						return
+					}
+					first := c.CloseRead(c.Context())
+					second := c.CloseRead(context.Background())
+					if err := c.Write(c.Context(), websocket.MessageText, []byte("ready")); err != nil {
+						return
+					}
+					_ = c.Wait(context.Background())
+					res := result{same: first == second, cause: context.Cause(c.Context())}
+					select {
+					case <-first.Done():
+						res.cancelled = true
+					case <-time.After(testTimeout):
+					}
+					got <- res
+				})
+			})
+			ctx := testCtx(t)
+			c := dial(t, wsURL(srv, "/ws"), nil)
+			if _, _, err := c.Read(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.client(ctx, c); err != nil {
+				t.Error(err)
+			}
+			var res result
+			select {
+			case res = <-got:
+			case <-ctx.Done():
+				t.Fatal("the handler never returned")
+			}
+			if !res.same {
+				t.Error("a second CloseRead returned another context")
+			}
+			if !res.cancelled {
+				t.Error("CloseRead's context was not cancelled when the socket ended")
+			}
+			if !errors.Is(res.cause, tt.wantBy) || websocket.CloseStatus(res.cause) != tt.wantCode {
+				t.Errorf("cause %v, want %v with %d", res.cause, tt.wantBy, tt.wantCode)
+			}
+		})
+	}
 }

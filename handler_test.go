@@ -18,6 +18,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"go.uber.org/zap"
 )
 
 func TestEarlyReturnClosesWith1011(t *testing.T) {
@@ -674,5 +675,71 @@ func TestAcceptAfterShutdown(t *testing.T) {
 	}
 	if n := logs.FilterMessage("websocket closed").Len(); n != 0 {
 		t.Errorf("%d close logs for a socket that was never opened", n)
+	}
+}
+
+// hijackFails is a writer below the middleware (an outer middleware's)
+// whose Hijack fails, as a connection already taken would.
+type hijackFails struct{ http.ResponseWriter }
+
+func (hijackFails) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, errors.New("the connection is taken")
+}
+
+// TestAcceptFailedLogged: when coder/websocket's Accept fails after the
+// middleware validated the handshake (here its hijack fails), Accept
+// returns the error, the client gets coder/websocket's 500 and no 101,
+// and "websocket accept failed" is logged at Error with the error and
+// the request's fields; no socket is counted.
+func TestAcceptFailedLogged(t *testing.T) {
+	logger, logs := observedLogger()
+	ws := chiws.New(chiws.Options{Logger: logger})
+	accepted := make(chan error, 1)
+	r := chi.NewRouter()
+	r.Use(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			next.ServeHTTP(hijackFails{w}, r)
+		})
+	}, ws.Handler)
+	r.Get("/ws", func(w http.ResponseWriter, r *http.Request) {
+		_, err := chiws.Accept(w, r, nil)
+		accepted <- err
+	})
+	srv := httptest.NewUnstartedServer(r)
+	var errLog wstest.SyncBuffer
+	srv.Config.ErrorLog = log.New(&errLog, "", 0)
+	srv.Start()
+	defer srv.Close()
+	if status := dialStatus(t, wsURL(srv, "/ws"), nil); status != http.StatusInternalServerError {
+		t.Errorf("status %d, want coder/websocket's 500", status)
+	}
+	var err error
+	select {
+	case err = <-accepted:
+	case <-testCtx(t).Done():
+		t.Fatal("Accept never returned")
+	}
+	if err == nil || !strings.Contains(err.Error(), "the connection is taken") {
+		t.Errorf("Accept = %v, want the hijack's error", err)
+	}
+	entries := logs.FilterMessage("websocket accept failed").All()
+	if len(entries) != 1 {
+		t.Fatalf("%d accept-failed logs, want 1; logs: %v", len(entries), messages(logs))
+	}
+	if e := entries[0]; e.Level != zap.ErrorLevel {
+		t.Errorf("logged at %v, want Error", e.Level)
+	}
+	f := entries[0].ContextMap()
+	if s, _ := f["error"].(string); !strings.Contains(s, "the connection is taken") || f["route"] != "/ws" {
+		t.Errorf("accept-failed log %v, want the error and the route", f)
+	}
+	if st := ws.Stats(); st.Active != 0 || st.Accepted != 0 {
+		t.Errorf("stats %+v, want no socket", st)
+	}
+	if n := logs.FilterMessage("websocket closed").Len(); n != 0 {
+		t.Errorf("%d close logs for a socket never accepted", n)
+	}
+	if s := errLog.String(); s != "" {
+		t.Errorf("net/http logged: %s", s) // a superfluous WriteHeader: a 101 went out
 	}
 }

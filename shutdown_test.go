@@ -274,3 +274,65 @@ func TestShutdownDeadlineWithPingsInFlight(t *testing.T) {
 		t.Errorf("%d close logs, want %d", got, n)
 	}
 }
+
+// TestShutdownPeerStalledMidFrame: a peer stalled in the middle of a frame
+// holds the socket's reader, which coder/websocket's close handshake
+// waits for (up to 5 s); Shutdown, even with a context that never ends,
+// returns once CloseTimeout has passed, having aborted the socket. The
+// 1001 went out first: the cause is ErrShuttingDown with 1001.
+func TestShutdownPeerStalledMidFrame(t *testing.T) {
+	const closeTimeout = 300 * time.Millisecond
+	conns := make(chan *chiws.Conn, 1)
+	calls := newCalls()
+	ws, srv := server(t, chiws.Options{CloseTimeout: closeTimeout, KeepAliveInterval: -1}, func(r chi.Router) {
+		r.Get("/ws", calls.accepted(func(c *chiws.Conn) error {
+			conns <- c
+			_, _, err := c.Read(c.Context())
+			return err
+		}))
+	})
+	c, err := wstest.Handshake(hostOf(srv), "/ws", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A frame that announces 1000 bytes and carries 100: the server's read
+	// waits for the rest, which never comes.
+	wire := wstest.AppendFrame(nil, wstest.Frame{Fin: true, Opcode: wstest.OpBinary, Masked: true, Length: 1000, Payload: make([]byte, 100)})
+	if _, err := c.Write(wire); err != nil {
+		t.Fatal(err)
+	}
+	var conn *chiws.Conn
+	select {
+	case conn = <-conns:
+	case <-testCtx(t).Done():
+		t.Fatal("not accepted")
+	}
+	waitFor(t, "the handler reading the frame's payload", func() bool {
+		return goroutineIn("websocket.(*Conn).readFramePayload")
+	})
+
+	start := time.Now()
+	if err := ws.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	if took := time.Since(start); took > closeTimeout+time.Second {
+		t.Errorf("Shutdown took %v with CloseTimeout %v", took, closeTimeout)
+	}
+	select {
+	case <-conn.Done():
+	default:
+		t.Fatal("Shutdown returned with the socket open")
+	}
+	cause := context.Cause(conn.Context())
+	if !errors.Is(cause, chiws.ErrShuttingDown) || websocket.CloseStatus(cause) != websocket.StatusGoingAway {
+		t.Errorf("cause %v, want ErrShuttingDown with 1001", cause)
+	}
+	if herr := calls.await(t, 1)[0]; herr == nil {
+		t.Error("the handler's read succeeded")
+	}
+	f, err := c.AwaitClose(time.Now().Add(testTimeout), false)
+	if err != nil || f.CloseCode() != int(websocket.StatusGoingAway) {
+		t.Errorf("the client read %v (code %d), want the 1001", err, f.CloseCode())
+	}
+}

@@ -77,6 +77,11 @@ type Outcome struct {
 	Code  websocket.StatusCode // websocket.CloseStatus(cause): None when no close frame went out
 	Wire  websocket.StatusCode // the close code the client read: None, or Gone
 
+	// By is the cause given to Conn.CloseWith (nil: none): the cause
+	// matches it too, and the close log gives its text in a cause field,
+	// which it has only then.
+	By error
+
 	ClosedBy string // the close log's closedBy
 	LogCode  int    // the close log's closeCode: 1006 when no close frame went out
 
@@ -102,7 +107,16 @@ const (
 	AfterCloseTimeout
 	// AfterKeepAlive: Options.KeepAliveInterval + KeepAliveTimeout.
 	AfterKeepAlive
+	// AfterShutdownDeadline: ShutdownDeadline, the deadline of the context
+	// Env.ShutdownExpiring gives Shutdown.
+	AfterShutdownDeadline
 )
+
+// ShutdownDeadline is the deadline of the context Env.ShutdownExpiring
+// gives Shutdown: well under the default CloseTimeout (5 s), so that a
+// row bounded by it shows that the context, not CloseTimeout, ended the
+// socket.
+const ShutdownDeadline = 300 * time.Millisecond
 
 // slack is what a bound allows for scheduling: the machine may be loaded
 // and the race detector on.
@@ -226,6 +240,19 @@ func (e *Env) Shutdown() {
 	e.Go(func() {
 		if err := e.MW.Shutdown(e.Ctx); err != nil {
 			e.T.Errorf("Shutdown: %v", err)
+		}
+	})
+}
+
+// ShutdownExpiring runs Middleware.Shutdown in a goroutine of the row,
+// with a context that ends ShutdownDeadline later; it must return
+// context.DeadlineExceeded.
+func (e *Env) ShutdownExpiring() {
+	e.Go(func() {
+		ctx, cancel := context.WithTimeout(e.Ctx, ShutdownDeadline)
+		defer cancel()
+		if err := e.MW.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			e.T.Errorf("Shutdown = %v, want context.DeadlineExceeded", err)
 		}
 	})
 }
@@ -476,6 +503,7 @@ func run(t *testing.T, transport string, dial Dialer, tt Row) {
 		KeepAliveTimeouts: st.KeepAliveTimeouts,
 		LogCode:           -1,
 	}
+	logCause, logged := "", false
 	entries := logs.FilterMessage("websocket closed").All()
 	if len(entries) != 1 {
 		t.Errorf("%d close logs, want 1", len(entries))
@@ -485,8 +513,10 @@ func run(t *testing.T, transport string, dial Dialer, tt Row) {
 		if code, ok := f["closeCode"].(int64); ok {
 			got.LogCode = int(code)
 		}
+		logCause, logged = f["cause"].(string)
 	}
 	want := match(tt.Want, got)
+	got.By = closeWithCause(cause, logCause, logged, want.By)
 	if want.Wire == Gone {
 		got.Wire = Gone // the client vanished: it reads nothing
 	}
@@ -545,6 +575,22 @@ func match(want []Outcome, got Outcome) Outcome {
 	return append(found, want[0])[0]
 }
 
+// closeWithCause returns what witnesses CloseWith's cause: want, when
+// the cause matches it and the close log gives its text; else an error
+// that says what the log gives (logCause, when logged), or nil when
+// there is neither a cause field nor a cause wanted.
+func closeWithCause(cause error, logCause string, logged bool, want error) error {
+	switch {
+	case want != nil && errors.Is(cause, want) && logged && logCause == want.Error():
+		return want
+	case logged:
+		return fmt.Errorf("a cause the close log gives as %q", logCause)
+	case want != nil:
+		return errors.New("a cause the close log does not give")
+	}
+	return nil
+}
+
 // same reports whether got is the outcome want: the same sentinel, and
 // the same cells.
 func same(got, want Outcome) bool {
@@ -562,6 +608,8 @@ func (tt *Row) bound() time.Duration {
 		return tt.Options.CloseTimeout + slack
 	case AfterKeepAlive:
 		return tt.Options.KeepAliveInterval + tt.Options.KeepAliveTimeout + slack
+	case AfterShutdownDeadline:
+		return ShutdownDeadline + slack
 	}
 	return slack
 }
@@ -581,6 +629,9 @@ func (o Outcome) String() string {
 		if errors.Is(o.Cause, s.Err) {
 			by = sentinelName(s.Err)
 		}
+	}
+	if o.By != nil {
+		by += fmt.Sprintf(" (CloseWith's %v)", o.By)
 	}
 	return fmt.Sprintf("{%s %s; wire %s; log %q %d; EarlyReturns %d Panics %d KeepAliveTimeouts %d}",
 		by, wireName(o.Code), wireName(o.Wire), o.ClosedBy, o.LogCode, o.EarlyReturns, o.Panics, o.KeepAliveTimeouts)

@@ -25,14 +25,14 @@ func Markdown() string {
 	for _, tt := range Rows {
 		cells := []string{
 			apiNames.ReplaceAllString(tt.Name, "`$1`"),
-			alternatives(tt.Want, func(o Outcome) string { return fmt.Sprintf("`%s`, %s", sentinelName(o.Cause), codeCell(o.Code)) }),
+			alternatives(tt.Want, causeCell),
 			alternatives(tt.Want, func(o Outcome) string {
 				if o.Crossed {
 					return wireCell(o.Wire) + " (both closed at once: the peer's own, echoed)"
 				}
 				return wireCell(o.Wire)
 			}),
-			alternatives(tt.Want, func(o Outcome) string { return fmt.Sprintf("`%s` %d", o.ClosedBy, o.LogCode) }),
+			alternatives(tt.Want, logCell),
 			alternatives(tt.Want, countersCell),
 			doneCell(tt),
 		}
@@ -54,7 +54,25 @@ func alternatives(os []Outcome, cell func(Outcome) string) string {
 }
 
 // apiNames are the names of chiws's API in row names, set in code.
-var apiNames = regexp.MustCompile(`\b(Close\(\d+\)|CloseNow|CloseRead|ReadLimit|Read|Wait|Shutdown|panic\(http\.ErrAbortHandler\))`)
+var apiNames = regexp.MustCompile(`\b(Close\(\d+\)|CloseWith\([^)]*\)|CloseNow|CloseRead|ReadLimit|ReadJSON|Read|Writer|Write|Wait|Shutdown|panic\(http\.ErrAbortHandler\))`)
+
+// causeCell renders the cause: its sentinel, CloseWith's cause, the code.
+func causeCell(o Outcome) string {
+	by := ""
+	if o.By != nil {
+		by = " and `CloseWith`'s cause"
+	}
+	return fmt.Sprintf("`%s`%s, %s", sentinelName(o.Cause), by, codeCell(o.Code))
+}
+
+// logCell renders the close log: closedBy, closeCode, and cause if any.
+func logCell(o Outcome) string {
+	s := fmt.Sprintf("`%s` %d", o.ClosedBy, o.LogCode)
+	if o.By != nil {
+		s += fmt.Sprintf(", `cause` %q", o.By.Error())
+	}
+	return s
+}
 
 func sentinelName(err error) string {
 	names := []struct {
@@ -117,6 +135,8 @@ func doneCell(tt Row) string {
 		within = "within `CloseTimeout`"
 	case AfterKeepAlive:
 		within = "within `KeepAliveInterval` + `KeepAliveTimeout`"
+	case AfterShutdownDeadline:
+		within = "at the deadline of `Shutdown`'s context"
 	}
 	if tt.Done.Call == "" {
 		return cmp.Or(within, "within a round trip")

@@ -92,6 +92,69 @@ var Rows = []Row{
 		Want: []Outcome{{Cause: chiws.ErrClosedByServer, Code: 1002, Wire: 1002, ClosedBy: "server", LogCode: 1002}},
 		Done: Done{Call: "c.Read"},
 	},
+	{
+		// As wsjson.Read does.
+		Name:    "ReadJSON of a binary message",
+		Handler: readsJSON,
+		Client: func(e *Env, cl *Client) {
+			_ = cl.WS.Write(e.Ctx, websocket.MessageBinary, []byte(`{}`))
+			drain(e, cl)
+		},
+		Want: []Outcome{{Cause: chiws.ErrClosedByServer, Code: 1003, Wire: 1003, ClosedBy: "server", LogCode: 1003}},
+		Done: Done{Call: "c.ReadJSON"},
+	},
+	{
+		Name: "a data message while the handler reads through CloseRead",
+		Handler: func(e *Env, c *chiws.Conn) {
+			c.CloseRead(c.Context())
+			_ = c.Wait(e.Ctx)
+		},
+		Client: func(e *Env, cl *Client) {
+			_ = cl.WS.Write(e.Ctx, websocket.MessageText, []byte("unexpected"))
+			drain(e, cl)
+		},
+		Want: []Outcome{{Cause: chiws.ErrClosedByServer, Code: 1008, Wire: 1008, ClosedBy: "server", LogCode: 1008}},
+		Done: Done{},
+	},
+	{
+		// The refusal's close frame waits for the writer, which a single
+		// frame to a peer that does not read holds: past CloseTimeout the
+		// socket is aborted, and no close frame went out.
+		Name:    "a text message with invalid UTF-8 while a large Write to a peer that does not read holds the writer",
+		Options: chiws.Options{CloseTimeout: 300 * time.Millisecond},
+		Handler: func(e *Env, c *chiws.Conn) {
+			e.Go(func() { _ = c.Write(c.Context(), websocket.MessageBinary, make([]byte, 32<<20)) })
+			reads(e, c)
+		},
+		Client: func(e *Env, cl *Client) {
+			r := awaitMessage(e, cl) // the write holds the writer
+			_ = cl.WS.Write(e.Ctx, websocket.MessageText, []byte{'a', 0xff, 0xfe})
+			e.AwaitEnd()
+			if r != nil {
+				_, _ = io.Copy(io.Discard, r)
+			}
+			drain(e, cl)
+		},
+		Want: []Outcome{{Cause: chiws.ErrClosedByServer, Code: None, Wire: None, ClosedBy: "server", LogCode: 1006}},
+		Done: Done{Call: "c.Read", Within: AfterCloseTimeout},
+	},
+	{
+		// coder/websocket sends the 1002 itself between two frames of the
+		// message; the writer's next frame fails, which frees the writer
+		// for the close handshake: no wait for CloseTimeout.
+		Name: "a malformed frame (reserved opcode) while a message from Writer is streamed",
+		Handler: func(e *Env, c *chiws.Conn) {
+			e.Go(func() { streams(e, c) })
+			reads(e, c)
+		},
+		Client: func(e *Env, cl *Client) {
+			e.Await("streaming")
+			raw(e, cl, wstest.Frame{Fin: true, Opcode: 0x3, Masked: true})
+			drain(e, cl)
+		},
+		Want: []Outcome{{Cause: chiws.ErrClosedByServer, Code: 1002, Wire: 1002, ClosedBy: "server", LogCode: 1002}},
+		Done: Done{Call: "c.Read or w.Write"},
+	},
 
 	// The handler closes.
 	{
@@ -126,6 +189,19 @@ var Rows = []Row{
 		Client:  func(e *Env, cl *Client) { e.AwaitEnd(); drain(e, cl) },
 		Want:    []Outcome{{Cause: chiws.ErrClosedByServer, Code: 4001, Wire: 4001, ClosedBy: "server", LogCode: 4001}},
 		Done:    Done{Call: "c.Close", Within: AfterCloseTimeout},
+	},
+	{
+		// A cause of the handler's own: the cause matches it and
+		// ErrClosedByServer, and the close log gives its text.
+		Name: "the handler calls CloseWith(cause, 4003)",
+		Handler: func(e *Env, c *chiws.Conn) {
+			_ = c.CloseWith(errTooSlow, 4003, "too slow")
+			e.Ended("c.CloseWith")
+		},
+		Client: drain,
+		Want: []Outcome{{Cause: chiws.ErrClosedByServer, By: errTooSlow, Code: 4003, Wire: 4003,
+			ClosedBy: "server", LogCode: 4003}},
+		Done: Done{Call: "c.CloseWith"},
 	},
 	{
 		Name: "the handler calls CloseNow",
@@ -165,6 +241,38 @@ var Rows = []Row{
 		},
 		Want: []Outcome{{Cause: chiws.ErrClosedByServer, Code: None, Wire: None, ClosedBy: "server", LogCode: 1006}},
 		Done: Done{Call: "c.Read"},
+	},
+
+	{
+		// coder/websocket closes the connection when a write's context
+		// ends while it writes: the handler's doing, not an early return.
+		// The write is under way once the client has the message's start,
+		// and cannot finish: the client reads no more.
+		Name: "the context of the handler's Write ends mid-message to a peer that does not read",
+		Handler: func(e *Env, c *chiws.Conn) {
+			ctx, cancel := context.WithCancel(c.Context())
+			defer cancel()
+			e.Go(func() {
+				if e.Await("message begun") {
+					cancel()
+				}
+			})
+			err := c.Write(ctx, websocket.MessageBinary, make([]byte, 32<<20))
+			if !e.Saw("c.Write", err) {
+				e.T.Errorf("the write of 32 MiB to a peer that does not read succeeded")
+			}
+		},
+		Client: func(e *Env, cl *Client) {
+			r := awaitMessage(e, cl)
+			e.Signal("message begun")
+			e.AwaitEnd()
+			if r != nil {
+				_, _ = io.Copy(io.Discard, r)
+			}
+			drain(e, cl)
+		},
+		Want: []Outcome{{Cause: chiws.ErrClosedByServer, Code: None, Wire: None, ClosedBy: "server", LogCode: 1006}},
+		Done: Done{Call: "c.Write"},
 	},
 
 	// The handler returns.
@@ -318,6 +426,15 @@ var Rows = []Row{
 		Done:    Done{Call: "c.Read", Within: AfterCloseTimeout},
 	},
 	{
+		// The 1001 went out; the end of Shutdown's context aborts the
+		// socket, long before CloseTimeout (5 s).
+		Name:    "Shutdown whose context ends, the peer never answers",
+		Handler: reads,
+		Client:  func(e *Env, cl *Client) { e.ShutdownExpiring(); e.AwaitEnd(); drain(e, cl) },
+		Want:    []Outcome{{Cause: chiws.ErrShuttingDown, Code: 1001, Wire: 1001, ClosedBy: "shutdown", LogCode: 1001}},
+		Done:    Done{Call: "c.Read", Within: AfterShutdownDeadline},
+	},
+	{
 		// The close frame waits for the message being written, then goes
 		// out.
 		Name:    "Shutdown during a large write",
@@ -389,6 +506,56 @@ func reads(e *Env, c *chiws.Conn) {
 			return
 		}
 	}
+}
+
+// readsJSON is a handler that reads JSON until the socket ends.
+func readsJSON(e *Env, c *chiws.Conn) {
+	for {
+		var v any
+		if err := c.ReadJSON(c.Context(), &v); e.Saw("c.ReadJSON", err) {
+			return
+		}
+	}
+}
+
+// errTooSlow is a cause of the handler's own, for CloseWith.
+var errTooSlow = errors.New("too slow for the room")
+
+// streams writes a text message through c.Writer, a chunk every 10 ms,
+// signalling "streaming" once it holds the writer, until a chunk fails.
+func streams(e *Env, c *chiws.Conn) {
+	w, err := c.Writer(c.Context(), websocket.MessageText)
+	if err != nil {
+		e.T.Errorf("Writer: %v", err)
+		return
+	}
+	e.Signal("streaming")
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := w.Write([]byte("chunk")); e.Saw("w.Write", err) {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-e.Ctx.Done():
+			e.T.Errorf("the streamed message never failed")
+			return
+		}
+	}
+}
+
+// awaitMessage waits, without a read limit, for the start of the server's
+// next message, and returns its reader (nil, failing the row, when none
+// comes).
+func awaitMessage(e *Env, cl *Client) io.Reader {
+	cl.WS.SetReadLimit(-1)
+	_, r, err := cl.WS.Reader(e.Ctx)
+	if err != nil {
+		e.T.Errorf("client Reader: %v", err)
+		return nil
+	}
+	return r
 }
 
 // closes returns a handler that closes the socket with code.
