@@ -34,9 +34,10 @@ type Conn struct {
 
 	msgsIn, msgsOut atomic.Uint64
 
-	// wmu is the writer, held for a message and by the close handshake, so
-	// that a close frame never waits behind a message (see shut).
-	wmu chan struct{}
+	// wmu is held for a message, fmu for each call into coder/websocket's
+	// writer (after wmu) and by the close handshake: a close frame never
+	// waits behind a frame, and may go between a message's frames.
+	wmu, fmu chan struct{}
 
 	// rd and wr wrap Reader's and Writer's, one at a time (coder's rule).
 	rd msgReader
@@ -52,7 +53,7 @@ func (c *Conn) init(m *Middleware, r *http.Request) {
 	c.m, c.req = m, newReqInfo(r)
 	// Without the request's deadline: chi's Timeout must not end sockets.
 	c.ctx, c.cancel = context.WithCancelCause(context.WithoutCancel(r.Context()))
-	c.wmu = make(chan struct{}, 1)
+	c.wmu, c.fmu = make(chan struct{}, 1), make(chan struct{}, 1)
 	c.rd.c, c.wr.c = c, c
 }
 
@@ -135,7 +136,7 @@ func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, er
 	typ, rd, err := c.Conn.Reader(ctx)
 	if err == nil {
 		c.msgsIn.Add(1)
-		c.rd.r, c.rd.ctx = rd, ctx
+		c.rd.r, c.rd.ctx, c.rd.eof = rd, ctx, false
 	}
 	c.release(ctx, err, "read")
 	if err != nil {
@@ -150,14 +151,20 @@ type msgReader struct {
 	r   io.Reader
 	c   *Conn
 	ctx context.Context
+	eof bool
 }
 
 func (r *msgReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, opErr("read", err) // as startRead: the socket untouched
+	if err := r.ctx.Err(); err != nil && !r.eof {
+		// Mid-message: the rest would be read as frames. Close, as coder
+		// would, but surely and now.
+		_ = r.c.abort(ErrClosedByServer, "read context done")
+		r.c.awaitEnd()
+		return 0, opErr("read", err)
 	}
 	r.c.begin()
 	n, err := r.r.Read(p)
+	r.eof = err == io.EOF
 	r.c.release(r.ctx, err, "read")
 	return n, err
 }
@@ -186,7 +193,9 @@ func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) e
 		return err
 	}
 	c.begin()
+	c.fmu <- struct{}{} // only shut holds it without wmu, briefly
 	err := c.Conn.Write(ctx, typ, p)
+	<-c.fmu
 	<-c.wmu
 	if err == nil {
 		c.msgsOut.Add(1)
@@ -223,7 +232,9 @@ type msgWriter struct {
 
 func (w *msgWriter) Write(p []byte) (int, error) {
 	w.c.begin()
+	w.c.fmu <- struct{}{}
 	n, err := w.w.Write(p)
+	<-w.c.fmu
 	if err != nil && !w.closed { // the message is broken: free the writer
 		w.closed = true
 		<-w.c.wmu
@@ -238,7 +249,9 @@ func (w *msgWriter) Close() error {
 	}
 	w.closed = true
 	w.c.begin()
+	w.c.fmu <- struct{}{}
 	err := w.w.Close()
+	<-w.c.fmu
 	<-w.c.wmu
 	if err == nil {
 		w.c.msgsOut.Add(1)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -90,6 +91,7 @@ func (c *Conn) release(ctx context.Context, err error, what string) {
 	case closed, errors.Is(err, net.ErrClosed):
 		// Someone closed it, or is closing it, and recorded why.
 	case errors.Is(err, websocket.ErrMessageTooBig): // coder/websocket sent 1009, or will
+		c.coderClosed(websocket.StatusMessageTooBig, "message too big")
 		then = func() { _ = c.shut(ErrClosedByServer, websocket.StatusMessageTooBig, "message too big") }
 	case c.nc.broke.Load(): // EOF, reset, timeout, HTTP/2 disconnect or reset
 		then = func() { _ = c.abort(ErrConnectionLost, "") }
@@ -99,13 +101,14 @@ func (c *Conn) release(ctx context.Context, err error, what string) {
 		// coder/websocket refused a frame: it sent 1002 for most such
 		// errors (it gives up if another frame holds the connection for 5
 		// s) and nothing for some; Close sends it when it did not.
+		c.coderClosed(websocket.StatusProtocolError, "protocol error")
 		then = func() { _ = c.shut(ErrClosedByServer, websocket.StatusProtocolError, "protocol error") }
 	}
 	c.end.mu.Lock()
 	switch { // a context that ended, socket open: coder/websocket may still close
 	case ctxEnded && !ends:
 		c.end.ctxNote = what + " context done"
-	case err == nil:
+	case ctx != nil && err == nil && strings.HasPrefix(c.end.ctxNote, what):
 		c.end.ctxNote = "" // it did not
 	}
 	c.end.ops--
@@ -194,12 +197,9 @@ func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 	})
 	var err error
 	select {
-	case c.wmu <- struct{}{}:
-		if by != nil && !c.nc.isClosed() { // not after the peer's close, say
-			c.decide(by, code, reason)
-		}
-		err = c.Conn.Close(code, reason)
-		<-c.wmu
+	case c.fmu <- struct{}{}:
+		err = c.closeFrame(by, code, reason)
+		<-c.fmu
 	case <-c.ctx.Done(): // ended meanwhile, by the timer or anyone
 		err = net.ErrClosed
 	}
@@ -208,6 +208,30 @@ func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 		err = errors.New("chiws: close handshake timed out; connection aborted")
 	}
 	return err
+}
+
+// closeFrame records and sends the close, under fmu: coder/websocket's
+// close for a refused frame goes first, and a broken connection takes none.
+func (c *Conn) closeFrame(by error, code websocket.StatusCode, reason string) error {
+	c.end.mu.Lock()
+	if p := c.end.coder; p.by != nil {
+		by, code, reason = p.by, p.code, p.reason
+	}
+	c.end.mu.Unlock()
+	switch {
+	case c.nc.broke.Load():
+		return c.abort(ErrConnectionLost, "")
+	case by != nil && !c.nc.isClosed(): // not after the peer's close, say
+		c.decide(by, code, reason)
+	}
+	return c.Conn.Close(code, reason)
+}
+
+// coderClosed notes the close frame coder/websocket sent, or tries to.
+func (c *Conn) coderClosed(code websocket.StatusCode, reason string) {
+	c.end.mu.Lock()
+	defer c.end.mu.Unlock()
+	c.end.coder = closeCause{ErrClosedByServer, code, reason}
 }
 
 // abort records by and closes the connection without a handshake, the
@@ -297,6 +321,7 @@ type socketEnd struct {
 	cause   closeCause  // decided once (by nil: not yet)
 	ops     int         // reads, writes and pings through Conn in progress
 	ctxNote string      // an operation's context ended with the socket open
+	coder   closeCause  // the close coder/websocket sent for a refused frame
 	closed  bool        // the network connection closed
 	ended   bool        // ending ran, or is running
 	at      time.Time   // when the connection closed

@@ -446,7 +446,8 @@ var Rows = []Row{
 			drain(e, cl)
 		},
 		Want: []Outcome{{Cause: chiws.ErrShuttingDown, Code: 1001, Wire: 1001, ClosedBy: "shutdown", LogCode: 1001}},
-		Done: Done{Call: "c.Read", Within: AfterCloseTimeout},
+		// The 1001 goes between two frames of the message (RFC 6455 5.4).
+		Done: Done{Call: "w.Write or w.Close or c.Read", Within: AfterCloseTimeout},
 	},
 	{
 		// The message is not done within CloseTimeout: the socket is
