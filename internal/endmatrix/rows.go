@@ -73,6 +73,38 @@ var Rows = []Row{
 		Done: Done{Call: "c.Read"},
 	},
 	{
+		// coder/websocket's echo: the message writer is open when the 1009
+		// goes out between its frames, and the close must not wait for it.
+		Name:    "a message over ReadLimit while the handler streams its echo",
+		Options: chiws.Options{ReadLimit: 1024},
+		Handler: func(e *Env, c *chiws.Conn) {
+			for {
+				typ, r, err := c.Reader(c.Context())
+				if e.Saw("c.Reader", err) {
+					return
+				}
+				w, err := c.Writer(c.Context(), typ)
+				if e.Saw("c.Writer", err) {
+					return
+				}
+				_, err = io.Copy(w, r)
+				if e.Saw("r.Read", err) {
+					_ = w.Close()
+					return
+				}
+				if e.Saw("w.Close", w.Close()) {
+					return
+				}
+			}
+		},
+		Client: func(e *Env, cl *Client) {
+			_ = cl.WS.Write(e.Ctx, websocket.MessageBinary, make([]byte, 4096))
+			drain(e, cl)
+		},
+		Want: []Outcome{{Cause: chiws.ErrClosedByServer, Code: 1009, Wire: 1009, ClosedBy: "server", LogCode: 1009}},
+		Done: Done{Call: "r.Read"},
+	},
+	{
 		Name:    "a text message with invalid UTF-8",
 		Handler: reads,
 		Client: func(e *Env, cl *Client) {
