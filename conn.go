@@ -34,9 +34,8 @@ type Conn struct {
 
 	msgsIn, msgsOut atomic.Uint64
 
-	// wmu is held for a message, fmu for each call into coder/websocket's
-	// writer (after wmu) and by the close handshake: a close frame never
-	// waits behind a frame, and may go between a message's frames.
+	// wmu is held for a message, fmu for each frame (after wmu) and by the
+	// close handshake, whose frame may go between a message's frames.
 	wmu, fmu chan struct{}
 
 	// rd and wr wrap Reader's and Writer's, one at a time (coder's rule).
@@ -57,9 +56,8 @@ func (c *Conn) init(m *Middleware, r *http.Request) {
 	c.rd.c, c.wr.c = c, c
 }
 
-// Done returns a channel closed once the socket has ended: its network
-// connection is closed, whoever closed it, and Context's cause says why.
-// It is c.Context().Done().
+// Done returns c.Context().Done(), closed once the socket has ended, its
+// connection closed by whoever, with Context's cause set.
 func (c *Conn) Done() <-chan struct{} { return c.ctx.Done() }
 
 // Wait blocks until the socket has ended (it returns nil) or ctx is done

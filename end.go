@@ -73,6 +73,7 @@ func (c *Conn) begin() { // with release, around every read, write and ping
 // the close it calls for, and waits for an end it proves (awaitEnd).
 func (c *Conn) release(ctx context.Context, err error, what string) {
 	var ce websocket.CloseError
+	var coder closeCause // the close coder/websocket sent for a refused frame
 	var then func()
 	ends := true
 	closed := c.nc.isClosed()
@@ -91,8 +92,7 @@ func (c *Conn) release(ctx context.Context, err error, what string) {
 	case closed, errors.Is(err, net.ErrClosed):
 		// Someone closed it, or is closing it, and recorded why.
 	case errors.Is(err, websocket.ErrMessageTooBig): // coder/websocket sent 1009, or will
-		c.coderClosed(websocket.StatusMessageTooBig, "message too big")
-		then = func() { _ = c.shut(ErrClosedByServer, websocket.StatusMessageTooBig, "message too big") }
+		coder = closeCause{ErrClosedByServer, websocket.StatusMessageTooBig, "message too big"}
 	case c.nc.broke.Load(): // EOF, reset, timeout, HTTP/2 disconnect or reset
 		then = func() { _ = c.abort(ErrConnectionLost, "") }
 	case what == "write":
@@ -101,10 +101,13 @@ func (c *Conn) release(ctx context.Context, err error, what string) {
 		// coder/websocket refused a frame: it sent 1002 for most such
 		// errors (it gives up if another frame holds the connection for 5
 		// s) and nothing for some; Close sends it when it did not.
-		c.coderClosed(websocket.StatusProtocolError, "protocol error")
-		then = func() { _ = c.shut(ErrClosedByServer, websocket.StatusProtocolError, "protocol error") }
+		coder = closeCause{ErrClosedByServer, websocket.StatusProtocolError, "protocol error"}
 	}
 	c.end.mu.Lock()
+	if coder.by != nil { // shut, or a close that waits for the writer, sends it first
+		c.end.coder = coder
+		then = func() { _ = c.shut(coder.by, coder.code, coder.reason) }
+	}
 	switch { // a context that ended, socket open: coder/websocket may still close
 	case ctxEnded && !ends:
 		c.end.ctxNote = what + " context done"
@@ -127,8 +130,8 @@ func (c *Conn) release(ctx context.Context, err error, what string) {
 }
 
 // awaitEnd waits for the end an operation saw under way, so that Done has
-// fired when it returns; bounded, for a close coder/websocket began
-// through the embedded Conn, which only the handler's return finishes.
+// fired when it returns (bounded: a close begun through the embedded Conn
+// is finished only by the handler's return).
 func (c *Conn) awaitEnd() {
 	t := time.NewTimer(c.m.cfg.closeTimeout)
 	defer t.Stop()
@@ -183,11 +186,10 @@ func wireClose(code websocket.StatusCode, reason string) (websocket.StatusCode, 
 	return code, reason
 }
 
-// shut is the graceful close: it takes the writer, records by (nil: the
-// caller did), sends the close frame and waits for the peer's, and aborts
-// when Options.CloseTimeout passes first. The frame never waits behind a
-// message, so the recorded code is on the wire; if the writer is not free
-// in time, nothing was sent and the abort records 1006.
+// shut is the graceful close: once no frame is being written (fmu), it
+// records by and sends the close frame, so the code recorded is on the
+// wire; it aborts when Options.CloseTimeout passes first (1006 if no frame
+// went out). by nil: the caller recorded.
 func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 	code, reason = wireClose(code, reason)
 	aborted := make(chan struct{})
@@ -225,13 +227,6 @@ func (c *Conn) closeFrame(by error, code websocket.StatusCode, reason string) er
 		c.decide(by, code, reason)
 	}
 	return c.Conn.Close(code, reason)
-}
-
-// coderClosed notes the close frame coder/websocket sent, or tries to.
-func (c *Conn) coderClosed(code websocket.StatusCode, reason string) {
-	c.end.mu.Lock()
-	defer c.end.mu.Unlock()
-	c.end.coder = closeCause{ErrClosedByServer, code, reason}
 }
 
 // abort records by and closes the connection without a handshake, the

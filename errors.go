@@ -5,13 +5,12 @@ import "errors"
 // Errors returned by Accept and Middleware methods, wrapped with a short
 // context ("chiws: accept: ..."): compare with errors.Is.
 var (
-	// ErrNotWebSocket means the request is not a WebSocket upgrade request.
-	// Accept answers it with 400 Bad Request.
+	// ErrNotWebSocket: not a WebSocket upgrade request; Accept answers 400.
 	ErrNotWebSocket = errors.New("not a WebSocket upgrade request")
 
-	// ErrMiddlewareMissing means Accept saw a valid upgrade request that did
-	// not pass through the middleware, which must be mounted before the
-	// routes. Accept answers with 500 Internal Server Error.
+	// ErrMiddlewareMissing: a valid upgrade request reached Accept without
+	// the middleware, which must be mounted before the routes; Accept
+	// answers 500.
 	ErrMiddlewareMissing = errors.New("the chiws middleware is not mounted: " +
 		"call r.Use(m.Handler) (or wrap the handler with m.Handler) " +
 		"before the routes that accept WebSockets")
@@ -23,7 +22,7 @@ var (
 	ErrHijackBypassed = errors.New("a ResponseWriter wrapper hijacked the connection " +
 		"around the middleware's ResponseWriter")
 
-	// ErrAlreadyAccepted means Accept was called twice for one request.
+	// ErrAlreadyAccepted: Accept was called twice for one request.
 	ErrAlreadyAccepted = errors.New("the request was already accepted")
 )
 
@@ -41,8 +40,8 @@ var (
 	// broke the protocol or the read limit (closedBy "server").
 	ErrClosedByServer = errors.New("closed by the server")
 
-	// ErrKeepAliveTimeout: a keep-alive ping went unanswered for
-	// KeepAliveTimeout; the connection was aborted (closedBy "keepalive").
+	// ErrKeepAliveTimeout: a ping went unanswered for KeepAliveTimeout, and
+	// the connection was aborted (closedBy "keepalive").
 	ErrKeepAliveTimeout = errors.New("keep-alive timeout")
 
 	// ErrShuttingDown: Shutdown closed the socket with 1001 Going Away, or
@@ -50,12 +49,12 @@ var (
 	// it when Shutdown began meanwhile, having answered 503 or sent 1001.
 	ErrShuttingDown = errors.New("shutting down")
 
-	// ErrHandlerReturned: the route handler returned with the socket open,
-	// and the middleware closed it with 1011 (closedBy "handler-return").
+	// ErrHandlerReturned: the handler returned with the socket open, closed
+	// with 1011 (closedBy "handler-return").
 	ErrHandlerReturned = errors.New("handler returned with the socket open")
 
-	// ErrHandlerPanicked: the route handler panicked after Accept, and the
-	// middleware closed the socket with 1011 (closedBy "panic").
+	// ErrHandlerPanicked: the handler panicked after Accept; closed with
+	// 1011, or aborted for http.ErrAbortHandler (closedBy "panic").
 	ErrHandlerPanicked = errors.New("handler panicked")
 
 	// ErrConnectionLost: the connection broke without a close frame (the

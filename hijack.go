@@ -31,7 +31,6 @@ type upgradeWriter struct {
 	direct, held101 bool
 }
 
-// Unwrap lets http.ResponseController reach the server's writer.
 func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *upgradeWriter) WriteHeader(status int) {
@@ -95,7 +94,6 @@ func (w *upgradeWriter) Write(p []byte) (int, error) {
 	return w.ResponseWriter.Write(p)
 }
 
-// Flush implements http.Flusher for handlers that stream before upgrading.
 func (w *upgradeWriter) Flush() {
 	if !w.answered {
 		w.WriteHeader(http.StatusOK)

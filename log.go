@@ -93,7 +93,6 @@ func (i reqInfo) fields() []zap.Field {
 	return f
 }
 
-// requestFields describes a request that has no socket.
 func requestFields(r *http.Request) []zap.Field { return newReqInfo(r).fields() }
 
 // logReject logs a refused upgrade at Debug: a client can cause it at will.

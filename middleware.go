@@ -95,10 +95,9 @@ type Options struct {
 
 	// CloseTimeout bounds every close handshake the server starts
 	// (Conn.Close, an early return, a panic, a protocol fault, Shutdown),
-	// waiting for a message being written and for the peer; then the
-	// connection is aborted, so that a peer stalled mid-frame holds nothing.
-	// coder/websocket bounds each half of the handshake at 5 s itself. Zero
-	// means DefaultCloseTimeout (5 s); negative is invalid.
+	// waiting for a frame being written and for the peer, then aborts: a
+	// peer stalled mid-frame holds nothing. coder/websocket bounds each half
+	// at 5 s. Zero means DefaultCloseTimeout (5 s); negative is invalid.
 	CloseTimeout time.Duration
 
 	// MaxConnections caps the WebSocket requests in flight: accepted
@@ -267,10 +266,9 @@ func (m *Middleware) admit(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
-// count adds to the upgrades in flight (admit's, given back when their
-// handler returns) and to those of them whose route upgraded without
-// Accept: Shutdown waits for the others only, as net/http's leaves
-// hijacked connections alone, but MaxConnections counts them all.
+// count adds to the upgrades in flight (admit's) and to those whose route
+// upgraded without Accept, which Shutdown does not wait for (as net/http's
+// leaves hijacked connections alone) but MaxConnections counts.
 func (m *Middleware) count(inflight, foreign int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
