@@ -60,12 +60,10 @@ func (c *Conn) init(m *Middleware, r *http.Request) {
 // connection closed by whoever, with Context's cause set.
 func (c *Conn) Done() <-chan struct{} { return c.ctx.Done() }
 
-// Wait blocks until the socket has ended (it returns nil) or ctx is done
-// (it returns ctx.Err() and leaves the socket open): ASP.NET Core's
-// TaskCompletionSource pattern, for a handler that gives the socket to a
-// background goroutine, since the socket is closed when the handler
-// returns. Do not pass a context that expires with the request (chi's
-// Timeout sets one): use context.Background() or c.Context().
+// Wait blocks until the socket has ended (nil) or ctx is done (ctx.Err(),
+// the socket left open): ASP.NET Core's TaskCompletionSource pattern, for
+// a handler that gives the socket to another goroutine. Pass
+// context.Background() or c.Context(), not one that expires with the request.
 func (c *Conn) Wait(ctx context.Context) error {
 	select {
 	case <-c.ctx.Done():
@@ -75,21 +73,17 @@ func (c *Conn) Wait(ctx context.Context) error {
 	}
 }
 
-// Context returns a context with the request's values (chi's route
-// context, request ID, authentication...) but not its deadline or
-// cancellation. It is cancelled when the socket ends, and context.Cause
-// then matches exactly one of ErrClosedByPeer, ErrClosedByServer,
-// ErrKeepAliveTimeout, ErrShuttingDown, ErrHandlerReturned,
-// ErrHandlerPanicked or ErrConnectionLost with errors.Is (and the cause
-// given to CloseWith), and carries the close code that went on the wire,
-// if one did (websocket.CloseStatus).
+// Context returns a context with the request's values but not its deadline
+// or cancellation, cancelled when the socket ends. context.Cause then
+// matches exactly one of the Err sentinels of a socket's end (and
+// CloseWith's cause) with errors.Is, and carries the close code that went
+// on the wire, if one did (websocket.CloseStatus).
 func (c *Conn) Context() context.Context { return c.ctx }
 
 func opErr(op string, err error) error { return fmt.Errorf("chiws: %s: %w", op, err) }
 
-// startRead refuses a read whose ctx is done without touching the socket
-// (coder/websocket picks at random between its lock and such a ctx), or
-// begins it.
+// startRead refuses a read whose ctx is done, without touching the socket
+// (coder/websocket picks at random between its lock and such a ctx).
 func (c *Conn) startRead(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return opErr("read", err)
@@ -117,7 +111,6 @@ func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) 
 	return typ, p, err
 }
 
-// refuse closes the socket with code for a message read and refused.
 func (c *Conn) refuse(code websocket.StatusCode, reason string) error {
 	c.release(nil, nil, "read")
 	_ = c.shut(ErrClosedByServer, code, reason)

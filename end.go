@@ -237,10 +237,9 @@ func (c *Conn) abort(by error, reason string) error {
 	return c.Conn.CloseNow()
 }
 
-// Close performs the close handshake with code and reason, and records
-// ErrClosedByServer with the code sent (coder/websocket sends 1011 for a
-// code that may not be sent or a reason over 123 bytes). It waits for the
-// message being written, and aborts past Options.CloseTimeout.
+// Close performs the close handshake (after the frame being written;
+// aborted past Options.CloseTimeout), recording ErrClosedByServer with the
+// code sent: 1011 for a code that may not be sent or a reason over 123 bytes.
 func (c *Conn) Close(code websocket.StatusCode, reason string) error {
 	return c.shut(ErrClosedByServer, code, reason)
 }
@@ -254,11 +253,8 @@ func (c *Conn) CloseWith(cause error, code websocket.StatusCode, reason string) 
 	return c.shut(cmp.Or(cause, ErrClosedByServer), code, reason)
 }
 
-// CloseNow closes the connection without a close handshake, and records
-// ErrClosedByServer. See websocket.Conn.CloseNow.
-func (c *Conn) CloseNow() error {
-	return c.abort(ErrClosedByServer, "")
-}
+// CloseNow closes the connection without a handshake: ErrClosedByServer.
+func (c *Conn) CloseNow() error { return c.abort(ErrClosedByServer, "") }
 
 // AddLogFields adds fields (the user, a tenant) to the lines chiws logs
 // about this socket from now on, its close log included.

@@ -109,11 +109,10 @@ func upgradeFrom(ctx context.Context) *upgrade {
 // the error wraps http.ErrNotSupported), 503 for ErrShuttingDown (1001 if
 // the socket was open already). A second call returns ErrAlreadyAccepted.
 //
-// The handler must not return until it is done with the socket: read until
-// an error, or hand the Conn to another goroutine and call Conn.Wait. If it
-// returns while the socket is open, the middleware closes the socket with
-// 1011 and logs a warning. Accept clears the connection's deadlines first:
-// a slow handler that outlived http.Server.WriteTimeout still gets its 101.
+// The handler owns the socket until it returns: read until an error, or
+// hand the Conn to another goroutine and call Conn.Wait; a socket left open
+// is closed with 1011 and logged. Accept clears the connection's deadlines
+// first, for a slow handler that outlived http.Server.WriteTimeout.
 func Accept(w http.ResponseWriter, r *http.Request, opts *AcceptOptions) (*Conn, error) {
 	u := upgradeFrom(r.Context())
 	if u == nil { // ordinary requests are not marked: tell the two apart

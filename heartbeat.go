@@ -44,8 +44,7 @@ func (c *Conn) startHeartbeat(interval, timeout time.Duration) {
 	h.timer = time.AfterFunc(interval, h.run)
 }
 
-// stop ends the keep-alive; a beat under way fails its Ping and ends.
-func (h *heartbeat) stop() {
+func (h *heartbeat) stop() { // a beat under way fails its Ping and ends
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.stopped = true
@@ -54,8 +53,7 @@ func (h *heartbeat) stop() {
 	}
 }
 
-// run is the timer's callback, counted in m.goroutines (which the socket
-// holds until stop, so adding is safe) for Shutdown to wait for.
+// run is the timer's callback, counted in m.goroutines for Shutdown.
 func (h *heartbeat) run() {
 	h.mu.Lock()
 	if h.stopped {
@@ -75,8 +73,8 @@ func (h *heartbeat) run() {
 	}
 }
 
-// beat pings a socket not both heard from and written to since the last
-// look, an interval ago, and returns when to look again (0: never).
+// beat pings a socket not both read and written since the last look, and
+// returns when to look again (0: never).
 func (h *heartbeat) beat() time.Duration {
 	nc := h.c.nc
 	now := time.Now()
@@ -124,9 +122,8 @@ func (h *heartbeat) beat() time.Duration {
 	return next
 }
 
-// judge decides about the ping that started at h.pending and got no pong:
-// bytes read since, or a write still moving bytes to a slow reader, prove
-// the peer alive; else it is gone once the deadline passed.
+// judge decides about an unanswered ping: bytes read since, or a write
+// still moving bytes to a slow reader, prove the peer alive.
 func (h *heartbeat) judge() time.Duration {
 	nc := h.c.nc
 	switch {
@@ -147,8 +144,8 @@ func (h *heartbeat) judge() time.Duration {
 	return 0
 }
 
-// expire aborts a socket whose peer is gone; after another cause (a 1009
-// or 1001 awaiting the peer's close) it ends the wait, but counts nothing.
+// expire aborts a socket whose peer is gone (after another cause, it only
+// ends that close's wait).
 func (h *heartbeat) expire() {
 	c := h.c
 	if c.decide(ErrKeepAliveTimeout, websocket.StatusAbnormalClosure, "keep-alive timeout") {

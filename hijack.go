@@ -17,18 +17,14 @@ import (
 // on hijacked connection". Only the handler's goroutine uses it.
 type upgradeWriter struct {
 	http.ResponseWriter
-	m        *Middleware
-	conn     *Conn     // set by Accept: the socket the connection is for
-	h2       *h2Stream // the stream of an HTTP/2 WebSocket (http2.go), or nil
-	nc       *netConn  // set up by Hijack for Accept
-	hijacked bool
-	foreign  bool // hijacked by someone else than Accept
-	refused  bool // an HTTP/2 route's 2xx was answered 501 (refuseH2)
-	answered bool // WriteHeader or Write was called
-
-	// direct: Accept was given this writer itself; held101: Hijack is to
-	// write the 101 (for HTTP/2, the 200 that stands for it).
-	direct, held101 bool
+	m    *Middleware
+	conn *Conn     // set by Accept: the socket the connection is for
+	h2   *h2Stream // the stream of an HTTP/2 WebSocket (http2.go), or nil
+	nc   *netConn  // set up by Hijack for Accept
+	// foreign: hijacked by someone else than Accept; refused: an HTTP/2
+	// route's 2xx answered 501; direct: Accept was given this writer;
+	// held101: Hijack is to write the 101 (for HTTP/2, its 200).
+	hijacked, foreign, refused, answered, direct, held101 bool
 }
 
 func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

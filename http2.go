@@ -98,8 +98,7 @@ func (s *h2Stream) Close() error {
 	return nil
 }
 
-// Abort resets the stream.
-func (s *h2Stream) Abort() {
+func (s *h2Stream) Abort() { // resets the stream
 	s.closed.Store(true)
 	s.deadline(true)
 }

@@ -10,8 +10,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Log field keys: short lowerCamel names, the same in every message, so
-// that log queries can rely on them.
+// Log field keys: short lowerCamel names, the same in every message.
 const (
 	keyRoute            = "route"
 	keyProto            = "proto"
@@ -41,12 +40,10 @@ const (
 	keyCause            = "cause"
 )
 
-// maxLogValue bounds each request-controlled string in a log line: a
-// client must not make the server write megabytes of logs.
+// maxLogValue bounds each request-controlled string in a log line.
 const maxLogValue = 256
 
-// clip truncates s to maxLogValue bytes on a rune boundary, marking the cut.
-func clip(s string) string {
+func clip(s string) string { // on a rune boundary, marking the cut
 	if len(s) <= maxLogValue {
 		return s
 	}
@@ -57,8 +54,7 @@ func clip(s string) string {
 	return s[:cut] + "...(truncated)"
 }
 
-// reqInfo is what the logs say of a request; a socket keeps it rather
-// than its request.
+// reqInfo is what the logs say of a request, kept instead of the request.
 type reqInfo struct {
 	route, path, host, origin, remoteAddr, requestID string
 }

@@ -32,8 +32,7 @@ type originPolicy struct {
 
 const maxOriginLen = 512 // a DNS name has at most 253 bytes
 
-// newOriginPolicy validates and normalises the configured origins, naming
-// the offending entry in its error.
+// newOriginPolicy validates and normalises the configured origins.
 func newOriginPolicy(allowed []string, fn func(*http.Request, string) bool) (originPolicy, error) {
 	p := originPolicy{fn: fn}
 	for i, raw := range allowed {

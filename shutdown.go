@@ -10,8 +10,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// register adds an accepted socket, which then holds a count in
-// m.goroutines until it ends; it fails once Shutdown began.
+// register adds a socket (counted in m.goroutines until it ends), unless
+// Shutdown began.
 func (m *Middleware) register(c *Conn) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -41,15 +41,14 @@ func (m *Middleware) unregister(c *Conn) bool {
 // by Options.CloseTimeout), refuses new ones with 503, and waits for every
 // WebSocket handler and keep-alive goroutine. When ctx ends first, it aborts
 // all sockets at once and returns ctx.Err(), no longer waiting for
-// handlers. Nothing of the middleware runs or logs after it returns.
+// handlers. Nothing of the middleware runs or logs after it returns. It
+// may be called more than once; ordinary requests keep flowing.
 // http.Server.Shutdown neither closes nor waits for hijacked connections,
 // and waits for HTTP/2 streams: start Shutdown with the server's:
 //
 //	drained := make(chan error, 1)
 //	srv.RegisterOnShutdown(func() { drained <- ws.Shutdown(ctx) })
 //	err := errors.Join(srv.Shutdown(ctx), <-drained)
-//
-// It may be called more than once; ordinary requests keep flowing.
 func (m *Middleware) Shutdown(ctx context.Context) error {
 	m.mu.Lock()
 	m.closing = true
