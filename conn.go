@@ -35,7 +35,8 @@ type Conn struct {
 	msgsIn, msgsOut atomic.Uint64
 
 	// wmu is held for a message, fmu for each frame (after wmu) and by the
-	// close handshake, whose frame may go between a message's frames.
+	// close handshake, whose frame may go between a message's frames:
+	// lock order wmu, fmu.
 	wmu, fmu chan struct{}
 
 	// rd and wr wrap Reader's and Writer's, one at a time (coder's rule).
@@ -82,8 +83,7 @@ func (c *Conn) Context() context.Context { return c.ctx }
 
 func opErr(op string, err error) error { return fmt.Errorf("chiws: %s: %w", op, err) }
 
-// startRead refuses a read whose ctx is done, without touching the socket
-// (coder/websocket picks at random between its lock and such a ctx).
+// startRead refuses a done ctx (coder/websocket would pick at random).
 func (c *Conn) startRead(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return opErr("read", err)
@@ -136,8 +136,7 @@ func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, er
 	return typ, &c.rd, nil
 }
 
-// msgReader sees the errors of a message from Conn.Reader (the read limit
-// fails there).
+// msgReader sees a message's errors (the read limit fails there).
 type msgReader struct {
 	r   io.Reader
 	c   *Conn
@@ -146,7 +145,10 @@ type msgReader struct {
 }
 
 func (r *msgReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil && !r.eof {
+	if r.eof {
+		return 0, io.EOF
+	}
+	if err := r.ctx.Err(); err != nil {
 		// Mid-message: the rest would be read as frames. Close, as coder
 		// would, but surely and now.
 		_ = r.c.abort(ErrClosedByServer, "read context done")
@@ -160,14 +162,13 @@ func (r *msgReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// lockWriter takes the writer, unless ctx ends first (the socket untouched)
-// or the socket ended.
-func (c *Conn) lockWriter(ctx context.Context) error {
+// lock takes mu unless ctx or the socket ends first.
+func (c *Conn) lock(ctx context.Context, mu chan struct{}) error {
 	if err := ctx.Err(); err != nil {
 		return opErr("write", err)
 	}
 	select {
-	case c.wmu <- struct{}{}:
+	case mu <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return opErr("write", ctx.Err())
@@ -177,14 +178,17 @@ func (c *Conn) lockWriter(ctx context.Context) error {
 }
 
 // Write writes a whole message; see websocket.Conn.Write. A ctx that ends
-// while another message is written fails without touching the socket; one
-// that ends while this one is written closes it, as in coder/websocket.
+// while waiting for the writer leaves the socket untouched; one that ends
+// while this message is written closes it, as in coder/websocket.
 func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
-	if err := c.lockWriter(ctx); err != nil {
+	if err := c.lock(ctx, c.wmu); err != nil {
+		return err
+	}
+	if err := c.lock(ctx, c.fmu); err != nil {
+		<-c.wmu
 		return err
 	}
 	c.begin()
-	c.fmu <- struct{}{} // only shut holds it without wmu, briefly
 	err := c.Conn.Write(ctx, typ, p)
 	<-c.fmu
 	<-c.wmu
@@ -196,9 +200,10 @@ func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) e
 }
 
 // Writer returns a writer for the next message (see websocket.Conn.Writer),
-// which holds the socket's writer until closed.
+// holding the socket's writer until closed; a ctx that ends before the
+// message does closes the socket.
 func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteCloser, error) {
-	if err := c.lockWriter(ctx); err != nil {
+	if err := c.lock(ctx, c.wmu); err != nil {
 		return nil, err
 	}
 	c.begin()
@@ -213,7 +218,6 @@ func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteC
 	return &c.wr, nil
 }
 
-// msgWriter is Conn.Writer's; its first Close releases the writer.
 type msgWriter struct {
 	w      io.WriteCloser
 	c      *Conn
@@ -221,16 +225,8 @@ type msgWriter struct {
 	closed bool
 }
 
-func (w *msgWriter) Write(p []byte) (int, error) {
-	w.c.begin()
-	w.c.fmu <- struct{}{}
-	n, err := w.w.Write(p)
-	<-w.c.fmu
-	if err != nil && !w.closed { // the message is broken: free the writer
-		w.closed = true
-		<-w.c.wmu
-	}
-	w.c.release(w.ctx, err, "write")
+func (w *msgWriter) Write(p []byte) (n int, err error) {
+	err = w.frame(func() (err error) { n, err = w.w.Write(p); return err })
 	return n, err
 }
 
@@ -238,17 +234,40 @@ func (w *msgWriter) Close() error {
 	if w.closed {
 		return w.w.Close() // coder/websocket's error for a second Close
 	}
-	w.closed = true
-	w.c.begin()
-	w.c.fmu <- struct{}{}
-	err := w.w.Close()
-	<-w.c.fmu
-	<-w.c.wmu
+	err := w.frame(w.w.Close)
 	if err == nil {
 		w.c.msgsOut.Add(1)
 	}
-	w.c.release(w.ctx, err, "write")
+	w.free()
 	return err
+}
+
+// frame runs one call into the message writer under fmu. A failure frees
+// the writer; a ctx that ended leaves the message broken mid-way, so the
+// socket is aborted, as coder/websocket may do, but surely.
+func (w *msgWriter) frame(f func() error) error {
+	err := w.c.lock(w.ctx, w.c.fmu)
+	if err == nil {
+		w.c.begin()
+		err = f()
+		<-w.c.fmu
+		w.c.release(w.ctx, err, "write")
+	}
+	if err != nil {
+		w.free()
+	}
+	if err != nil && w.ctx.Err() != nil && !w.c.nc.isClosed() {
+		_ = w.c.abort(ErrClosedByServer, "write context done")
+		w.c.awaitEnd()
+	}
+	return err
+}
+
+func (w *msgWriter) free() {
+	if !w.closed {
+		w.closed = true
+		<-w.c.wmu
+	}
 }
 
 // ReadJSON reads a text message into v, through Conn. As wsjson.Read

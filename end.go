@@ -22,8 +22,7 @@ import (
 // (coder/websocket closes it when it reads the peer's close frame, before
 // the read returns the code). Two ways to close: shut and abort.
 
-// closeCause is why a socket ended: who decided (an Err sentinel, or
-// CloseWith's cause), and the close code on the wire (1006: none).
+// closeCause is who decided (a sentinel, CloseWith's cause) and the code.
 type closeCause struct {
 	by     error
 	code   websocket.StatusCode
@@ -37,8 +36,7 @@ func (e *closeCause) Error() string {
 	return fmt.Sprintf("chiws: socket %v: status %d %q", e.by, int(e.code), e.reason)
 }
 
-// Unwrap gives the cause, ErrClosedByServer for CloseWith's, and the
-// websocket.CloseError when a close frame went on the wire.
+// Unwrap: the cause, ErrClosedByServer for CloseWith's, the CloseError.
 func (e *closeCause) Unwrap() []error {
 	errs := append(make([]error, 0, 3), e.by)
 	if _, ok := closedBy(e.by); !ok {
@@ -50,8 +48,7 @@ func (e *closeCause) Unwrap() []error {
 	return errs
 }
 
-// decide records why the socket ends, unless a cause is recorded already,
-// and reports whether it was first.
+// decide records why the socket ends, unless one did; it reports if first.
 func (c *Conn) decide(by error, code websocket.StatusCode, reason string) bool {
 	c.end.mu.Lock()
 	defer c.end.mu.Unlock()
@@ -68,9 +65,8 @@ func (c *Conn) begin() { // with release, around every read, write and ping
 	c.end.mu.Unlock()
 }
 
-// release ends an operation under ctx (nil: none) that returned err (nil:
-// success, or judged by the caller): it records what err proves, finishes
-// the close it calls for, and waits for an end it proves (awaitEnd).
+// release ends an operation under ctx (or nil) that returned err: it
+// records what err proves, finishes the close it calls for, awaits the end.
 func (c *Conn) release(ctx context.Context, err error, what string) {
 	var ce websocket.CloseError
 	var coder closeCause // the close coder/websocket sent for a refused frame
@@ -83,6 +79,8 @@ func (c *Conn) release(ctx context.Context, err error, what string) {
 		ends = false
 	case errors.As(err, &ce): // the peer's close frame: coder/websocket closes
 		c.decide(ErrClosedByPeer, ce.Code, ce.Reason)
+	case errors.Is(err, websocket.ErrMessageTooBig): // coder/websocket sent 1009, or will
+		coder = closeCause{ErrClosedByServer, websocket.StatusMessageTooBig, "message too big"}
 	case ctxEnded && (closed || errors.Is(err, net.ErrClosed)):
 		// The context ended an I/O, and coder/websocket closes the
 		// connection (it marks it closed first: net.ErrClosed).
@@ -91,8 +89,6 @@ func (c *Conn) release(ctx context.Context, err error, what string) {
 		ends = false // the context ended a wait for a lock: still open
 	case closed, errors.Is(err, net.ErrClosed):
 		// Someone closed it, or is closing it, and recorded why.
-	case errors.Is(err, websocket.ErrMessageTooBig): // coder/websocket sent 1009, or will
-		coder = closeCause{ErrClosedByServer, websocket.StatusMessageTooBig, "message too big"}
 	case c.nc.broke.Load(): // EOF, reset, timeout, HTTP/2 disconnect or reset
 		then = func() { _ = c.abort(ErrConnectionLost, "") }
 	case what == "write":
@@ -129,9 +125,8 @@ func (c *Conn) release(ctx context.Context, err error, what string) {
 	}
 }
 
-// awaitEnd waits for the end an operation saw under way, so that Done has
-// fired when it returns (bounded: a close begun through the embedded Conn
-// is finished only by the handler's return).
+// awaitEnd waits for the end an operation saw under way (bounded: a close
+// begun through the embedded Conn ends only with the handler).
 func (c *Conn) awaitEnd() {
 	t := time.NewTimer(c.m.cfg.closeTimeout)
 	defer t.Stop()
@@ -141,8 +136,7 @@ func (c *Conn) awaitEnd() {
 	}
 }
 
-// connClosed runs once, in the goroutine that closed the connection.
-func (c *Conn) connClosed() {
+func (c *Conn) connClosed() { // once, by whoever closed the connection
 	c.end.mu.Lock()
 	c.end.closed, c.end.at = true, time.Now()
 	fire := c.end.ops == 0 && !c.end.ended
@@ -153,9 +147,8 @@ func (c *Conn) connClosed() {
 	}
 }
 
-// ending ends the socket, once: a connection closed with nobody deciding
-// was lost. The socket leaves the registry before Done fires, so that
-// Stats no longer counts it then.
+// ending ends the socket, once (nobody deciding: lost), out of the
+// registry before Done fires, so that Stats no longer counts it then.
 func (c *Conn) ending() {
 	c.end.mu.Lock()
 	note := c.end.ctxNote
@@ -172,9 +165,8 @@ func (c *Conn) ending() {
 	}
 }
 
-// wireClose returns what coder/websocket's Close sends for code and
-// reason: 1011 for a code that may not be sent or a reason over 123
-// bytes, and no payload for 1005.
+// wireClose returns what coder/websocket's Close sends: 1011 for a code
+// that may not be sent or a reason over 123 bytes, no payload for 1005.
 func wireClose(code websocket.StatusCode, reason string) (websocket.StatusCode, string) {
 	switch {
 	case code == websocket.StatusNoStatusRcvd:
@@ -186,10 +178,9 @@ func wireClose(code websocket.StatusCode, reason string) (websocket.StatusCode, 
 	return code, reason
 }
 
-// shut is the graceful close: once no frame is being written (fmu), it
-// records by and sends the close frame, so the code recorded is on the
-// wire; it aborts when Options.CloseTimeout passes first (1006 if no frame
-// went out). by nil: the caller recorded.
+// shut is the graceful close: once no frame is being written (fmu) it
+// records by (nil: recorded) and sends the close frame; past CloseTimeout
+// it aborts (1006 if no frame went out).
 func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 	code, reason = wireClose(code, reason)
 	aborted := make(chan struct{})
@@ -212,8 +203,8 @@ func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 	return err
 }
 
-// closeFrame records and sends the close, under fmu: coder/websocket's
-// close for a refused frame goes first, and a broken connection takes none.
+// closeFrame, under fmu: coder/websocket's close goes first, and a broken
+// connection takes none.
 func (c *Conn) closeFrame(by error, code websocket.StatusCode, reason string) error {
 	c.end.mu.Lock()
 	if p := c.end.coder; p.by != nil {
@@ -229,8 +220,8 @@ func (c *Conn) closeFrame(by error, code websocket.StatusCode, reason string) er
 	return c.Conn.Close(code, reason)
 }
 
-// abort records by and closes the connection without a handshake, the
-// network connection first: CloseNow waits for a handshake under way.
+// abort records by and closes the network connection, then coder's (whose
+// CloseNow waits for a handshake under way).
 func (c *Conn) abort(by error, reason string) error {
 	c.decide(by, websocket.StatusAbnormalClosure, reason)
 	_ = c.nc.abort()
@@ -256,8 +247,7 @@ func (c *Conn) CloseWith(cause error, code websocket.StatusCode, reason string) 
 // CloseNow closes the connection without a handshake: ErrClosedByServer.
 func (c *Conn) CloseNow() error { return c.abort(ErrClosedByServer, "") }
 
-// AddLogFields adds fields (the user, a tenant) to the lines chiws logs
-// about this socket from now on, its close log included.
+// AddLogFields adds fields (the user, a tenant) to this socket's log lines.
 func (c *Conn) AddLogFields(fields ...zap.Field) {
 	c.end.mu.Lock()
 	defer c.end.mu.Unlock()
@@ -271,9 +261,8 @@ func (c *Conn) logFields(extra ...zap.Field) []zap.Field {
 	return append(f, extra...)
 }
 
-// logClose writes the close log once the socket has ended, and extra first;
-// under logMu, so that Shutdown, which may write it in the handler's
-// stead, never returns while it is being written.
+// logClose writes the close log once, and extra first, under logMu: Shutdown
+// may write it in the handler's stead, and returns only once it is written.
 func (c *Conn) logClose(extra func()) {
 	c.end.logMu.Lock()
 	defer c.end.logMu.Unlock()

@@ -11,15 +11,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// This file is an upgrade request's path through the route: marked, the
-// handler runs and may Accept, and when it returns (or panics) its socket
-// is closed and logged.
-
 // AcceptOptions overrides the middleware's Options for one socket. A nil
 // *AcceptOptions, and every zero field, means "as the middleware says".
 type AcceptOptions struct {
-	// Subprotocols replaces Options.Subprotocols: in order of preference,
-	// Accept selects the first one the client requested, else none.
+	// Subprotocols replaces Options.Subprotocols.
 	Subprotocols []string
 
 	// KeepAliveInterval and KeepAliveTimeout replace the Options fields of
@@ -35,8 +30,8 @@ type AcceptOptions struct {
 	// ReadLimit, when positive, replaces Options.ReadLimit.
 	ReadLimit int64
 
-	// OnPingReceived and OnPongReceived are passed to coder/websocket: they
-	// run synchronously in the reading goroutine and must not block.
+	// OnPingReceived and OnPongReceived go to coder/websocket: run in the
+	// reading goroutine, they must not block.
 	OnPingReceived func(ctx context.Context, payload []byte) bool
 	OnPongReceived func(ctx context.Context, payload []byte)
 }

@@ -19,9 +19,8 @@ type heartbeat struct {
 	c                 *Conn
 	interval, timeout time.Duration // timeout 0 (never negative): pings without a deadline
 
-	// in and out are the bytes read and written at the last look (after
-	// its ping), pending when an unanswered ping started; only beat uses
-	// them, and beats never overlap.
+	// in, out: the counters at the last look; pending: an unanswered
+	// ping's start. Only beat uses them; beats never overlap.
 	in, out int64
 	pending time.Time
 

@@ -155,8 +155,7 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.nc, brw, nil
 }
 
-// noBodyHeaders are left out of a 101 written by Hijack, as by net/http.
-var noBodyHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true, "Date": true}
+var noBodyHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true, "Date": true} // as net/http
 
 // upgradable reports whether a writer below can hijack the connection
 // (HTTP/1.1) or flush the stream (HTTP/2), else names what it needs: a
