@@ -168,6 +168,11 @@ func (c *Conn) lock(ctx context.Context, mu chan struct{}) error {
 		return opErr("write", err)
 	}
 	select {
+	case mu <- struct{}{}: // uncontended: no three-way select
+		return nil
+	default:
+	}
+	select {
 	case mu <- struct{}{}:
 		return nil
 	case <-ctx.Done():

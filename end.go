@@ -22,8 +22,7 @@ import (
 // (coder/websocket closes it when it reads the peer's close frame, before
 // the read returns the code). Two ways to close: shut and abort.
 
-// closeCause is who decided (a sentinel, CloseWith's cause) and the code.
-type closeCause struct {
+type closeCause struct { // who decided (a sentinel, CloseWith's cause), the code
 	by     error
 	code   websocket.StatusCode
 	reason string

@@ -27,8 +27,7 @@ type AcceptOptions struct {
 	CompressionMode    websocket.CompressionMode
 	DisableCompression bool
 
-	// ReadLimit, when positive, replaces Options.ReadLimit.
-	ReadLimit int64
+	ReadLimit int64 // when positive, replaces Options.ReadLimit
 
 	// OnPingReceived and OnPongReceived go to coder/websocket: run in the
 	// reading goroutine, they must not block.

@@ -63,15 +63,13 @@ func (w *upgradeWriter) writeHeader(status int) {
 	w.ResponseWriter.WriteHeader(status)
 }
 
-// isWrapper reports whether w unwraps; one that does not passes for the
-// server's writer (it sees the hijack, not the 101).
+// isWrapper: a writer that does not unwrap passes for the server's.
 func isWrapper(w http.ResponseWriter) bool {
 	_, ok := w.(interface{ Unwrap() http.ResponseWriter })
 	return ok
 }
 
-// release101 passes a held 101 on, for a handler that writes or flushes
-// after WriteHeader(101) instead of hijacking.
+// release101 passes a held 101 on, for a handler that writes instead.
 func (w *upgradeWriter) release101() {
 	if w.held101 && w.h2 == nil {
 		w.held101 = false
@@ -100,8 +98,7 @@ func (w *upgradeWriter) Flush() {
 	}
 }
 
-// Hijack implements http.Hijacker: for Accept, a netConn that the buffers
-// read from and write to; for anyone else, the server's connection.
+// Hijack gives Accept a netConn, and anyone else the server's connection.
 func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.hijacked {
 		return nil, nil, http.ErrHijacked
