@@ -264,28 +264,6 @@ func TestMobileOverride(t *testing.T) {
 	c.Close(websocket.StatusNormalClosure, "")
 }
 
-func TestChat(t *testing.T) {
-	logger, logs := observed()
-	ws := chiws.New(chiws.Options{Logger: logger})
-	srv := serve(t, ws, route(ws, Chat(logger)))
-	c, _ := dial(t, wsURL(srv), nil)
-	ctx := testCtx(t)
-	if err := wsjson.Write(ctx, c, Message{Text: "hi"}); err != nil {
-		t.Fatal(err)
-	}
-	var got Message
-	if err := wsjson.Read(ctx, c, &got); err != nil || got.Text != "HI" {
-		t.Fatalf("got %+v, %v", got, err)
-	}
-	if err := c.Close(websocket.StatusNormalClosure, ""); err != nil {
-		t.Fatal(err)
-	}
-	waitLog(t, logs, "websocket closed")
-	if st := ws.Stats(); st.EarlyReturns != 0 {
-		t.Errorf("Stats = %+v", st)
-	}
-}
-
 func TestChatWithoutMiddleware(t *testing.T) {
 	logger, logs := observed()
 	srv := httptest.NewServer(Chat(logger))
@@ -636,6 +614,9 @@ func TestEmbeddedChat(t *testing.T) {
 			closed := waitLog(t, logs, "websocket closed").ContextMap()
 			if closed["closedBy"] != tt.wantBy || closed["closeCode"] != tt.wantCode {
 				t.Errorf("close log = %v, want closedBy %s, code %d", closed, tt.wantBy, tt.wantCode)
+			}
+			if st := ws.Stats(); st.EarlyReturns != 0 {
+				t.Errorf("Stats = %+v", st)
 			}
 		})
 	}

@@ -276,6 +276,90 @@ var Rows = []Row{
 	},
 
 	{
+		// A message half read is half a frame on the connection: the
+		// socket cannot go on, so the reader aborts it.
+		Name: "the context of a Reader's reader ends mid-message",
+		Handler: func(e *Env, c *chiws.Conn) {
+			ctx, cancel := context.WithCancel(c.Context())
+			defer cancel()
+			_, r, err := c.Reader(ctx)
+			if e.Saw("c.Reader", err) {
+				return
+			}
+			if _, err := io.ReadFull(r, make([]byte, 16)); e.Saw("r.Read", err) {
+				return
+			}
+			cancel()
+			_, err = r.Read(make([]byte, 16))
+			if !e.Saw("r.Read", err) {
+				e.T.Errorf("the read went on after its context ended")
+			}
+		},
+		Client: func(e *Env, cl *Client) {
+			_ = cl.WS.Write(e.Ctx, websocket.MessageBinary, make([]byte, 4096))
+			drain(e, cl)
+		},
+		Want: []Outcome{{Cause: chiws.ErrClosedByServer, Code: None, Wire: None, ClosedBy: "server", LogCode: 1006}},
+		Done: Done{Call: "r.Read"},
+	},
+	{
+		// A message read to its end leaves the socket whole: a context
+		// that ends then changes nothing, and the reader keeps saying EOF.
+		Name: "a Reader's reader read to its end, then its context ends",
+		Handler: func(e *Env, c *chiws.Conn) {
+			ctx, cancel := context.WithCancel(c.Context())
+			defer cancel()
+			_, r, err := c.Reader(ctx)
+			if e.Saw("c.Reader", err) {
+				return
+			}
+			if _, err := io.ReadAll(r); e.Saw("r.Read", err) {
+				return
+			}
+			cancel()
+			if _, err := r.Read(make([]byte, 1)); err != io.EOF {
+				e.T.Errorf("read after the end: %v, want io.EOF", err)
+			}
+			if e.Saw("c.Write", c.Write(c.Context(), websocket.MessageText, []byte("still open"))) {
+				return
+			}
+			reads(e, c)
+		},
+		Client: func(e *Env, cl *Client) {
+			_ = cl.WS.Write(e.Ctx, websocket.MessageBinary, []byte("hello"))
+			if _, p, err := cl.WS.Read(e.Ctx); err != nil || string(p) != "still open" {
+				e.T.Errorf("client read %q %v, want \"still open\"", p, err)
+			}
+			_ = cl.WS.Close(4000, "bye")
+		},
+		Want: []Outcome{{Cause: chiws.ErrClosedByPeer, Code: 4000, Wire: 4000, ClosedBy: "client", LogCode: 4000}},
+		Done: Done{Call: "c.Read"},
+	},
+	{
+		// A message broken off mid-way cannot be finished: the writer
+		// aborts the socket, as coder/websocket may, but surely.
+		Name: "the context of a Writer's message ends between two frames",
+		Handler: func(e *Env, c *chiws.Conn) {
+			ctx, cancel := context.WithCancel(c.Context())
+			defer cancel()
+			w, err := c.Writer(ctx, websocket.MessageBinary)
+			if e.Saw("c.Writer", err) {
+				return
+			}
+			if _, err := w.Write([]byte("first frame")); e.Saw("w.Write", err) {
+				return
+			}
+			cancel()
+			_, err = w.Write([]byte("second frame"))
+			if !e.Saw("w.Write", err) {
+				e.T.Errorf("the message went on after its context ended")
+			}
+		},
+		Client: drain,
+		Want:   []Outcome{{Cause: chiws.ErrClosedByServer, Code: None, Wire: None, ClosedBy: "server", LogCode: 1006}},
+		Done:   Done{Call: "w.Write"},
+	},
+	{
 		// coder/websocket closes the connection when a write's context
 		// ends while it writes: the handler's doing, not an early return.
 		// The write is under way once the client has the message's start,
