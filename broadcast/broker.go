@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Broker carries opaque messages between the hubs of every process that
@@ -39,14 +40,52 @@ type Subscription interface {
 	Unsubscribe() error
 }
 
-// StateNotifier is implemented by brokers that know whether their server is
-// reachable. Hub calls NotifyState when Options.OnBrokerState is set.
-type StateNotifier interface {
-	// NotifyState calls f with false when the broker loses its server and
-	// with true when it is back, on changes only. f runs synchronously on
-	// the broker's goroutine and must not block. The returned function
-	// stops the notifications; one already under way may still complete.
-	NotifyState(f func(up bool)) (stop func())
+// Monitor is implemented by brokers that watch whether messages still reach
+// the other instances: their connection to the server, each partition's
+// subscription, a probe through the publish path, or each peer instance.
+// The Hub uses it for Options.OnBrokerState and Stats.
+type Monitor interface {
+	// Health returns the broker's current view. It is known from the
+	// start: a broker created while its server is down reports down.
+	Health() Health
+
+	// NotifyHealth calls f with the new Health after each change of a
+	// part's state, in the order the changes happened. f runs
+	// synchronously on a broker goroutine: it must not block and must not
+	// call the broker. The returned function stops the notifications;
+	// one already under way may still complete.
+	NotifyHealth(f func(Health)) (stop func())
+}
+
+// Health is a broker's view of whether messages reach the fleet.
+type Health struct {
+	// Up is false while any part is down: a message published now may
+	// not reach every instance, or every instance's messages may not
+	// reach this one.
+	Up bool
+
+	// Parts gives each watched part, sorted by Name: the connection, a
+	// partition ("partition 7"), a peer instance ("peer web-2").
+	Parts []PartHealth
+}
+
+// PartHealth is the state of one part a broker watches.
+type PartHealth struct {
+	Name  string
+	Up    bool
+	Since time.Time // when Up last changed
+	Err   error     // why it is down; nil when up
+}
+
+// Down returns the names of the parts that are down.
+func (h Health) Down() []string {
+	var down []string
+	for _, p := range h.Parts {
+		if !p.Up {
+			down = append(down, p.Name)
+		}
+	}
+	return down
 }
 
 // MaxTopicLen is the longest topic, in bytes.

@@ -76,11 +76,10 @@ func Example() {
 // changes. OnBrokerState tells the application when the broker's server
 // goes away, so its clients can reconnect and resynchronise.
 func ExampleOptions_onBrokerState() {
-	var hub *broadcast.Hub
-	hub = broadcast.NewHub(broadcast.NewMemory(), broadcast.Options{
-		OnBrokerState: func(up bool) {
+	hub := broadcast.NewHub(broadcast.NewMemory(), broadcast.Options{
+		OnBrokerState: func(h *broadcast.Hub, up bool) {
 			if !up { // messages are being lost: make clients resync
-				hub.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
+				h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
 			}
 		},
 	})

@@ -57,7 +57,7 @@ type Options struct {
 	// broker's goroutine and must not block; CloseAll does not block. A
 	// typical use closes every socket with 1013 Try Again Later when the
 	// broker goes down, so clients reconnect and resynchronise.
-	OnBrokerState func(up bool)
+	OnBrokerState func(h *Hub, up bool)
 
 	// Logger receives dropped members and malformed broker messages.
 	// Nil means no logs.
@@ -153,8 +153,14 @@ func NewHub(b Broker, opts Options) *Hub {
 		h.log = zap.NewNop()
 	}
 	h.ctx, h.abort = context.WithCancel(context.Background())
-	if sn, ok := b.(StateNotifier); ok && opts.OnBrokerState != nil {
-		h.stopState = sn.NotifyState(opts.OnBrokerState)
+	if mon, ok := b.(Monitor); ok && opts.OnBrokerState != nil {
+		up := mon.Health().Up
+		h.stopState = mon.NotifyHealth(func(hl Health) {
+			if hl.Up != up {
+				up = hl.Up
+				opts.OnBrokerState(h, up)
+			}
+		})
 	}
 	return h
 }
@@ -244,7 +250,11 @@ func (h *Hub) Publish(ctx context.Context, topic string, typ websocket.MessageTy
 	if closed {
 		return fmt.Errorf("broadcast: publish: %w", ErrHubClosed)
 	}
-	if err := h.b.Publish(ctx, topic, encode(typ, p)); err != nil {
+	msg, err := AppendEnvelope(nil, Envelope{Type: typ, Payload: p})
+	if err != nil {
+		return fmt.Errorf("broadcast: publish: %w", err)
+	}
+	if err := h.b.Publish(ctx, topic, msg); err != nil {
 		return fmt.Errorf("broadcast: publish: %w", err)
 	}
 	return nil
@@ -334,13 +344,13 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // message for each member without blocking.
 func (h *Hub) deliver(t *topic) func([]byte) {
 	return func(payload []byte) {
-		typ, p, err := decode(payload)
+		e, err := ParseEnvelope(payload)
 		if err != nil {
 			h.malformed.Add(1)
 			h.log.Warn("dropped a broker message", zap.String("topic", t.name), zap.Error(err))
 			return
 		}
-		msg := message{typ: typ, data: p}
+		msg := message{typ: e.Type, data: e.Payload}
 		var n uint64
 		h.mu.RLock()
 		for m := range t.members {

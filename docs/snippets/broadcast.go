@@ -3,7 +3,6 @@ package snippets
 import (
 	"context"
 	"net/http"
-	"sync/atomic"
 
 	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/broadcast"
@@ -15,16 +14,13 @@ import (
 // broker, whose sockets are closed with 1013 while the broker is away. The
 // router must be served behind ws.Handler; call hub.Shutdown on SIGTERM.
 func RoomRouter(broker broadcast.Broker) (*broadcast.Hub, chi.Router) {
-	// OnBrokerState may run before NewHub returns: it finds the hub here.
-	var current atomic.Pointer[broadcast.Hub]
 	hub := broadcast.NewHub(broker, broadcast.Options{
-		OnBrokerState: func(up bool) {
-			if h := current.Load(); h != nil && !up { // messages are being lost
+		OnBrokerState: func(h *broadcast.Hub, up bool) {
+			if !up { // messages are being lost
 				h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
 			}
 		},
 	})
-	current.Store(hub)
 
 	r := chi.NewRouter()
 	r.Get("/room/{name}", func(w http.ResponseWriter, r *http.Request) {

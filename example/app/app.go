@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/chiws/chiws"
@@ -112,21 +111,18 @@ func New(cfg Config) (*App, error) {
 	if b == nil {
 		b = broadcast.NewMemory()
 	}
-	// The broker may report a change before NewHub has returned.
-	var hub atomic.Pointer[broadcast.Hub]
 	a.Hub = broadcast.NewHub(b, broadcast.Options{
 		QueueMessages: cfg.MemberQueue,
 		WriteTimeout:  cfg.WriteTimeout,
 		Logger:        log.Named("hub"),
 		// Messages are lost while the broker is away: members reconnect
 		// (1013 Try Again Later) rather than silently miss them.
-		OnBrokerState: func(up bool) {
-			if h := hub.Load(); h != nil && !up {
+		OnBrokerState: func(h *broadcast.Hub, up bool) {
+			if !up {
 				h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
 			}
 		},
 	})
-	hub.Store(a.Hub)
 
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)

@@ -104,7 +104,7 @@ func Start(t *testing.T, nodes []Node, opts broadcast.Options) *Fleet {
 	return f
 }
 
-func (s *Server) recordState(up bool) {
+func (s *Server) recordState(_ *broadcast.Hub, up bool) {
 	s.stateMu.Lock()
 	s.states = append(s.states, up)
 	s.stateMu.Unlock()
