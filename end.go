@@ -234,11 +234,11 @@ func (c *Conn) Close(code websocket.StatusCode, reason string) error {
 	return c.shut(ErrClosedByServer, code, reason)
 }
 
-// CloseWith closes as Close does, with cause as why the socket ended:
-// context.Cause(c.Context()) then matches cause and ErrClosedByServer, and
-// carries the code sent. It is for endings of a package's own (a hub's
-// "too slow", an expired credential), not chiws's sentinels; the close log
-// says closedBy "server" and gives cause's text.
+// CloseWith closes as Close does, with cause as why the socket ended (an
+// expired credential, a hub's "too slow"): context.Cause(c.Context()) then
+// matches cause and ErrClosedByServer, carries the code sent, and the close
+// log says closedBy "server" with cause's text. ErrShuttingDown, the one
+// sentinel it takes, marks a close as part of a shutdown (a hub's 1001).
 func (c *Conn) CloseWith(cause error, code websocket.StatusCode, reason string) error {
 	return c.shut(cmp.Or(cause, ErrClosedByServer), code, reason)
 }

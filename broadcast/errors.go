@@ -13,8 +13,9 @@ var (
 	// ErrBrokerClosed means Close was called on the broker.
 	ErrBrokerClosed = errors.New("broker closed")
 
-	// ErrHubClosed means Shutdown was called on the hub. It is also the
-	// cause of the members' sockets that Shutdown closed with 1001.
+	// ErrHubClosed means Shutdown was called on the hub. The members'
+	// sockets that Shutdown closed with 1001 have chiws.ErrShuttingDown as
+	// their cause, as the middleware's Shutdown gives.
 	ErrHubClosed = errors.New("hub shut down")
 
 	// ErrTooSlow is the cause of a member's socket closed with 1008 "too

@@ -1,12 +1,15 @@
 package broadcast
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/chiws/chiws"
 	"github.com/coder/websocket"
@@ -51,12 +54,18 @@ type Options struct {
 	// Brokers have limits of their own (NATS: 1 MiB by default).
 	MaxMessageBytes int
 
-	// OnBrokerState, when not nil and when the broker implements
-	// StateNotifier, is called with false when the broker loses its
-	// server and with true when it is back. It runs synchronously on the
-	// broker's goroutine and must not block; CloseAll does not block. A
-	// typical use closes every socket with 1013 Try Again Later when the
-	// broker goes down, so clients reconnect and resynchronise.
+	// Backpressure, when not nil, chooses the policy of each topic's
+	// messages in a member's full queue; it is called once per topic
+	// subscription. Nil means CloseSlow for every topic.
+	Backpressure func(topic string) Backpressure
+
+	// OnBrokerState, when not nil and when the broker implements Monitor,
+	// is called with false when the broker's Health goes down and with
+	// true when it is up again. It runs synchronously on the broker's
+	// goroutine and must not block; CloseAll does not block. A typical
+	// use closes every socket with 1013 Try Again Later when the broker
+	// goes down, so clients reconnect and resynchronise. The state at
+	// construction is not a change: Stats().Broker gives it.
 	OnBrokerState func(h *Hub, up bool)
 
 	// Logger receives dropped members and malformed broker messages.
@@ -75,15 +84,19 @@ type Hub struct {
 	b    Broker
 	opts Options
 	log  *zap.Logger
+	id   string        // this hub's part of its members' keys
+	seq  atomic.Uint64 // the other part
+	mon  Monitor       // nil when the broker has none
 
-	// ctx is the context of every write and subscription; abort cancels
-	// it when Shutdown's context ends. A writer then in coder/websocket's
-	// close handshake still ends within its timeouts (see Shutdown).
+	// ctx is the parent of every member's write context and of every
+	// subscription; abort cancels it when Shutdown's context ends. A
+	// writer then in coder/websocket's close handshake still ends within
+	// its timeouts (see Shutdown).
 	ctx   context.Context
 	abort context.CancelFunc
 
-	// mu guards the fields below and every topic's members and refs, and
-	// every member's topics. It is never held during I/O or broker calls.
+	// mu guards the fields below, every topic's refs, and every member's
+	// topics. It is never held during I/O, broker calls or a fan-out.
 	mu      sync.RWMutex
 	topics  map[string]*topic
 	members map[*Member]struct{}
@@ -92,23 +105,13 @@ type Hub struct {
 	writers   sync.WaitGroup
 	stopState func()
 
+	published atomic.Uint64
+	received  atomic.Uint64
+	delivered atomic.Uint64
+	dropped   atomic.Uint64
+	oversized atomic.Uint64
 	slow      atomic.Uint64
 	malformed atomic.Uint64
-	delivered atomic.Uint64
-}
-
-// topic is the hub's broker subscription to one topic.
-type topic struct {
-	name  string
-	ready chan struct{} // closed once the broker's Subscribe returned
-	sub   Subscription  // set before ready is closed; nil on error
-	err   error         // set before ready is closed
-
-	// refs counts members subscribed or subscribing; the subscription is
-	// released when it drops to zero. members are those whose Subscribe
-	// returned; deliveries go to them.
-	refs    int
-	members map[*Member]struct{}
 }
 
 // NewHub returns a hub on b. It starts no goroutine. Invalid options (a
@@ -146,6 +149,7 @@ func NewHub(b Broker, opts Options) *Hub {
 		b:       b,
 		opts:    opts,
 		log:     opts.Logger,
+		id:      newHubID(),
 		topics:  make(map[string]*topic),
 		members: make(map[*Member]struct{}),
 	}
@@ -153,16 +157,44 @@ func NewHub(b Broker, opts Options) *Hub {
 		h.log = zap.NewNop()
 	}
 	h.ctx, h.abort = context.WithCancel(context.Background())
-	if mon, ok := b.(Monitor); ok && opts.OnBrokerState != nil {
-		up := mon.Health().Up
-		h.stopState = mon.NotifyHealth(func(hl Health) {
-			if hl.Up != up {
-				up = hl.Up
-				opts.OnBrokerState(h, up)
-			}
-		})
+	if mon, ok := b.(Monitor); ok {
+		h.mon = mon
+		report := h.brokerHealth(mon.Health().Up)
+		h.stopState = mon.NotifyHealth(report)
+		report(mon.Health()) // a change between the two calls was not notified
 	}
 	return h
+}
+
+// newHubID returns 8 random bytes in base64: member keys unique across a
+// fleet without coordination.
+func newHubID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// brokerHealth returns the Monitor callback: it logs and reports the
+// edges of Health.Up, from up. It may also be called with a Health read
+// since: one it has seen changes nothing.
+func (h *Hub) brokerHealth(up bool) func(Health) {
+	var mu sync.Mutex // NewHub and the broker may call at once
+	return func(hl Health) {
+		mu.Lock()
+		defer mu.Unlock()
+		if hl.Up == up {
+			return
+		}
+		up = hl.Up
+		if up {
+			h.log.Info("broker up")
+		} else {
+			h.log.Warn("broker down: messages may not reach every instance", zap.Strings("down", hl.Down()))
+		}
+		if h.opts.OnBrokerState != nil {
+			h.opts.OnBrokerState(h, up)
+		}
+	}
 }
 
 func (o *Options) validate() error {
@@ -184,14 +216,23 @@ func (o *Options) validate() error {
 // Join adds an accepted socket to the hub and subscribes it to topics. From
 // then on the hub writes to the socket; the caller keeps reading it (or
 // calls CloseRead) and must not return from its handler while the socket is
-// open. The member leaves every topic when the socket closes.
+// open, nor write to it: Member.Send writes in order with the topics'
+// messages. The member leaves every topic when the socket closes.
 //
 // Join fails with ErrHubClosed after Shutdown, with ErrInvalidTopic, or
 // with the broker's error for a topic it could not subscribe; the socket
 // is then left open and untouched.
 func (h *Hub) Join(c *chiws.Conn, topics ...string) (*Member, error) {
+	return h.JoinWith(c, JoinOptions{}, topics...)
+}
+
+// JoinWith is Join with the member's identity, or paused (JoinOptions).
+func (h *Hub) JoinWith(c *chiws.Conn, o JoinOptions, topics ...string) (*Member, error) {
 	if c == nil {
 		return nil, fmt.Errorf("broadcast: join: nil Conn")
+	}
+	if err := o.validate(); err != nil {
+		return nil, fmt.Errorf("broadcast: join: %w", err)
 	}
 	for _, t := range topics {
 		if err := ValidateTopic(t); err != nil {
@@ -201,7 +242,11 @@ func (h *Hub) Join(c *chiws.Conn, topics ...string) (*Member, error) {
 	m := &Member{
 		h:      h,
 		c:      c,
+		key:    h.id + "." + strconv.FormatUint(h.seq.Add(1), 36),
+		id:     o.ID,
+		meta:   bytes.Clone(o.Meta),
 		topics: make(map[string]*topic),
+		paused: o.Paused,
 		wake:   make(chan struct{}, 1),
 	}
 	h.mu.Lock()
@@ -212,14 +257,21 @@ func (h *Hub) Join(c *chiws.Conn, topics ...string) (*Member, error) {
 	h.members[m] = struct{}{}
 	// Added under mu with the closed check, so Shutdown's Wait sees it.
 	h.writers.Add(1)
+	m.ctx, m.cancel = context.WithCancel(h.ctx)
 	h.mu.Unlock()
+	m.timer = time.AfterFunc(time.Hour, m.cancel)
+	m.timer.Stop() // armed by each write
 
 	for _, t := range topics {
 		if err := m.Subscribe(t); err != nil {
 			h.forget(m)
+			m.cancel()
 			h.writers.Done()
 			return nil, fmt.Errorf("broadcast: join: %w", err)
 		}
+	}
+	if o.ID != "" {
+		c.AddLogFields(zap.String("member", o.ID))
 	}
 	// Owned by the hub: it ends when the member leaves, and Shutdown
 	// waits for it (writers).
@@ -232,17 +284,34 @@ func (h *Hub) Join(c *chiws.Conn, topics ...string) (*Member, error) {
 // when it is a member. It returns once the broker has taken the message.
 // A text message must be valid UTF-8. When the broker is unavailable,
 // Publish fails at once with an error wrapping ErrBrokerUnavailable.
+//
+// Messages of one publisher to one topic arrive in the order they were
+// published, at every member of every hub. Nothing is promised across
+// topics, nor between publishers.
 func (h *Hub) Publish(ctx context.Context, topic string, typ websocket.MessageType, p []byte) error {
+	return h.publish(ctx, topic, typ, p, "")
+}
+
+// PublishExcept is Publish to every member of topic but except, on every
+// instance: a typing indicator, a cursor, a client's own message it has
+// already shown.
+func (h *Hub) PublishExcept(ctx context.Context, topic string, except *Member, typ websocket.MessageType, p []byte) error {
+	if except == nil {
+		return fmt.Errorf("broadcast: publish: nil Member to leave out")
+	}
+	return h.publish(ctx, topic, typ, p, except.key)
+}
+
+func (h *Hub) publish(ctx context.Context, topic string, typ websocket.MessageType, p []byte, sender string) error {
 	if err := ValidateTopic(topic); err != nil {
 		return fmt.Errorf("broadcast: publish: %w", err)
 	}
-	switch {
-	case typ != websocket.MessageText && typ != websocket.MessageBinary:
-		return fmt.Errorf("broadcast: publish: %w: message type %d", ErrInvalidMessage, typ)
-	case typ == websocket.MessageText && !utf8.Valid(p):
-		return fmt.Errorf("broadcast: publish: %w: text is not UTF-8", ErrInvalidMessage)
-	case len(p) > h.opts.MaxMessageBytes:
+	if len(p) > h.opts.MaxMessageBytes {
 		return fmt.Errorf("broadcast: publish: %w: %d bytes, limit %d", ErrMessageTooBig, len(p), h.opts.MaxMessageBytes)
+	}
+	msg, err := AppendEnvelope(nil, Envelope{Type: typ, Payload: p, Time: time.Now(), Sender: sender})
+	if err != nil {
+		return fmt.Errorf("broadcast: publish: %w", err)
 	}
 	h.mu.RLock()
 	closed := h.closed
@@ -250,43 +319,57 @@ func (h *Hub) Publish(ctx context.Context, topic string, typ websocket.MessageTy
 	if closed {
 		return fmt.Errorf("broadcast: publish: %w", ErrHubClosed)
 	}
-	msg, err := AppendEnvelope(nil, Envelope{Type: typ, Payload: p})
-	if err != nil {
-		return fmt.Errorf("broadcast: publish: %w", err)
-	}
 	if err := h.b.Publish(ctx, topic, msg); err != nil {
 		return fmt.Errorf("broadcast: publish: %w", err)
 	}
+	h.published.Add(1)
 	return nil
 }
 
 // Len returns the number of this hub's members subscribed to topic.
 func (h *Hub) Len(topic string) int {
 	h.mu.RLock()
-	defer h.mu.RUnlock()
-	if t := h.topics[topic]; t != nil {
-		return len(t.members)
+	t := h.topics[topic]
+	h.mu.RUnlock()
+	if t == nil {
+		return 0
 	}
-	return 0
+	return t.len()
 }
 
-// Stats are a hub's counters.
+// Stats are a hub's counters and its broker's health.
 type Stats struct {
 	Members   int    // sockets in the hub
 	Topics    int    // topics with a broker subscription
-	Delivered uint64 // messages queued for members
+	Published uint64 // messages this hub published
+	Received  uint64 // broker messages received, once per topic subscription
+	Delivered uint64 // messages queued for members, once per member
+	Dropped   uint64 // messages a member's DropOldest or KeepLatest topic dropped
+	Oversized uint64 // broker messages over QueueBytes, dropped for every member
 	Slow      uint64 // members closed with 1008 "too slow"
 	Malformed uint64 // broker messages dropped as malformed
+
+	// Broker is the broker's Health: Up, with no parts, for a broker
+	// that is not a Monitor.
+	Broker Health
 }
 
-// Stats returns the hub's counters.
+// Stats returns the hub's counters and its broker's health.
 func (h *Hub) Stats() Stats {
 	h.mu.RLock()
 	s := Stats{Members: len(h.members), Topics: len(h.topics)}
 	h.mu.RUnlock()
+	s.Published = h.published.Load()
+	s.Received = h.received.Load()
 	s.Delivered = h.delivered.Load()
+	s.Dropped = h.dropped.Load()
+	s.Oversized = h.oversized.Load()
 	s.Slow = h.slow.Load()
 	s.Malformed = h.malformed.Load()
+	s.Broker = Health{Up: true}
+	if h.mon != nil {
+		s.Broker = h.mon.Health()
+	}
 	return s
 }
 
@@ -306,15 +389,19 @@ func (h *Hub) closeAll(cause error, code websocket.StatusCode, reason string) {
 	}
 }
 
-// Shutdown closes every member's socket with 1001 Going Away (the sockets'
-// Context causes match ErrHubClosed), releases the broker subscriptions
-// and waits for the members' writers, or until ctx is done. Then it
-// cancels the writes under way, which aborts their sockets, and returns
-// ctx.Err(); a writer still in a close handshake ends within the
-// middleware's Options.CloseTimeout, and a later Shutdown call waits for
-// it. Join
-// and Publish fail with ErrHubClosed from the start of Shutdown. It may be
-// called more than once. It does not close the broker.
+// Shutdown closes every member's socket with 1001 Going Away as part of
+// the server's shutdown (the sockets' Context causes match
+// chiws.ErrShuttingDown, and their close logs say closedBy "shutdown"),
+// releases the broker subscriptions and waits for the members' writers,
+// or until ctx is done. Then it cancels the writes under way, which
+// aborts their sockets, and returns ctx.Err(); a writer still in a close
+// handshake ends within the middleware's Options.CloseTimeout, and a
+// later Shutdown call waits for it. Join and Publish fail with
+// ErrHubClosed from the start of Shutdown. It may be called more than
+// once. It does not close the broker.
+//
+// Call it after the middleware's Shutdown, which has closed the sockets
+// already; see docs/broadcast.md for the whole order.
 func (h *Hub) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	first := !h.closed
@@ -324,7 +411,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		// Outside mu: a notification under way may be in CloseAll.
 		h.stopState()
 	}
-	h.closeAll(ErrHubClosed, websocket.StatusGoingAway, "server shutting down")
+	h.closeAll(chiws.ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
 
 	done := make(chan struct{})
 	go func() { // owned by Shutdown's caller: ends with the last writer, which coder's close timeouts bound
@@ -337,29 +424,6 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		h.abort() // cancels writes and pending subscriptions
 		return ctx.Err()
-	}
-}
-
-// deliver returns the broker handler of t. It decodes once and queues the
-// message for each member without blocking.
-func (h *Hub) deliver(t *topic) func([]byte) {
-	return func(payload []byte) {
-		e, err := ParseEnvelope(payload)
-		if err != nil {
-			h.malformed.Add(1)
-			h.log.Warn("dropped a broker message", zap.String("topic", t.name), zap.Error(err))
-			return
-		}
-		msg := message{typ: e.Type, data: e.Payload}
-		var n uint64
-		h.mu.RLock()
-		for m := range t.members {
-			if m.enqueue(msg) {
-				n++
-			}
-		}
-		h.mu.RUnlock()
-		h.delivered.Add(n) // once per message, not per member: the counter is shared
 	}
 }
 
@@ -385,7 +449,7 @@ func (h *Hub) forget(m *Member) {
 // dropLocked removes m's interest in t and reports whether t's broker
 // subscription must now be released. h.mu is held.
 func (h *Hub) dropLocked(m *Member, t *topic) bool {
-	delete(t.members, m)
+	t.remove(m)
 	t.refs--
 	if t.refs > 0 {
 		return false

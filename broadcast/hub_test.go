@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -296,4 +297,150 @@ func TestDeliveredCounts(t *testing.T) {
 	}
 	// Counted after the queueing, which the clients may outrun.
 	wstest.WaitFor(t, fleettest.Timeout, "Delivered to reach 6", func() bool { return s.Hub.Stats().Delivered == 6 })
+}
+
+// TestOversizedBrokerMessage: a broker message larger than QueueBytes fits
+// no member's queue. It is dropped and counted once, and no member is
+// closed for it.
+func TestOversizedBrokerMessage(t *testing.T) {
+	b := broadcast.NewMemory()
+	defer b.Close()
+	f := fleettest.Start(t, []fleettest.Node{{Broker: b}}, broadcast.Options{QueueBytes: 1024, MaxMessageBytes: 512})
+	s := f.Nodes[0]
+	var clients []*fleettest.Client
+	for range 3 {
+		c := s.Dial(t, 0, "room")
+		c.Read()
+		clients = append(clients, c)
+	}
+	s.WaitMembers(t, "room", 3)
+	big, err := broadcast.AppendEnvelope(nil, broadcast.Envelope{Type: websocket.MessageBinary, Payload: make([]byte, 2000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := b.Publish(ctx, "room", big); err != nil { // from a hub with a larger MaxMessageBytes, say
+		t.Fatal(err)
+	}
+	if err := s.Hub.Publish(ctx, "room", websocket.MessageText, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range clients {
+		if got := c.Next(t).Data; got != "after" {
+			t.Fatalf("client %d got %q, want after", i, got)
+		}
+	}
+	if st := s.Hub.Stats(); st.Oversized != 1 || st.Slow != 0 || st.Members != 3 {
+		t.Fatalf("Oversized %d, Slow %d, Members %d; want 1, 0, 3", st.Oversized, st.Slow, st.Members)
+	}
+}
+
+// monitored is a Memory broker whose Health the test sets.
+type monitored struct {
+	broadcast.Broker
+	mu     sync.Mutex
+	health broadcast.Health
+	notify func(broadcast.Health)
+}
+
+func (b *monitored) Health() broadcast.Health {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.health
+}
+
+func (b *monitored) NotifyHealth(f func(broadcast.Health)) func() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.notify = f
+	return func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.notify = nil
+	}
+}
+
+func (b *monitored) set(up bool) {
+	b.mu.Lock()
+	b.health = broadcast.Health{Up: up, Parts: []broadcast.PartHealth{{Name: "partition 0", Up: up}}}
+	f, h := b.notify, b.health
+	b.mu.Unlock()
+	if f != nil {
+		f(h)
+	}
+}
+
+// TestBrokerStateFromTheStart: a hub on a broker that is down from the
+// start says so; OnBrokerState gets the hub itself, so the documented
+// CloseAll needs no variable set after NewHub; and only edges are
+// reported.
+func TestBrokerStateFromTheStart(t *testing.T) {
+	b := &monitored{Broker: broadcast.NewMemory()}
+	b.set(false)
+	type call struct {
+		h  *broadcast.Hub
+		up bool
+	}
+	calls := make(chan call, 8)
+	hub := broadcast.NewHub(b, broadcast.Options{OnBrokerState: func(h *broadcast.Hub, up bool) {
+		calls <- call{h, up}
+		if !up {
+			h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
+		}
+	}})
+	defer func() { _ = hub.Shutdown(context.Background()) }()
+	if st := hub.Stats(); st.Broker.Up || len(st.Broker.Down()) != 1 {
+		t.Fatalf("Stats().Broker = %+v, want down from the start", st.Broker)
+	}
+	b.set(true)
+	b.set(true) // not an edge
+	if c := <-calls; c.h != hub || !c.up {
+		t.Fatalf("OnBrokerState(%p, %v), want (%p, true)", c.h, c.up, hub)
+	}
+	b.set(false)
+	if c := <-calls; c.h != hub || c.up {
+		t.Fatalf("OnBrokerState(%p, %v), want (%p, false)", c.h, c.up, hub)
+	}
+	select {
+	case c := <-calls:
+		t.Fatalf("an extra OnBrokerState(%v)", c.up)
+	default:
+	}
+}
+
+// TestJoinDuringAFanOut: a fan-out holds its topic only, so a Join and a
+// delivery on another topic go on while it runs.
+func TestJoinDuringAFanOut(t *testing.T) {
+	f := fleettest.Start(t, memoryNodes(t)[:1], broadcast.Options{})
+	s := f.Nodes[0]
+	a := s.Dial(t, 0, "a")
+	a.Read()
+	m := <-s.Joined
+	release := broadcast.HoldQueue(m) // the fan-out to topic a stops at m
+	published := make(chan error, 1)
+	go func() { // owned by the test: it ends once release runs, and the test waits for it
+		published <- s.Hub.Publish(context.Background(), "a", websocket.MessageText, []byte("to a"))
+	}()
+	wstest.WaitFor(t, fleettest.Timeout, "the fan-out to start", func() bool { return s.Hub.Stats().Received == 1 })
+	b := s.Dial(t, 0, "b") // Join of another topic
+	b.Read()
+	s.WaitMembers(t, "b", 1)
+	if err := s.Hub.Publish(context.Background(), "b", websocket.MessageText, []byte("to b")); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Next(t).Data; got != "to b" {
+		t.Fatalf("b got %q", got)
+	}
+	select {
+	case err := <-published:
+		t.Fatalf("the fan-out to a ended (%v) while it was held", err)
+	default:
+	}
+	release()
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Next(t).Data; got != "to a" {
+		t.Fatalf("a got %q", got)
+	}
 }

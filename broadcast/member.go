@@ -4,28 +4,76 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
+	"unicode/utf8"
 
 	"github.com/chiws/chiws"
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
 )
 
+// Limits of a member's identity (JoinOptions).
+const (
+	MaxIDLen   = 128
+	MaxMetaLen = 1024
+)
+
+// JoinOptions configures Hub.JoinWith.
+type JoinOptions struct {
+	// ID is the application's name for the member, typically its user:
+	// at most MaxIDLen bytes of UTF-8, not necessarily unique (one user,
+	// two tabs). It names the member in the hub's logs and in the
+	// socket's close log ("member").
+	ID string
+
+	// Meta is small application data about the member (a display name,
+	// a role): at most MaxMetaLen bytes. The hub does not read it.
+	Meta []byte
+
+	// Paused starts the member paused: messages of its topics are queued
+	// but not written until Resume, while Member.Send writes at once. The
+	// application sends a snapshot and then calls Resume, so the client
+	// gets the snapshot first and misses nothing published after the
+	// join. The queue's bounds apply meanwhile.
+	Paused bool
+}
+
+func (o *JoinOptions) validate() error {
+	switch {
+	case len(o.ID) > MaxIDLen:
+		return fmt.Errorf("member ID of %d bytes, limit %d", len(o.ID), MaxIDLen)
+	case !utf8.ValidString(o.ID):
+		return fmt.Errorf("member ID is not UTF-8")
+	case len(o.Meta) > MaxMetaLen:
+		return fmt.Errorf("member Meta of %d bytes, limit %d", len(o.Meta), MaxMetaLen)
+	}
+	return nil
+}
+
 // Member is a socket in a Hub, returned by Join. Its methods are safe for
 // concurrent use.
 type Member struct {
-	h *Hub
-	c *chiws.Conn
+	h    *Hub
+	c    *chiws.Conn
+	key  string
+	id   string
+	meta []byte
 
 	// topics and gone are guarded by h.mu.
 	topics map[string]*topic
 	gone   bool
 
-	// mu guards the queue and the close decision. The queue holds what
-	// the writer has not taken yet; bytes counts its payloads.
+	// ctx is every write's context. timer cancels it when a write takes
+	// longer than Options.WriteTimeout; Shutdown's deadline cancels its
+	// parent. One per member: writes share no mutex.
+	ctx    context.Context
+	cancel context.CancelFunc
+	timer  *time.Timer
+
+	// mu guards the queue, paused and the close decision.
 	mu      sync.Mutex
-	queue   []message
-	head    int
-	bytes   int
+	q       queue
+	paused  bool
 	closing bool
 	cause   error // recorded as the socket's end (chiws.Conn.CloseWith)
 	code    websocket.StatusCode
@@ -33,13 +81,18 @@ type Member struct {
 	wake    chan struct{} // size one: work for the writer
 }
 
-type message struct {
-	typ  websocket.MessageType
-	data []byte // shared by every member: never modified
-}
-
 // Conn returns the member's socket.
 func (m *Member) Conn() *chiws.Conn { return m.c }
+
+// Key returns the member's name in the fleet, unique across every hub and
+// instance: what Hub.PublishExcept leaves out, on every instance.
+func (m *Member) Key() string { return m.key }
+
+// ID returns JoinOptions.ID.
+func (m *Member) ID() string { return m.id }
+
+// Meta returns JoinOptions.Meta; do not modify it.
+func (m *Member) Meta() []byte { return m.meta }
 
 // Subscribe adds the member to topic; it is a no-op when the member is
 // already there. The first member of a topic in this hub makes the hub
@@ -67,7 +120,7 @@ func (m *Member) Subscribe(name string) error {
 	t := h.topics[name]
 	owner := t == nil
 	if owner {
-		t = &topic{name: name, ready: make(chan struct{}), members: make(map[*Member]struct{})}
+		t = h.newTopic(name)
 		h.topics[name] = t
 	}
 	t.refs++
@@ -106,7 +159,7 @@ func (m *Member) Subscribe(name string) error {
 		t.refs-- // nothing to release: the subscription failed
 		return fmt.Errorf("broadcast: subscribe %q: %w", name, t.err)
 	}
-	t.members[m] = struct{}{}
+	t.add(m)
 	return nil
 }
 
@@ -132,37 +185,83 @@ func (m *Member) Unsubscribe(name string) error {
 	return nil
 }
 
-// enqueue queues msg without blocking and reports whether it did. A member
-// over its bounds is closed with 1008 "too slow" instead.
-func (m *Member) enqueue(msg message) bool {
+// Send queues a message for this member alone, in order with the
+// messages of its topics and under the same bounds: a member over them is
+// closed with 1008 "too slow", and Send returns an error wrapping
+// ErrTooSlow. While the member is paused, Send is written before
+// everything its topics queued meanwhile. Send copies p. It fails with
+// ErrMemberLeft once the member has left, and with ErrInvalidMessage for
+// a type other than text or binary, or text that is not UTF-8.
+func (m *Member) Send(typ websocket.MessageType, p []byte) error {
+	e := Envelope{Type: typ, Payload: p}
+	if err := e.check(); err != nil {
+		return fmt.Errorf("broadcast: send: %w", err)
+	}
+	d := &delivery{typ: typ, data: append([]byte(nil), p...)}
 	m.mu.Lock()
 	if m.closing {
 		m.mu.Unlock()
-		return false
+		return fmt.Errorf("broadcast: send: %w", ErrMemberLeft)
 	}
-	n := len(m.queue) - m.head
-	if n+1 > m.h.opts.QueueMessages || m.bytes+len(msg.data) > m.h.opts.QueueBytes {
+	if m.q.len()+1 > m.h.opts.QueueMessages || m.q.bytes+len(d.data) > m.h.opts.QueueBytes {
+		n := m.q.len()
 		m.mu.Unlock()
-		if m.close(ErrTooSlow, websocket.StatusPolicyViolation, "too slow") {
-			m.h.slow.Add(1)
-			// Debug: a client that stops reading chooses this.
-			m.h.log.Debug("closed a slow member",
-				zap.Int("queuedMessages", n), zap.Int("queueMessages", m.h.opts.QueueMessages),
-				zap.Int("queueBytes", m.h.opts.QueueBytes))
-		}
-		return false
+		m.tooSlow(n)
+		return fmt.Errorf("broadcast: send: %w", ErrTooSlow)
 	}
-	if m.head > 0 && len(m.queue) == cap(m.queue) {
-		// Reuse the taken prefix instead of growing past it: a member
-		// that stays a message behind never drains to zero.
-		m.queue = m.queue[:copy(m.queue, m.queue[m.head:])]
-		m.head = 0
+	if m.paused {
+		m.q.pushDirect(d)
+	} else {
+		m.q.push(d)
 	}
-	m.queue = append(m.queue, msg)
-	m.bytes += len(msg.data)
 	m.mu.Unlock()
 	m.signal()
-	return true
+	return nil
+}
+
+// Resume writes what the member's topics queued while it was paused
+// (JoinOptions.Paused), then their messages as they come. It is a no-op
+// for a member that is not paused.
+func (m *Member) Resume() {
+	m.mu.Lock()
+	m.paused = false
+	m.q.direct = 0
+	m.mu.Unlock()
+	m.signal()
+}
+
+// enqueue queues d without blocking, under d's topic's Backpressure.
+func (m *Member) enqueue(d *delivery) admitted {
+	if d.sender == m.key {
+		return admitted{}
+	}
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		return admitted{}
+	}
+	a := m.q.admit(d, m.h.opts.QueueMessages, m.h.opts.QueueBytes)
+	n := m.q.len()
+	m.mu.Unlock()
+	switch {
+	case a.overflow:
+		m.tooSlow(n)
+	case a.queued:
+		m.signal()
+	}
+	return a
+}
+
+// tooSlow closes the member with 1008 "too slow", once.
+func (m *Member) tooSlow(queued int) {
+	if !m.close(ErrTooSlow, websocket.StatusPolicyViolation, "too slow") {
+		return
+	}
+	m.h.slow.Add(1)
+	// Debug: a client that stops reading chooses this.
+	m.h.log.Debug("closed a slow member", zap.String("member", m.id),
+		zap.Int("queuedMessages", queued), zap.Int("queueMessages", m.h.opts.QueueMessages),
+		zap.Int("queueBytes", m.h.opts.QueueBytes))
 }
 
 // close makes the writer close the socket with code and reason after the
@@ -174,8 +273,7 @@ func (m *Member) close(cause error, code websocket.StatusCode, reason string) bo
 	first := !m.closing
 	if first {
 		m.closing, m.cause, m.code, m.reason = true, cause, code, reason
-		clear(m.queue) // let the payloads go now
-		m.queue, m.head, m.bytes = nil, 0, 0
+		m.q.reset() // let the payloads go now
 	}
 	m.mu.Unlock()
 	m.signal()
@@ -194,18 +292,21 @@ func (m *Member) signal() {
 func (m *Member) run() {
 	defer m.h.writers.Done()
 	defer m.h.forget(m)
+	defer m.cancel()
 	for {
-		msg, ok, closing := m.next()
+		d, closing := m.next()
 		switch {
 		case closing:
 			// Bounded by the middleware's Options.CloseTimeout, which
 			// aborts the connection.
 			_ = m.c.CloseWith(m.cause, m.code, m.reason)
 			return
-		case ok:
-			ctx, cancel := context.WithTimeout(m.h.ctx, m.h.opts.WriteTimeout)
-			err := m.c.Write(ctx, msg.typ, msg.data)
-			cancel()
+		case d != nil:
+			m.timer.Reset(m.h.opts.WriteTimeout)
+			err := m.c.Write(m.ctx, d.typ, d.data)
+			if !m.timer.Stop() && err == nil {
+				err = context.DeadlineExceeded // it fired as the write ended: m.ctx is done
+			}
 			if err != nil {
 				_ = m.c.CloseNow()
 				return
@@ -220,23 +321,13 @@ func (m *Member) run() {
 	}
 }
 
-// next takes the head of the queue, or reports that the socket must be
+// next takes the message to write, or reports that the socket must be
 // closed, or neither (nothing to do).
-func (m *Member) next() (msg message, ok, closing bool) {
+func (m *Member) next() (d *delivery, closing bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closing {
-		return message{}, false, true
+		return nil, true
 	}
-	if m.head == len(m.queue) {
-		return message{}, false, false
-	}
-	msg = m.queue[m.head]
-	m.queue[m.head] = message{}
-	m.head++
-	if m.head == len(m.queue) {
-		m.queue, m.head = m.queue[:0], 0
-	}
-	m.bytes -= len(msg.data)
-	return msg, true, false
+	return m.q.pop(m.paused), false
 }

@@ -1,27 +1,222 @@
-package broadcast
+package broadcast_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
+	"github.com/chiws/chiws"
+	"github.com/chiws/chiws/broadcast"
+	"github.com/chiws/chiws/broadcast/internal/fleettest"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
-// TestQueueStaysBounded: a member that always stays a message behind
-// never drains its queue to zero; the queue must not grow with every
-// message ever delivered.
-func TestQueueStaysBounded(t *testing.T) {
-	h := &Hub{opts: Options{QueueMessages: 4, QueueBytes: 1 << 20}, log: zap.NewNop()}
-	m := &Member{h: h, wake: make(chan struct{}, 1)}
-	msg := message{typ: websocket.MessageText, data: []byte("x")}
-	m.enqueue(msg)
-	for i := 0; i < 1_000_000; i++ {
-		m.enqueue(msg) // always one message behind
-		if _, ok, _ := m.next(); !ok {
-			t.Fatal("empty")
+// room serves a hub on the Memory broker whose handler joins with
+// join, then reads until the socket closes. It returns the hub and a
+// dial function; the cleanup stops the server, the middleware, then the
+// hub, the documented order.
+func room(t *testing.T, opts broadcast.Options, logger *zap.Logger, join func(*broadcast.Hub, *chiws.Conn, *http.Request) (*broadcast.Member, error)) (*broadcast.Hub, func(rcvBuf int, query string) *websocket.Conn, chan *broadcast.Member) {
+	t.Helper()
+	b := broadcast.NewMemory()
+	hub := broadcast.NewHub(b, opts)
+	ws := chiws.New(chiws.Options{Logger: logger})
+	joined := make(chan *broadcast.Member, 16)
+	srv := httptest.NewServer(ws.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := chiws.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		m, err := join(hub, c, r)
+		if err != nil {
+			_ = c.Close(websocket.StatusInternalError, err.Error())
+			return
+		}
+		joined <- m
+		for {
+			if _, _, err := c.Read(c.Context()); err != nil {
+				return
+			}
+		}
+	})))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+		defer cancel()
+		srv.CloseClientConnections()
+		srv.Close()
+		_ = ws.Shutdown(ctx)
+		_ = hub.Shutdown(ctx)
+		_ = b.Close()
+	})
+	dial := func(rcvBuf int, query string) *websocket.Conn {
+		t.Helper()
+		opts := &websocket.DialOptions{}
+		if rcvBuf > 0 {
+			d := &net.Dialer{}
+			tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := d.DialContext(ctx, network, addr)
+				if tc, ok := c.(*net.TCPConn); ok {
+					_ = tc.SetReadBuffer(rcvBuf)
+				}
+				return c, err
+			}}
+			t.Cleanup(tr.CloseIdleConnections)
+			opts.HTTPClient = &http.Client{Transport: tr}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/?"+query, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadLimit(1 << 20)
+		t.Cleanup(func() { _ = c.CloseNow() })
+		return c
+	}
+	return hub, dial, joined
+}
+
+func read(t *testing.T, c *websocket.Conn) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	_, p, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return string(p)
+}
+
+func publish(t *testing.T, hub *broadcast.Hub, topic string, msgs ...string) {
+	t.Helper()
+	for _, msg := range msgs {
+		if err := hub.Publish(context.Background(), topic, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if cap(m.queue) > 2*h.opts.QueueMessages {
-		t.Fatalf("a 4-message queue that never drains holds a %d-entry array", cap(m.queue))
+}
+
+func joinRoom(h *broadcast.Hub, c *chiws.Conn, _ *http.Request) (*broadcast.Member, error) {
+	return h.Join(c, "room")
+}
+
+func joinPaused(h *broadcast.Hub, c *chiws.Conn, _ *http.Request) (*broadcast.Member, error) {
+	return h.JoinWith(c, broadcast.JoinOptions{Paused: true}, "room")
+}
+
+// TestSendIsOrderedWithBroadcasts: Member.Send goes through the member's
+// queue, so a message sent between two broadcasts arrives between them.
+// (The Memory broker queues a message before Publish returns.)
+func TestSendIsOrderedWithBroadcasts(t *testing.T) {
+	hub, dial, joined := room(t, broadcast.Options{}, nil, joinRoom)
+	c := dial(0, "")
+	m := <-joined
+	var want []string
+	for i := range 100 {
+		publish(t, hub, "room", fmt.Sprintf("b%d", i))
+		if err := m.Send(websocket.MessageText, []byte(fmt.Sprintf("s%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, fmt.Sprintf("b%d", i), fmt.Sprintf("s%d", i))
+	}
+	for _, w := range want {
+		if got := read(t, c); got != w {
+			t.Fatalf("got %q, want %q", got, w)
+		}
+	}
+}
+
+// TestPausedJoinSendsTheSnapshotFirst: a paused member gets what Send
+// queued first, then what its topics queued meanwhile, then the rest.
+func TestPausedJoinSendsTheSnapshotFirst(t *testing.T) {
+	hub, dial, joined := room(t, broadcast.Options{}, nil, joinPaused)
+	c := dial(0, "")
+	m := <-joined
+	publish(t, hub, "room", "live1", "live2")
+	for _, s := range []string{"snapshot1", "snapshot2"} {
+		if err := m.Send(websocket.MessageText, []byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.Resume()
+	m.Resume() // a no-op
+	publish(t, hub, "room", "live3")
+	for _, w := range []string{"snapshot1", "snapshot2", "live1", "live2", "live3"} {
+		if got := read(t, c); got != w {
+			t.Fatalf("got %q, want %q", got, w)
+		}
+	}
+}
+
+// TestSendOverTheBound: Send over the queue's bounds closes the member
+// with 1008, as a broadcast would, and says so.
+func TestSendOverTheBound(t *testing.T) {
+	hub, dial, joined := room(t, broadcast.Options{QueueMessages: 2}, nil, joinPaused)
+	c := dial(0, "")
+	m := <-joined
+	publish(t, hub, "room", "live1", "live2") // held: the member is paused
+	if err := m.Send(websocket.MessageText, []byte("snapshot")); !errors.Is(err, broadcast.ErrTooSlow) {
+		t.Fatalf("Send over the bound = %v, want ErrTooSlow", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	_, _, err := c.Read(ctx)
+	if code := websocket.CloseStatus(err); code != websocket.StatusPolicyViolation {
+		t.Fatalf("read %v, want 1008", err)
+	}
+	<-m.Conn().Done()
+	if err := m.Send(websocket.MessageText, []byte("x")); !errors.Is(err, broadcast.ErrMemberLeft) {
+		t.Fatalf("Send after the close = %v, want ErrMemberLeft", err)
+	}
+	if err := m.Send(websocket.MessageType(9), nil); !errors.Is(err, broadcast.ErrInvalidMessage) {
+		t.Fatalf("Send of type 9 = %v, want ErrInvalidMessage", err)
+	}
+	if st := hub.Stats(); st.Slow != 1 {
+		t.Fatalf("Slow = %d, want 1", st.Slow)
+	}
+}
+
+// TestJoinIdentity: a member's ID and Meta are bounded, the ID names the
+// member in the socket's close log, and keys are unique.
+func TestJoinIdentity(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	_, dial, joined := room(t, broadcast.Options{}, zap.New(core), func(h *broadcast.Hub, c *chiws.Conn, r *http.Request) (*broadcast.Member, error) {
+		return h.JoinWith(c, broadcast.JoinOptions{ID: r.URL.Query().Get("id"), Meta: []byte("admin")}, "room")
+	})
+	alice := dial(0, "id=alice")
+	a := <-joined
+	_ = dial(0, "id=alice") // a second tab: same ID, another key
+	a2 := <-joined
+	if a.ID() != "alice" || string(a.Meta()) != "admin" || a.Key() == "" || a.Key() == a2.Key() {
+		t.Fatalf("ID %q, Meta %q, keys %q and %q", a.ID(), a.Meta(), a.Key(), a2.Key())
+	}
+	_ = alice.Close(websocket.StatusNormalClosure, "")
+	<-a.Conn().Done()
+	wstest.WaitFor(t, fleettest.Timeout, "the close log", func() bool {
+		for _, e := range logs.FilterMessage("websocket closed").All() {
+			if e.ContextMap()["member"] == "alice" {
+				return true
+			}
+		}
+		return false
+	})
+
+	hub := broadcast.NewHub(broadcast.NewMemory(), broadcast.Options{})
+	defer func() { _ = hub.Shutdown(context.Background()) }()
+	for _, o := range []broadcast.JoinOptions{
+		{ID: strings.Repeat("u", broadcast.MaxIDLen+1)},
+		{ID: "\xff"},
+		{Meta: make([]byte, broadcast.MaxMetaLen+1)},
+	} {
+		if _, err := hub.JoinWith(&chiws.Conn{}, o); err == nil {
+			t.Errorf("JoinWith(ID of %d bytes, Meta of %d) did not fail", len(o.ID), len(o.Meta))
+		}
 	}
 }

@@ -4,6 +4,7 @@
 package fleettest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -44,6 +45,8 @@ func Run(t *testing.T, newNodes NewNodes) {
 	t.Run("SlowMember", func(t *testing.T) { testSlowMember(t, newNodes) })
 	t.Run("Shutdown", func(t *testing.T) { testShutdown(t, newNodes) })
 	t.Run("NodeKilled", func(t *testing.T) { testNodeKilled(t, newNodes) })
+	t.Run("PublishExcept", func(t *testing.T) { testPublishExcept(t, newNodes) })
+	t.Run("TopicOrder", func(t *testing.T) { testTopicOrder(t, newNodes) })
 }
 
 // Fleet is three (or more) nodes, each with a hub served by an httptest
@@ -142,8 +145,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	topics := strings.Split(r.URL.Query().Get("topics"), ",")
-	m, err := s.Hub.Join(c, topics...)
+	q := r.URL.Query()
+	topics := strings.Split(q.Get("topics"), ",")
+	m, err := s.Hub.JoinWith(c, broadcast.JoinOptions{ID: q.Get("id")}, topics...)
 	if err != nil {
 		_ = c.Close(websocket.StatusTryAgainLater, "join failed")
 		return
@@ -163,7 +167,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			}
 			return
 		}
-		if err := s.Hub.Publish(ctx, topics[0], typ, p); err != nil {
+		// "except:" messages go to every member but this one.
+		if rest, ok := bytes.CutPrefix(p, []byte("except:")); ok {
+			err = s.Hub.PublishExcept(ctx, topics[0], m, typ, rest)
+		} else {
+			err = s.Hub.Publish(ctx, topics[0], typ, p)
+		}
+		if err != nil {
 			_ = c.Close(websocket.StatusTryAgainLater, "broker unavailable")
 			return
 		}

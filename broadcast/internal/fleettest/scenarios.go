@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/broadcast"
 	"github.com/coder/websocket"
 )
@@ -220,7 +221,7 @@ func testShutdown(t *testing.T, newNodes NewNodes) {
 			t.Fatalf("member closed with %v, want 1001", code)
 		}
 	}
-	f.Nodes[0].WaitCause(t, broadcast.ErrHubClosed, 2)
+	f.Nodes[0].WaitCause(t, chiws.ErrShuttingDown, 2)
 	if err := hub.Publish(ctx, "room", websocket.MessageText, []byte("x")); !errors.Is(err, broadcast.ErrHubClosed) {
 		t.Fatalf("Publish after Shutdown: %v, want ErrHubClosed", err)
 	}
@@ -334,5 +335,78 @@ func RunOutage(t *testing.T, nodes []Node, outage Outage) {
 				t.Fatalf("client %d got %q, want m%d", ci, m.Data, i)
 			}
 		}
+	}
+}
+
+// testPublishExcept: a member's "except" message reaches every other
+// member, on every node, but not the member itself; the sender's key
+// crosses the broker.
+func testPublishExcept(t *testing.T, newNodes NewNodes) {
+	f := Start(t, newNodes(t), roomy)
+	var clients []*Client
+	for _, s := range f.Nodes {
+		c := s.Dial(t, 0, "room")
+		c.Read()
+		clients = append(clients, c)
+		s.WaitMembers(t, "room", 1)
+	}
+	for _, s := range f.Nodes {
+		Settle(t, s.Hub, "room", clients...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	sender := clients[0]
+	// One publisher, one topic: "after" follows "typing" everywhere, so
+	// the sender's next message proves it never got "typing".
+	for _, msg := range []string{"except:typing", "after"} {
+		if err := sender.Conn.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := sender.Next(t).Data; got != "after" {
+		t.Fatalf("the sender got %q, want only \"after\"", got)
+	}
+	for i, c := range clients[1:] {
+		for _, want := range []string{"typing", "after"} {
+			if got := c.Next(t).Data; got != want {
+				t.Fatalf("member on node %d got %q, want %q", i+1, got, want)
+			}
+		}
+	}
+}
+
+// testTopicOrder: the order guarantee is per topic and per publisher. One
+// publisher alternates between two topics; a member of both on another
+// node gets each topic's messages in order. Nothing is asserted across
+// the topics: brokers may deliver them on different goroutines.
+func testTopicOrder(t *testing.T, newNodes NewNodes) {
+	f := Start(t, newNodes(t), roomy)
+	sub := f.Nodes[len(f.Nodes)-1]
+	c := sub.Dial(t, 0, "a", "b")
+	c.Read()
+	sub.WaitMembers(t, "a", 1)
+	sub.WaitMembers(t, "b", 1)
+	pub := f.Nodes[0]
+	Settle(t, pub.Hub, "a", c)
+	Settle(t, pub.Hub, "b", c)
+	const n = 500
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	for i := range n {
+		for _, topic := range []string{"a", "b"} {
+			msg := fmt.Sprintf("%s%d", topic, i)
+			if err := pub.Hub.Publish(ctx, topic, websocket.MessageText, []byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	next := map[byte]int{'a': 0, 'b': 0}
+	for range 2 * n {
+		m := c.Next(t).Data
+		var i int
+		if _, err := fmt.Sscanf(m[1:], "%d", &i); err != nil || next[m[0]] != i {
+			t.Fatalf("got %q, want %c%d: out of order within its topic", m, m[0], next[m[0]])
+		}
+		next[m[0]]++
 	}
 }
