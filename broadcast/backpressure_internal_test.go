@@ -81,4 +81,3 @@ func TestAdmitBytes(t *testing.T) {
 		t.Fatalf("admit = %+v; queue of %d messages, %d bytes; want 2 dropped, 2 messages, 35 bytes", got, q.len(), q.bytes)
 	}
 }
-
