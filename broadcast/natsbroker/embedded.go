@@ -82,7 +82,9 @@ type EmbeddedOptions struct {
 
 	// Logger receives the server's notices (Info), warnings and errors
 	// (Warn and Error): routes that fail to connect or to authenticate,
-	// stale routes. Nil means no logs.
+	// stale routes. nats-server logs as it sees fit, which may be once per
+	// attempt of a route it retries every second; the brokers' Health is
+	// what reports once per change. Nil means no logs.
 	Logger *zap.Logger
 }
 

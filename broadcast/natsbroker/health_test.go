@@ -170,8 +170,11 @@ func expectDelivery(t *testing.T, sub, pub *natsbroker.Broker, topic string) {
 // hub's OnBrokerState is not called.
 func TestGracefulClose(t *testing.T) {
 	es := startCluster(t, 2, natsbroker.EmbeddedOptions{})
-	a := connectTo(t, es[0], fast("alpha"))
-	b := connectTo(t, es[1], fast("beta"))
+	// Slow timeouts: a loaded machine must not make a peer look down.
+	o := natsbroker.Options{Name: "alpha", HealthInterval: testInterval, HealthTimeout: 10 * time.Second}
+	a := connectTo(t, es[0], o)
+	o.Name = "beta"
+	b := connectTo(t, es[1], o)
 	waitHealth(t, a, "alpha sees beta", seesUp(b))
 
 	var mu sync.Mutex

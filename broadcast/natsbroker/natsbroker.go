@@ -29,10 +29,23 @@
 //
 // Interest travels between the servers of a cluster asynchronously: a
 // subscription confirmed by its own server reaches the others a moment
-// later. Subscribe therefore waits until every peer broker that is up
-// (see Health) has answered a sync request sent after the subscription:
-// when it returns, a message published by any of those instances reaches
-// the new subscription. See Subscribe for why.
+// later, and a message published there meanwhile is lost. So Subscribe,
+// once its server has confirmed the subscription, sends a join sync
+// request on _CHIWS.<SubjectPrefix>sync, which every other broker answers
+// at once, and waits for the answer of each peer that is up (see Health).
+// Our server sent the new interest to each route before our request, on
+// the same route connection (the one of our NATS account), and a route is
+// one ordered TCP stream: so when a peer's broker answers, its server
+// already routes the topic to us, and any message published there after
+// that reaches the new subscription. The wait is bounded by HealthTimeout
+// and by Subscribe's context; a peer that has not answered by then does
+// not fail Subscribe (it is logged at Debug), since Health reports that
+// peer down if it stays silent. The guarantee covers publishers connected
+// to a server where a broker runs, in one cluster (not across gateways or
+// leaf nodes), and the peers heard before Subscribe was called. A broker
+// publishes a heartbeat from Connect, and the others answer a newcomer's
+// with theirs at once, so peers know each other a round trip after a
+// start, not a HealthInterval.
 //
 // # Health
 //
@@ -119,8 +132,8 @@ type Options struct {
 	// nats.RetryOnFailedConnect to start while the server is down). They
 	// are applied first; the broker then sets its own reconnect
 	// behaviour: reconnect forever, no buffering while disconnected
-	// (Publish fails instead), and the connect, disconnect and reconnect
-	// handlers. nats.NoEcho is refused: a hub receives its own messages
+	// (Publish fails instead), and the connect, disconnect, reconnect and
+	// closed handlers. nats.NoEcho is refused: a hub receives its own messages
 	// through the broker.
 	NATS []nats.Option
 
@@ -222,6 +235,9 @@ func Connect(url string, opts Options) (*Broker, error) {
 		// Called instead of ReconnectHandler when the first attempt of
 		// a nats.RetryOnFailedConnect connection failed.
 		nats.ConnectHandler(func(*nats.Conn) { b.setConn(true, nil) }),
+		// nats.go gives up on some errors (a server that refuses the
+		// credentials); not called for Close, as setConn ignores it then.
+		nats.ClosedHandler(func(*nats.Conn) { b.setConn(false, nats.ErrConnectionClosed) }),
 	)
 	nc, err := nats.Connect(url, o...)
 	if err != nil {
