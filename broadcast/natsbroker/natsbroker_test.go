@@ -2,6 +2,7 @@ package natsbroker_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/broadcast/internal/fleettest"
 	"github.com/chiws/chiws/broadcast/natsbroker"
+	"github.com/nats-io/nats.go"
 )
 
 // cluster starts three embedded servers joined by routes, each with its
@@ -48,18 +50,7 @@ func cluster(t *testing.T) []fleettest.Node {
 		t.Cleanup(stop)
 		nodes = append(nodes, fleettest.Node{Broker: b, Stop: stop})
 	}
-	// Wait for the full mesh: every server routes to the two others.
-	deadline := time.Now().Add(fleettest.Timeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for _, e := range servers {
-		for e.Server().NumRoutes() < 2 {
-			if time.Now().After(deadline) {
-				t.Fatalf("cluster not formed: %d routes", e.Server().NumRoutes())
-			}
-			<-tick.C
-		}
-	}
+	waitRoutes(t, 2, servers...)
 	return nodes
 }
 
@@ -68,7 +59,8 @@ func TestHubOnEmbeddedCluster(t *testing.T) {
 }
 
 // TestServerRestart: the hubs' NATS server (an operated one, reached over
-// loopback) stops and comes back on the same port.
+// loopback) stops and comes back on the same port; the hubs learn both
+// edges through Health (the connection part).
 func TestServerRestart(t *testing.T) {
 	start := func(addr string) *natsbroker.Embedded {
 		e, err := natsbroker.StartEmbedded(natsbroker.EmbeddedOptions{ClientAddr: addr})
@@ -134,6 +126,7 @@ func TestBadInput(t *testing.T) {
 	if err := b.Publish(ctx, "big", make([]byte, 2<<20)); err == nil {
 		t.Errorf("Publish of 2 MiB succeeded over a 1 MiB max_payload")
 	}
+	cert := tls.Certificate{Certificate: [][]byte{{0}}}
 	tests := []struct {
 		name string
 		give natsbroker.EmbeddedOptions
@@ -142,19 +135,50 @@ func TestBadInput(t *testing.T) {
 		{"bad route", natsbroker.EmbeddedOptions{ClusterAddr: "127.0.0.1:0", Routes: []string{"http://x"}}},
 		{"bad cluster addr", natsbroker.EmbeddedOptions{ClusterAddr: "nohostport"}},
 		{"bad client port", natsbroker.EmbeddedOptions{ClientAddr: "127.0.0.1:99999"}},
+		{"route ping without cluster", natsbroker.EmbeddedOptions{RoutePingInterval: time.Second}},
+		{"route TLS without cluster", natsbroker.EmbeddedOptions{RouteTLS: &tls.Config{Certificates: []tls.Certificate{cert}}}},
+		{"negative route ping", natsbroker.EmbeddedOptions{ClusterAddr: "127.0.0.1:0", RoutePingInterval: -time.Second}},
+		{"negative route pings out", natsbroker.EmbeddedOptions{ClusterAddr: "127.0.0.1:0", RouteMaxPingsOut: -1}},
+		{"route user without password", natsbroker.EmbeddedOptions{ClusterAddr: "127.0.0.1:0", RouteUser: "u"}},
+		{"route password without user", natsbroker.EmbeddedOptions{ClusterAddr: "127.0.0.1:0", RoutePassword: "p"}},
+		{"route TLS without certificate", natsbroker.EmbeddedOptions{ClusterAddr: "127.0.0.1:0", RouteTLS: &tls.Config{}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if e, err := natsbroker.StartEmbedded(tt.give); err == nil {
 				e.Shutdown()
 				t.Fatal("StartEmbedded succeeded")
+			} else {
+				t.Log(err)
 			}
 		})
 	}
 	if _, err := natsbroker.Connect("nats://127.0.0.1:1", natsbroker.Options{}); !errors.Is(err, broadcast.ErrBrokerUnavailable) {
 		t.Errorf("Connect to a closed port = %v, want ErrBrokerUnavailable", err)
 	}
-	if _, err := natsbroker.Connect("", natsbroker.Options{SubjectPrefix: "app"}); err == nil {
-		t.Errorf("Connect accepted a prefix without a trailing dot")
+	badOpts := []struct {
+		name string
+		give natsbroker.Options
+	}{
+		{"prefix without a trailing dot", natsbroker.Options{SubjectPrefix: "app"}},
+		{"prefix in the control namespace", natsbroker.Options{SubjectPrefix: natsbroker.ControlPrefix + "app."}},
+		{"name with a space", natsbroker.Options{Name: "web 2"}},
+		{"name too long", natsbroker.Options{Name: string(make([]byte, natsbroker.MaxNameLen+1))}},
+		{"negative interval", natsbroker.Options{HealthInterval: -time.Second}},
+		{"negative timeout", natsbroker.Options{HealthTimeout: -time.Second}},
+		{"negative forget", natsbroker.Options{ForgetAfter: -time.Second}},
+		{"timeout under two intervals", natsbroker.Options{HealthInterval: time.Second, HealthTimeout: 1500 * time.Millisecond}},
+		{"forget within the timeout", natsbroker.Options{HealthTimeout: 10 * time.Second, ForgetAfter: 10 * time.Second}},
+		{"no echo", natsbroker.Options{NATS: []nats.Option{nats.NoEcho()}}},
+	}
+	for _, tt := range badOpts {
+		t.Run(tt.name, func(t *testing.T) {
+			if b, err := e.Connect(tt.give); err == nil {
+				_ = b.Close()
+				t.Fatal("Connect succeeded")
+			} else {
+				t.Log(err)
+			}
+		})
 	}
 }

@@ -1,0 +1,429 @@
+package natsbroker
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/chiws/chiws/broadcast"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+)
+
+// Part names of Health besides the peers'.
+const (
+	PartConnection = "connection"
+	PartProbe      = "probe"
+)
+
+// state is one part's state.
+type state struct {
+	up    bool
+	since time.Time
+	err   error
+}
+
+// peer is another broker instance this one has heard.
+type peer struct {
+	id, name  string
+	part      string // "peer <name>/<id>" or "peer <id>"
+	st        state
+	lastHeard time.Time
+}
+
+// control is the payload of heartbeats, goodbyes, sync requests and sync
+// answers. JSON, so that a later version may add fields that this one
+// ignores during a rolling upgrade.
+type control struct {
+	ID   string `json:"id"`
+	Name string `json:"name,omitempty"`
+	Bye  bool   `json:"bye,omitempty"`
+}
+
+// change is a Health to deliver to the watchers registered before it.
+type change struct {
+	seq uint64
+	h   broadcast.Health
+}
+
+type watcher struct {
+	id   int
+	from uint64 // changes already made when it was registered
+	f    func(broadcast.Health)
+}
+
+// newBroker validates opts and returns a broker without a connection.
+func newBroker(opts Options) (*Broker, error) {
+	b := &Broker{
+		prefix:    opts.SubjectPrefix,
+		log:       opts.Logger,
+		name:      opts.Name,
+		interval:  opts.HealthInterval,
+		timeout:   opts.HealthTimeout,
+		forget:    opts.ForgetAfter,
+		peers:     make(map[string]*peer),
+		waiters:   make(map[uint64]*syncWaiter),
+		firstEcho: make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		beatNow:   make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+	}
+	if b.prefix == "" {
+		b.prefix = DefaultSubjectPrefix
+	}
+	if err := validatePrefix(b.prefix); err != nil {
+		return nil, err
+	}
+	if err := validateName(b.name); err != nil {
+		return nil, err
+	}
+	switch {
+	case b.interval < 0:
+		return nil, fmt.Errorf("natsbroker: HealthInterval must not be negative, got %v", b.interval)
+	case b.timeout < 0:
+		return nil, fmt.Errorf("natsbroker: HealthTimeout must not be negative, got %v", b.timeout)
+	case b.forget < 0:
+		return nil, fmt.Errorf("natsbroker: ForgetAfter must not be negative, got %v", b.forget)
+	}
+	if b.interval == 0 {
+		b.interval = DefaultHealthInterval
+	}
+	if b.timeout == 0 {
+		b.timeout = DefaultHealthTimeouts * b.interval
+	}
+	if b.forget == 0 {
+		b.forget = DefaultForgetAfter
+	}
+	if b.timeout < 2*b.interval {
+		return nil, fmt.Errorf("natsbroker: HealthTimeout (%v) must be at least twice HealthInterval (%v), or one lost heartbeat reports a peer down", b.timeout, b.interval)
+	}
+	if b.forget <= b.timeout {
+		return nil, fmt.Errorf("natsbroker: ForgetAfter (%v) must exceed HealthTimeout (%v)", b.forget, b.timeout)
+	}
+	if b.log == nil {
+		b.log = zap.NewNop()
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
+	b.id = hex.EncodeToString(id[:])
+	// The prefix is a valid subject ending with '.', so these are too.
+	b.hbSubj = ControlPrefix + b.prefix + "hb"
+	b.syncSubj = ControlPrefix + b.prefix + "sync"
+	b.hello, _ = json.Marshal(control{ID: b.id, Name: b.name})
+	b.goodbye, _ = json.Marshal(control{ID: b.id, Name: b.name, Bye: true})
+	now := time.Now()
+	b.conn = state{since: now, err: fmt.Errorf("%w: not connected yet", broadcast.ErrBrokerUnavailable)}
+	b.probe = state{since: now, err: errors.New("no heartbeat received back yet")}
+	return b, nil
+}
+
+// start subscribes to the control subjects, makes the first probe and
+// starts the broker's goroutines. b.nc is set.
+func (b *Broker) start() error {
+	b.inbox = b.nc.NewInbox()
+	for _, s := range []struct {
+		subj string
+		h    nats.MsgHandler
+	}{
+		{b.hbSubj, b.onHeartbeat},
+		{b.syncSubj, b.onSyncRequest},
+		{b.inbox + ".*", b.onSyncAnswer},
+	} {
+		if _, err := b.nc.Subscribe(s.subj, s.h); err != nil {
+			return fmt.Errorf("natsbroker: subscribe to %s: %w", s.subj, b.wrap(err))
+		}
+	}
+	b.mu.Lock()
+	connected := b.nc.IsConnected()
+	if connected {
+		b.conn = state{up: true, since: time.Now()}
+	}
+	b.mu.Unlock()
+	if connected {
+		// The first probe: the control subscriptions are sent before
+		// this heartbeat, so the server echoes it unless it is stuck.
+		if err := b.nc.Publish(b.hbSubj, b.hello); err == nil {
+			t := time.NewTimer(b.timeout)
+			select {
+			case <-b.firstEcho:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
+	b.mu.Lock()
+	b.started = true
+	if !b.probe.up {
+		b.probe.err = fmt.Errorf("own heartbeat not received back within %v", b.timeout)
+	}
+	b.mu.Unlock()
+	b.wg.Add(2)
+	go b.beatLoop() // owned by b: Close closes stop and waits (wg)
+	go b.notifier() // likewise
+	return nil
+}
+
+// Health implements broadcast.Monitor.
+func (b *Broker) Health() broadcast.Health {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.healthLocked()
+}
+
+func (b *Broker) healthLocked() broadcast.Health {
+	parts := []broadcast.PartHealth{
+		{Name: PartConnection, Up: b.conn.up, Since: b.conn.since, Err: b.conn.err},
+		{Name: PartProbe, Up: b.probe.up, Since: b.probe.since, Err: b.probe.err},
+	}
+	for _, p := range b.peers {
+		parts = append(parts, broadcast.PartHealth{Name: p.part, Up: p.st.up, Since: p.st.since, Err: p.st.err})
+	}
+	slices.SortFunc(parts, func(a, b broadcast.PartHealth) int { return strings.Compare(a.Name, b.Name) })
+	h := broadcast.Health{Up: true, Parts: parts}
+	for _, p := range parts {
+		h.Up = h.Up && p.Up
+	}
+	return h
+}
+
+// NotifyHealth implements broadcast.Monitor. f runs on a goroutine of the
+// broker, one call at a time, in the order of the changes; it receives
+// only the changes made after NotifyHealth was called.
+func (b *Broker) NotifyHealth(f func(broadcast.Health)) (stop func()) {
+	b.mu.Lock()
+	id := b.nextW
+	b.nextW++
+	b.watchers = append(b.watchers, watcher{id: id, from: b.changes, f: f})
+	b.mu.Unlock()
+	return func() {
+		b.mu.Lock()
+		b.watchers = slices.DeleteFunc(b.watchers, func(w watcher) bool { return w.id == id })
+		b.mu.Unlock()
+	}
+}
+
+// changedLocked queues the current Health for the watchers. b.mu is held,
+// so the queue's order is the order of the changes.
+func (b *Broker) changedLocked() {
+	b.changes++
+	if len(b.watchers) == 0 || b.closing {
+		return
+	}
+	b.queue = append(b.queue, change{seq: b.changes, h: b.healthLocked()})
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// notifier calls the watchers with each queued change, outside b.mu: a
+// watcher may take locks of its own that a caller of stop holds.
+func (b *Broker) notifier() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-b.wake:
+		}
+		for {
+			b.mu.Lock()
+			if len(b.queue) == 0 || b.closing {
+				b.mu.Unlock()
+				break
+			}
+			c := b.queue[0]
+			b.queue[0] = change{}
+			b.queue = b.queue[1:]
+			var fs []func(broadcast.Health)
+			for _, w := range b.watchers {
+				if c.seq > w.from {
+					fs = append(fs, w.f)
+				}
+			}
+			b.mu.Unlock()
+			for _, f := range fs {
+				f(c.h)
+			}
+		}
+	}
+}
+
+// setLocked changes st and logs the change once; it reports whether st
+// changed. b.mu is held.
+func (b *Broker) setLocked(st *state, part string, up bool, err error, now time.Time) bool {
+	if st.up == up {
+		return false
+	}
+	*st = state{up: up, since: now, err: err}
+	if !up && st.err == nil {
+		st.err = errors.New("down")
+	}
+	if b.started {
+		if up {
+			b.log.Info("nats broker: part up", zap.String("part", part))
+		} else {
+			b.log.Warn("nats broker: part down", zap.String("part", part), zap.Error(st.err))
+		}
+	}
+	b.changedLocked()
+	return true
+}
+
+// setConn is called by nats.go's connection handlers, one at a time.
+func (b *Broker) setConn(up bool, err error) {
+	if err != nil {
+		err = fmt.Errorf("%w: %w", broadcast.ErrBrokerUnavailable, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return
+	}
+	b.setLocked(&b.conn, PartConnection, up, err, time.Now())
+	if up {
+		// Back: let the probe and the peers see this instance at once.
+		b.beatSoon()
+	}
+}
+
+// beatSoon asks the beat loop for a heartbeat now; requests coalesce.
+func (b *Broker) beatSoon() {
+	select {
+	case b.beatNow <- struct{}{}:
+	default:
+	}
+}
+
+// beatLoop publishes a heartbeat every interval (and on request), then
+// checks the timeouts of the probe and of the peers.
+func (b *Broker) beatLoop() {
+	defer b.wg.Done()
+	tick := time.NewTicker(b.interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-tick.C:
+		case <-b.beatNow:
+		}
+		// A failed publish (disconnected) is the connection part's to
+		// report; the probe then goes down too, by its timeout.
+		_ = b.nc.Publish(b.hbSubj, b.hello)
+		b.check(time.Now())
+	}
+}
+
+// check applies the timeouts at now.
+func (b *Broker) check(now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return
+	}
+	if silent := now.Sub(b.lastEchoLocked()); silent > b.timeout {
+		b.setLocked(&b.probe, PartProbe, false,
+			fmt.Errorf("own heartbeat not received back for %v (timeout %v)", silent.Round(time.Millisecond), b.timeout), now)
+	}
+	for id, p := range b.peers {
+		silent := now.Sub(p.lastHeard)
+		switch {
+		case p.st.up && silent > b.timeout:
+			b.setLocked(&p.st, p.part, false,
+				fmt.Errorf("no heartbeat for %v (timeout %v): the instance stopped without a goodbye, or the network between us is cut", silent.Round(time.Millisecond), b.timeout), now)
+			b.peerGoneLocked(id)
+		case !p.st.up && silent > b.forget:
+			delete(b.peers, id)
+			b.log.Warn("nats broker: peer forgotten", zap.String("part", p.part),
+				zap.Duration("silent", silent.Round(time.Millisecond)), zap.Duration("forget_after", b.forget))
+			b.changedLocked()
+		}
+	}
+}
+
+// lastEchoLocked is when the probe last succeeded, or when the broker
+// started checking.
+func (b *Broker) lastEchoLocked() time.Time {
+	if b.echoed {
+		return b.lastEcho
+	}
+	return b.probe.since
+}
+
+// onHeartbeat handles heartbeats and goodbyes, this broker's own included.
+func (b *Broker) onHeartbeat(m *nats.Msg) {
+	c, ok := b.parse(m)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	if c.ID == b.id {
+		if c.Bye {
+			return
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if !b.echoed {
+			close(b.firstEcho)
+		}
+		b.echoed, b.lastEcho = true, now
+		if !b.closing {
+			b.setLocked(&b.probe, PartProbe, true, nil, now)
+		}
+		return
+	}
+	if c.Bye {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if p := b.peers[c.ID]; p != nil && !b.closing {
+			delete(b.peers, c.ID)
+			b.log.Info("nats broker: peer left", zap.String("part", p.part))
+			b.changedLocked()
+			b.peerGoneLocked(c.ID)
+		}
+		return
+	}
+	b.heard(c, now)
+}
+
+// heard records a sign of life from a peer: a heartbeat, a sync request
+// or a sync answer.
+func (b *Broker) heard(c control, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return
+	}
+	p := b.peers[c.ID]
+	if p == nil {
+		p = &peer{id: c.ID, name: c.Name, part: "peer " + c.ID}
+		if c.Name != "" {
+			p.part = "peer " + c.Name + "/" + c.ID
+		}
+		p.st.err = errors.New("not heard yet")
+		b.peers[c.ID] = p
+	}
+	p.lastHeard = now
+	if b.setLocked(&p.st, p.part, true, nil, now) {
+		// New or back: it may not know this instance yet, or think it
+		// down; answer now rather than within an interval.
+		b.beatSoon()
+	}
+}
+
+// parse decodes a control message; it ignores what is not one (another
+// application on the subject, a broken client).
+func (b *Broker) parse(m *nats.Msg) (control, bool) {
+	var c control
+	if err := json.Unmarshal(m.Data, &c); err != nil || c.ID == "" || validateName(c.ID) != nil || validateName(c.Name) != nil {
+		b.log.Debug("nats broker: ignored a control message", zap.String("subject", m.Subject), zap.Int("bytes", len(m.Data)))
+		return control{}, false
+	}
+	return c, true
+}

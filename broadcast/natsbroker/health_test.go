@@ -1,0 +1,323 @@
+package natsbroker_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chiws/chiws/broadcast"
+	"github.com/chiws/chiws/broadcast/internal/fleettest"
+	"github.com/chiws/chiws/broadcast/natsbroker"
+	"github.com/nats-io/nats.go"
+)
+
+// TestHealthAtStart: Health is known when Connect returns: up with the
+// server up, and down, naming the connection, with the server down (a
+// nats.RetryOnFailedConnect connection); then up once the server starts.
+func TestHealthAtStart(t *testing.T) {
+	e := startServer(t, natsbroker.EmbeddedOptions{})
+	up := connectTo(t, e, fast("up"))
+	h := up.Health()
+	if !h.Up || len(h.Parts) != 2 || h.Parts[0].Name != natsbroker.PartConnection || h.Parts[1].Name != natsbroker.PartProbe {
+		t.Fatalf("health right after Connect: %s, want up with the connection and the probe", describe(h))
+	}
+
+	// A client port where nothing listens yet.
+	gone, err := natsbroker.StartEmbedded(natsbroker.EmbeddedOptions{ClientAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, url := gone.Server().Addr().String(), gone.ClientURL()
+	gone.Shutdown()
+	o := fast("late")
+	o.NATS = []nats.Option{nats.RetryOnFailedConnect(true)}
+	b, err := natsbroker.Connect(url, o)
+	if err != nil {
+		t.Fatalf("Connect with RetryOnFailedConnect: %v", err)
+	}
+	defer b.Close()
+	h = b.Health()
+	conn, _ := part(h, natsbroker.PartConnection)
+	probe, _ := part(h, natsbroker.PartProbe)
+	if h.Up || conn.Up || probe.Up || !errors.Is(conn.Err, broadcast.ErrBrokerUnavailable) {
+		t.Fatalf("health of a broker whose server is down: %s, want the connection down with ErrBrokerUnavailable", describe(h))
+	}
+	if err := b.Publish(context.Background(), "room", []byte("x")); !errors.Is(err, broadcast.ErrBrokerUnavailable) {
+		t.Fatalf("Publish while not connected: %v, want ErrBrokerUnavailable", err)
+	}
+	// A hub on it is told when the broker comes up.
+	states := make(chan bool, 4)
+	hub := broadcast.NewHub(b, broadcast.Options{OnBrokerState: func(_ *broadcast.Hub, up bool) { states <- up }})
+	defer hub.Shutdown(context.Background())
+
+	e2 := startServer(t, natsbroker.EmbeddedOptions{ClientAddr: addr})
+	_ = e2
+	waitHealth(t, b, "up once the server started", func(h broadcast.Health) bool { return h.Up })
+	select {
+	case up := <-states:
+		if !up {
+			t.Fatal("OnBrokerState(false) on a broker that was already down")
+		}
+	case <-time.After(fleettest.Timeout):
+		t.Fatal("OnBrokerState(true) never called")
+	}
+}
+
+// TestRouteCut: the route between two servers is cut while both stay up
+// (a proxy on the route stops forwarding, holding the bytes). NATS notices
+// nothing for a minute (route pings), and Publish goes on returning nil.
+// Both brokers report the other down (a "peer" part naming it) within
+// HealthTimeout+HealthInterval, their connection and probe still up; when
+// the cut heals, both are up again and messages flow.
+func TestRouteCut(t *testing.T) {
+	eA := startServer(t, natsbroker.EmbeddedOptions{Name: "A", ClusterAddr: "127.0.0.1:0"})
+	px := newGateProxy(t, strings.TrimPrefix(eA.ClusterURL(), "nats://"))
+	eB := startServer(t, natsbroker.EmbeddedOptions{Name: "B", ClusterAddr: "127.0.0.1:0", Routes: []string{px.URL()}})
+	waitRoutes(t, 1, eA, eB)
+	a := connectTo(t, eA, fast("alpha"))
+	b := connectTo(t, eB, fast("beta"))
+	waitHealth(t, a, "alpha sees beta", seesUp(b))
+	waitHealth(t, b, "beta sees alpha", seesUp(a))
+
+	cut := time.Now()
+	px.Pause()
+	var wg sync.WaitGroup
+	var hA, hB broadcast.Health
+	var dA, dB time.Duration
+	wg.Add(2)
+	go func() { // owned by the test: waited for below
+		defer wg.Done()
+		hA = waitHealth(t, a, "alpha reports beta down", seesDown(b))
+		dA = time.Since(cut)
+	}()
+	go func() { // likewise
+		defer wg.Done()
+		hB = waitHealth(t, b, "beta reports alpha down", seesDown(a))
+		dB = time.Since(cut)
+	}()
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	t.Logf("route cut seen after %v (alpha) and %v (beta); bound %v", dA.Round(time.Millisecond), dB.Round(time.Millisecond), testTimeout+testInterval)
+	for _, c := range []struct {
+		h    broadcast.Health
+		peer *natsbroker.Broker
+		name string
+		d    time.Duration
+	}{{hA, b, "beta", dA}, {hB, a, "alpha", dB}} {
+		p, _ := part(c.h, c.peer.ID())
+		if want := "peer " + c.name + "/" + c.peer.ID(); p.Name != want || p.Err == nil {
+			t.Errorf("down part %q (%v), want %q with a reason", p.Name, p.Err, want)
+		}
+		if got := c.h.Down(); !slices.Equal(got, []string{p.Name}) {
+			t.Errorf("down parts %v, want only the peer: connection and probe work", got)
+		}
+		// The bound plus room for a loaded machine.
+		if c.d > testTimeout+testInterval+time.Second {
+			t.Errorf("cut seen after %v, bound %v", c.d, testTimeout+testInterval)
+		}
+	}
+	// What the brokers report is what NATS hides: Publish still succeeds.
+	if err := b.Publish(context.Background(), "room", []byte("into the cut")); err != nil {
+		t.Fatalf("Publish during the cut: %v", err)
+	}
+
+	healed := time.Now()
+	px.Resume()
+	waitHealth(t, a, "alpha sees beta again", seesUp(b))
+	waitHealth(t, b, "beta sees alpha again", seesUp(a))
+	t.Logf("up again %v after the cut healed", time.Since(healed).Round(time.Millisecond))
+	expectDelivery(t, a, b, "after.cut")
+}
+
+// expectDelivery subscribes on sub and checks that a message published
+// on pub arrives.
+func expectDelivery(t *testing.T, sub, pub *natsbroker.Broker, topic string) {
+	t.Helper()
+	got := make(chan string, 16)
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	s, err := sub.Subscribe(ctx, topic, func(p []byte) {
+		select {
+		case got <- string(p):
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Unsubscribe()
+	if err := pub.Publish(ctx, topic, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if m != "hello" {
+			t.Fatalf("got %q, want hello", m)
+		}
+	case <-ctx.Done():
+		t.Fatal("message did not arrive")
+	}
+}
+
+// TestGracefulClose: an instance that closes its broker says goodbye; the
+// other removes it from Health without ever reporting it down, and its
+// hub's OnBrokerState is not called.
+func TestGracefulClose(t *testing.T) {
+	es := startCluster(t, 2, natsbroker.EmbeddedOptions{})
+	// Slow timeouts: a loaded machine must not make a peer look down.
+	o := natsbroker.Options{Name: "alpha", HealthInterval: testInterval, HealthTimeout: 10 * time.Second}
+	a := connectTo(t, es[0], o)
+	o.Name = "beta"
+	b := connectTo(t, es[1], o)
+	waitHealth(t, a, "alpha sees beta", seesUp(b))
+
+	var mu sync.Mutex
+	var seen []broadcast.Health
+	stop := a.NotifyHealth(func(h broadcast.Health) {
+		mu.Lock()
+		seen = append(seen, h)
+		mu.Unlock()
+	})
+	defer stop()
+	states := make(chan bool, 4)
+	hub := broadcast.NewHub(a, broadcast.Options{OnBrokerState: func(_ *broadcast.Hub, up bool) { states <- up }})
+	defer hub.Shutdown(context.Background())
+
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h := waitHealth(t, a, "beta removed", func(h broadcast.Health) bool { return peerCount(h) == 0 })
+	if !h.Up {
+		t.Fatalf("after beta's goodbye: %s", describe(h))
+	}
+	// The removal was notified (same goroutine order as the changes), and
+	// no notification was down. A removed peer cannot go down later.
+	waitNotified(t, &mu, &seen, 1)
+	mu.Lock()
+	for _, h := range seen {
+		if !h.Up {
+			t.Errorf("notified down: %s", describe(h))
+		}
+	}
+	mu.Unlock()
+	select {
+	case up := <-states:
+		t.Fatalf("OnBrokerState(%v) on a graceful close", up)
+	default:
+	}
+}
+
+// waitNotified waits until *seen has n entries.
+func waitNotified(t *testing.T, mu *sync.Mutex, seen *[]broadcast.Health, n int) {
+	t.Helper()
+	deadline := time.Now().Add(fleettest.Timeout)
+	for {
+		mu.Lock()
+		l := len(*seen)
+		mu.Unlock()
+		if l >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d notifications, want %d", l, n)
+		}
+		waitTick()
+	}
+}
+
+// waitTick is a short pause between two observations of a state that
+// has no channel.
+func waitTick() {
+	tick := time.NewTimer(5 * time.Millisecond) // polling, not synchronisation
+	<-tick.C
+}
+
+// TestPeerCrash: an instance whose connection ends without a goodbye (as
+// when its process is killed) is down on the other within the bound,
+// since a crash cannot be told from a partition, and is forgotten after
+// ForgetAfter.
+func TestPeerCrash(t *testing.T) {
+	e := startServer(t, natsbroker.EmbeddedOptions{})
+	o := fast("alpha")
+	o.ForgetAfter = 2 * time.Second
+	a := connectTo(t, e, o)
+	b := connectTo(t, e, fast("beta"))
+	waitHealth(t, a, "alpha sees beta", seesUp(b))
+
+	crash := time.Now()
+	b.Conn().Close() // no goodbye
+	waitHealth(t, a, "beta down", seesDown(b))
+	t.Logf("crash seen after %v", time.Since(crash).Round(time.Millisecond))
+	h := waitHealth(t, a, "beta forgotten", func(h broadcast.Health) bool { return peerCount(h) == 0 })
+	if d := time.Since(crash); !h.Up || d < o.ForgetAfter {
+		t.Fatalf("after %v: %s, want up after ForgetAfter (%v)", d, describe(h), o.ForgetAfter)
+	}
+}
+
+// TestProbe: the path to the server black-holes traffic while the TCP
+// connection stays open (a proxy that stops forwarding). nats.go notices
+// nothing for minutes; the probe part is down within the bound while the
+// connection part stays up, and up again when traffic flows.
+func TestProbe(t *testing.T) {
+	e := startServer(t, natsbroker.EmbeddedOptions{ClientAddr: "127.0.0.1:0"})
+	px := newGateProxy(t, e.Server().Addr().String())
+	b, err := natsbroker.Connect(px.URL(), fast("alpha"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if h := b.Health(); !h.Up {
+		t.Fatalf("at start: %s", describe(h))
+	}
+	cut := time.Now()
+	px.Pause()
+	h := waitHealth(t, b, "probe down", func(h broadcast.Health) bool { return !h.Up })
+	t.Logf("black hole seen after %v", time.Since(cut).Round(time.Millisecond))
+	if got := h.Down(); !slices.Equal(got, []string{natsbroker.PartProbe}) {
+		t.Fatalf("down parts %v, want only the probe: %s", got, describe(h))
+	}
+	px.Resume()
+	waitHealth(t, b, "up again", func(h broadcast.Health) bool { return h.Up })
+}
+
+// TestNotifyHealthStop: a stopped function is not called again; others
+// are, in order.
+func TestNotifyHealthStop(t *testing.T) {
+	e := startServer(t, natsbroker.EmbeddedOptions{})
+	a := connectTo(t, e, fast("alpha"))
+	stopped := false
+	var mu sync.Mutex
+	stop := a.NotifyHealth(func(broadcast.Health) {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			t.Error("called after stop")
+		}
+	})
+	mu.Lock()
+	stop()
+	stopped = true
+	mu.Unlock()
+	var seen []broadcast.Health
+	defer a.NotifyHealth(func(h broadcast.Health) {
+		mu.Lock()
+		seen = append(seen, h)
+		mu.Unlock()
+	})()
+	b := connectTo(t, e, fast("beta"))
+	waitHealth(t, a, "alpha sees beta", seesUp(b))
+	_ = b.Close()
+	waitHealth(t, a, "beta gone", func(h broadcast.Health) bool { return peerCount(h) == 0 })
+	waitNotified(t, &mu, &seen, 2)
+	mu.Lock()
+	defer mu.Unlock()
+	if peerCount(seen[0]) != 1 || peerCount(seen[len(seen)-1]) != 0 {
+		t.Fatalf("notifications out of order: first has %d peers, last %d", peerCount(seen[0]), peerCount(seen[len(seen)-1]))
+	}
+}
