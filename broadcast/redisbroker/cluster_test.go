@@ -191,8 +191,8 @@ func startShardedRoom(t *testing.T) *shardedRoom {
 	addrs := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 	t.Cleanup(cancel)
-	sc := &shardedRoom{ctx: ctx, ch: redisbroker.DefaultChannelPrefix + "room", byID: map[string]*redis.Client{},
-		states: make(chan bool, 64), got: make(chan string, 64)}
+	sc := &shardedRoom{ctx: ctx, byID: map[string]*redis.Client{},
+		got: make(chan string, 64)}
 	sc.cc = redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, MaxRetries: -1})
 	t.Cleanup(func() { _ = sc.cc.Close() })
 	b, err := redisbroker.New(sc.cc, redisbroker.Options{HealthInterval: time.Second})
@@ -201,12 +201,10 @@ func startShardedRoom(t *testing.T) *shardedRoom {
 	}
 	sc.b = b
 	t.Cleanup(func() { _ = b.Close() })
-	t.Cleanup(b.NotifyState(func(up bool) {
-		select {
-		case sc.states <- up:
-		default: // never blocks the broker; 64 is far more than a test sees
-		}
-	}))
+	if sc.ch, err = b.Channel("room"); err != nil {
+		t.Fatal(err)
+	}
+	sc.states = upEdges(t, b)
 	sub, err := b.Subscribe(ctx, "room", func(p []byte) { sc.got <- string(p) })
 	if err != nil {
 		t.Fatal(err)

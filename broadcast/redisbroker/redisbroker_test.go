@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -139,7 +140,7 @@ func TestRedisRestart(t *testing.T) {
 	for _, sharded := range []bool{false, true} {
 		t.Run(fmt.Sprintf("sharded=%v", sharded), func(t *testing.T) {
 			s := startRedis(t)
-			opts := redisbroker.Options{Sharded: sharded, HealthInterval: time.Second}
+			opts := redisbroker.Options{Sharded: sharded, HealthInterval: time.Second, HealthTimeout: time.Second}
 			fleettest.RunOutage(t, s.nodes(t, opts), func(t *testing.T) func() {
 				s.stop()
 				return func() { s.start(t) }
@@ -307,19 +308,31 @@ func behindProxy(t *testing.T, sharded bool) (*wstest.Proxy, *redisbroker.Broker
 	c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1,
 		DialTimeout: time.Second, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
 	t.Cleanup(func() { _ = c.Close() })
-	b, err := redisbroker.New(c, redisbroker.Options{Sharded: sharded, HealthInterval: 200 * time.Millisecond})
+	b, err := redisbroker.New(c, redisbroker.Options{Sharded: sharded, HealthInterval: 200 * time.Millisecond, HealthTimeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	return proxy, b, upEdges(t, b)
+}
+
+// upEdges returns a channel that receives the broker's Health.Up each time
+// it changes, from its state when upEdges is called.
+func upEdges(t *testing.T, b *redisbroker.Broker) chan bool {
+	t.Helper()
 	states := make(chan bool, 64)
-	t.Cleanup(b.NotifyState(func(up bool) {
+	up := b.Health().Up // written only by the callbacks, which the broker serialises
+	t.Cleanup(b.NotifyHealth(func(h broadcast.Health) {
+		if h.Up == up {
+			return
+		}
+		up = h.Up
 		select {
 		case states <- up:
 		default: // never blocks the broker; 64 is far more than a test sees
 		}
 	}))
-	return proxy, b, states
+	return states
 }
 
 // awaitDownThenUp waits for the broker to report down, runs onDown, if
@@ -349,18 +362,12 @@ func TestStalledServerKeepsSubscription(t *testing.T) {
 	s := startRedis(t)
 	c := redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1})
 	defer c.Close()
-	b, err := redisbroker.New(c, redisbroker.Options{HealthInterval: 200 * time.Millisecond})
+	b, err := redisbroker.New(c, redisbroker.Options{HealthInterval: 200 * time.Millisecond, HealthTimeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	states := make(chan bool, 64)
-	defer b.NotifyState(func(up bool) {
-		select {
-		case states <- up:
-		default:
-		}
-	})()
+	states := upEdges(t, b)
 	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 	defer cancel()
 	sub, err := b.Subscribe(ctx, "room", func([]byte) {})
@@ -379,6 +386,7 @@ func TestStalledServerKeepsSubscription(t *testing.T) {
 		for _, l := range strings.Split(strings.TrimSpace(list), "\n") {
 			ids = append(ids, strings.Fields(l)[0]) // id=N
 		}
+		slices.Sort(ids) // CLIENT LIST's order is not stable
 		return strings.Join(ids, " ")
 	}
 	before := subscribers()
