@@ -120,7 +120,10 @@ type Options struct {
 	// to every node over its bus, whichever node subscribers use, so the
 	// cluster's pub/sub capacity does not grow with its masters; use it
 	// for Redis older than 7 or a cluster that serves few messages. It
-	// cannot be combined with Sharded.
+	// cannot be combined with Sharded. Each partition's messages are
+	// published through one master, the owner of the slot of
+	// {<ChannelPrefix><partition>}, which keeps one publisher's messages
+	// in order; a raw publisher must do the same to keep its order.
 	ClassicPublish bool
 
 	// HealthInterval is how often each partition sends its probe while
@@ -150,7 +153,8 @@ type Broker struct {
 	client   redis.UniversalClient
 	prefix   string
 	sharded  bool
-	counted  bool // a publish's reply counts the partition's subscribers (false for classic pub/sub on a cluster)
+	classic  *redis.ClusterClient // ClassicPublish on a cluster; nil otherwise
+	counted  bool                 // a publish's reply counts the partition's subscribers (false for classic pub/sub on a cluster)
 	interval time.Duration
 	timeout  time.Duration
 	log      *zap.Logger
@@ -177,6 +181,7 @@ type partition struct {
 	b     *Broker
 	name  string // "partition 07": sorts by number
 	tag   string // sharded: "{<prefix><n>}", the start of every channel; else ""
+	route string // "{<prefix><n>}": with ClassicPublish, publishes go to its slot's master
 	probe string // the control channel of this broker's probes
 
 	// down mirrors !up for Publish, without a lock.
@@ -255,9 +260,12 @@ func New(client redis.UniversalClient, opts Options) (*Broker, error) {
 		log:       opts.Logger,
 		listeners: make(map[int]func(broadcast.Health)),
 	}
+	if cluster && !b.sharded {
+		b.classic = client.(*redis.ClusterClient)
+	}
 	// Classic PUBLISH on a cluster counts only the subscribers of the node
 	// that took it, not those of the node the partition listens on.
-	b.counted = !cluster || b.sharded
+	b.counted = b.classic == nil
 	if b.sharded && strings.ContainsAny(b.prefix, "{}") {
 		return nil, fmt.Errorf("redisbroker: ChannelPrefix %q must not contain '{' or '}' with sharded pub/sub (it goes inside the hash tag)", b.prefix)
 	}
@@ -286,6 +294,7 @@ func New(client redis.UniversalClient, opts Options) (*Broker, error) {
 			channels: make(map[string]*channel),
 		}
 		p.down.Store(true)
+		p.route = "{" + b.prefix + strconv.Itoa(i) + "}"
 		// '*' cannot occur in a topic, so no topic's channel is a probe's.
 		if b.sharded {
 			p.tag = "{" + b.prefix + strconv.Itoa(i) + "}"
@@ -532,7 +541,9 @@ func (p *partition) run(ctx context.Context) {
 			}
 		default:
 			// A connection error: go-redis has closed the connection and
-			// dials again on the next read.
+			// dials again on the next read. Logged per attempt at Debug
+			// only: setState logs the change once.
+			b.log.Debug("redis pub/sub connection failed; retrying", zap.String("part", p.name), zap.Error(err))
 			p.setState(false, wrapConnErr(err))
 			reset()
 			if !sleep(ctx, grow()) {
@@ -618,12 +629,29 @@ func (p *partition) publishProbe(ctx context.Context, seq uint64, results chan<-
 	defer cancel()
 	var r probeResult
 	r.seq = seq
-	if b.sharded {
-		r.n, r.err = b.client.SPublish(ctx, p.probe, seq).Result()
-	} else {
-		r.n, r.err = b.client.Publish(ctx, p.probe, seq).Result()
-	}
+	r.n, r.err = p.publish(ctx, p.probe, seq)
 	results <- r
+}
+
+// publish sends payload to ch, as the partition's topics are published:
+// SPUBLISH when sharded; PUBLISH otherwise, through the master of the
+// route's slot with ClassicPublish (go-redis would pick a random node for
+// each PUBLISH, and the cluster bus would then deliver one publisher's
+// messages out of order). It returns the receivers Redis counted.
+func (p *partition) publish(ctx context.Context, ch string, payload any) (int64, error) {
+	b := p.b
+	switch {
+	case b.sharded:
+		return b.client.SPublish(ctx, ch, payload).Result()
+	case b.classic != nil:
+		node, err := b.classic.MasterForKey(ctx, p.route)
+		if err != nil {
+			return 0, err
+		}
+		return node.Publish(ctx, ch, payload).Result()
+	default:
+		return b.client.Publish(ctx, ch, payload).Result()
+	}
 }
 
 // sleep waits for d, or returns false once ctx is cancelled.
@@ -812,12 +840,7 @@ func (b *Broker) Publish(ctx context.Context, topic string, payload []byte) erro
 	case p.down.Load():
 		return fmt.Errorf("redisbroker: publish: %w: %s is down", broadcast.ErrBrokerUnavailable, p.name)
 	}
-	if b.sharded {
-		err = b.client.SPublish(ctx, ch, payload).Err()
-	} else {
-		err = b.client.Publish(ctx, ch, payload).Err()
-	}
-	if err != nil {
+	if _, err = p.publish(ctx, ch, payload); err != nil {
 		return fmt.Errorf("redisbroker: publish: %w", wrap(err))
 	}
 	return nil

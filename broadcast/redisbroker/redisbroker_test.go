@@ -34,15 +34,34 @@ type redisServer struct {
 // CI=true or CHIWS_E2E=1 (as .ci/run sets).
 func startRedis(t *testing.T) *redisServer {
 	t.Helper()
+	s := reserveRedis(t)
+	s.start(t)
+	return s
+}
+
+// reserveRedis returns a server on a free loopback port, not started:
+// nothing listens there until start.
+func reserveRedis(t *testing.T) *redisServer {
+	t.Helper()
 	startRedisCheck(t)
 	port, err := wstest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &redisServer{port: port}
-	s.start(t)
 	t.Cleanup(s.stop)
 	return s
+}
+
+// signal sends sig to the server's process (SIGSTOP freezes it: its
+// connections stay open and silent).
+func (s *redisServer) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (s *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
