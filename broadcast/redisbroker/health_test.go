@@ -319,17 +319,33 @@ func TestBadOptions(t *testing.T) {
 		{c, redisbroker.Options{Partitions: redisbroker.MaxPartitions + 1}, "Partitions"},
 		{c, redisbroker.Options{HealthInterval: -1}, "HealthInterval"},
 		{c, redisbroker.Options{HealthTimeout: -1}, "HealthTimeout"},
+		{c, redisbroker.Options{HealthInterval: time.Millisecond}, "HealthInterval"},
+		{c, redisbroker.Options{HealthTimeout: 5 * time.Millisecond}, "HealthTimeout"},
 		{c, redisbroker.Options{Sharded: true, ClassicPublish: true}, "ClassicPublish"},
 		{c, redisbroker.Options{Sharded: true, ChannelPrefix: "app{x}."}, "ChannelPrefix"},
 		{cc, redisbroker.Options{ChannelPrefix: "app}."}, "ChannelPrefix"},
 	} {
-		b, err := redisbroker.New(tc.client, tc.opts)
+		b, err := redisbroker.New(tc.client, tc.opts) // fails before any I/O
 		if err == nil {
 			_ = b.Close()
 			t.Errorf("New(%+v) succeeded", tc.opts)
 		} else if !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%+v) = %v, want an error naming %s", tc.opts, err, tc.want)
 		}
+	}
+}
+
+// TestRingRejected: a Ring shards PUBLISH by channel but a pub/sub
+// connection by its first channel, which would lose a partition's
+// messages; New refuses it.
+func TestRingRejected(t *testing.T) {
+	r := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}})
+	defer r.Close()
+	if b, err := redisbroker.New(r, redisbroker.Options{}); err == nil || !strings.Contains(err.Error(), "Ring") {
+		if b != nil {
+			_ = b.Close()
+		}
+		t.Fatalf("New(ring) = %v, want an error naming the Ring", err)
 	}
 }
 

@@ -22,10 +22,19 @@
 // with the partition in decimal. Every channel of a partition is in one
 // hash slot (its connection goes to one master), and the prefix inside the
 // tag puts two applications sharing a cluster in different slots.
-// Broker.Channel returns a topic's channel, for publishers outside the
-// broker, which must send a broadcast envelope (broadcast.AppendEnvelope).
-// Options.ClassicPublish keeps PUBLISH and SUBSCRIBE on a cluster, where
-// Redis then sends every message to every node.
+// Broker.Channel returns a topic's channel. A publisher outside the
+// broker may publish there, with every instance's ChannelPrefix and
+// Partitions, a broadcast envelope (broadcast.AppendEnvelope; anything
+// else is dropped as malformed), with SPUBLISH when sharded and PUBLISH
+// otherwise. Options.ClassicPublish keeps PUBLISH and SUBSCRIBE on a
+// cluster, where Redis then sends every message to every node.
+//
+// The probes (see Health) use channels no topic can have, as '*' is not
+// allowed in topics: {<ChannelPrefix><partition>}*probe.<instance> when
+// sharded, <ChannelPrefix>*probe.<instance>.<partition> otherwise, where
+// instance is random per Broker; only the broker itself subscribes them.
+// A *redis.Ring is refused: it shards PUBLISH by channel but a pub/sub
+// connection by its first channel.
 //
 // # Health
 //
@@ -93,6 +102,13 @@ const (
 	MaxPartitions         = 1024
 	DefaultHealthInterval = 2 * time.Second
 	DefaultHealthTimeout  = 2 * time.Second
+
+	// minHealth is the shortest HealthInterval and HealthTimeout: the
+	// receive goroutine reads for at least minRead at a time.
+	minHealth = 20 * time.Millisecond
+	// minRead bounds how short a read with a deadline may be: one that
+	// times out in the middle of a reply loses the connection.
+	minRead = 10 * time.Millisecond
 )
 
 // Options configures a Broker. The zero value is ready to use.
@@ -127,15 +143,18 @@ type Options struct {
 	ClassicPublish bool
 
 	// HealthInterval is how often each partition sends its probe while
-	// it is up. Zero means DefaultHealthInterval.
+	// it is up: 0 for DefaultHealthInterval, or at least 20 ms. Each
+	// instance publishes Partitions probes per interval.
 	HealthInterval time.Duration
 
 	// HealthTimeout is how long a probe may take to come back, and bounds
 	// the probe's publish and the confirmation of a connection's
 	// subscriptions; a partition is reported down within
 	// HealthInterval + HealthTimeout of a failure. New waits up to
-	// HealthTimeout for the initial state. Zero means
-	// DefaultHealthTimeout.
+	// HealthTimeout for the initial state. 0 means DefaultHealthTimeout;
+	// otherwise at least 20 ms. Under a load that delays the probe
+	// longer than this (a receive backlog), the partition is reported
+	// down: messages are that late too.
 	HealthTimeout time.Duration
 
 	// Logger receives partitions going down (Warn, with the reason) and
@@ -148,7 +167,9 @@ type Options struct {
 // broadcast.Monitor.
 //
 // Goroutines: each partition has one receive goroutine, started by New and
-// owned by the broker; Close stops them and waits.
+// owned by the broker, and, while a probe's publish is under way, one for
+// that publish, owned by the receive goroutine, which waits for it before
+// it ends. Close stops them all and waits.
 type Broker struct {
 	client   redis.UniversalClient
 	prefix   string
@@ -239,11 +260,16 @@ func New(client redis.UniversalClient, opts Options) (*Broker, error) {
 	if client == nil {
 		return nil, errors.New("redisbroker: nil client")
 	}
+	if _, ok := client.(*redis.Ring); ok {
+		// A Ring picks a shard per channel for PUBLISH but one shard per
+		// pub/sub connection: a partition's messages would be lost.
+		return nil, errors.New("redisbroker: a *redis.Ring is not supported: use a *redis.Client or *redis.ClusterClient")
+	}
 	switch {
-	case opts.HealthInterval < 0:
-		return nil, fmt.Errorf("redisbroker: HealthInterval must not be negative, got %v", opts.HealthInterval)
-	case opts.HealthTimeout < 0:
-		return nil, fmt.Errorf("redisbroker: HealthTimeout must not be negative, got %v", opts.HealthTimeout)
+	case opts.HealthInterval != 0 && opts.HealthInterval < minHealth:
+		return nil, fmt.Errorf("redisbroker: HealthInterval must be 0 or at least %v, got %v", minHealth, opts.HealthInterval)
+	case opts.HealthTimeout != 0 && opts.HealthTimeout < minHealth:
+		return nil, fmt.Errorf("redisbroker: HealthTimeout must be 0 or at least %v, got %v", minHealth, opts.HealthTimeout)
 	case opts.Partitions < 0 || opts.Partitions > MaxPartitions:
 		return nil, fmt.Errorf("redisbroker: Partitions must be 1 to %d (0 for %d), got %d",
 			MaxPartitions, DefaultPartitions, opts.Partitions)
@@ -485,9 +511,7 @@ func (p *partition) run(ctx context.Context) {
 		default:
 			due = attemptAt.Add(b.timeout)
 		}
-		// Not shorter than 10 ms: a read that times out in the middle of a
-		// reply loses the connection.
-		wait := max(due.Sub(now), 10*time.Millisecond)
+		wait := max(due.Sub(now), minRead)
 		p.mu.RLock()
 		ps := p.ps
 		p.mu.RUnlock()
@@ -890,7 +914,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (b
 		if err != nil {
 			_ = s.Unsubscribe()
 			if b.closed.Load() {
-				err = broadcast.ErrBrokerClosed
+				return nil, fmt.Errorf("redisbroker: subscribe: %w", broadcast.ErrBrokerClosed)
 			}
 			return nil, fmt.Errorf("redisbroker: subscribe: %w", wrap(err))
 		}

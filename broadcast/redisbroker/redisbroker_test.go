@@ -210,19 +210,26 @@ func startRedisCheck(t *testing.T) {
 
 // TestLeaveAndJoinAtOnce: the last subscriber of a channel leaving while a
 // new one joins must not leave the new one confirmed but unsubscribed on
-// the server (the UNSUBSCRIBE overtaking the SUBSCRIBE).
+// the server (the UNSUBSCRIBE overtaking the SUBSCRIBE). Plain and sharded
+// pub/sub: both share a partition's connection between channels.
 func TestLeaveAndJoinAtOnce(t *testing.T) {
 	s := startRedis(t)
+	for _, sharded := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sharded=%v", sharded), func(t *testing.T) { leaveAndJoin(t, s, sharded) })
+	}
+}
+
+func leaveAndJoin(t *testing.T, s *redisServer, sharded bool) {
 	c := redis.NewClient(&redis.Options{Addr: s.addr()})
 	defer c.Close()
-	b, err := redisbroker.New(c, redisbroker.Options{})
+	b, err := redisbroker.New(c, redisbroker.Options{Sharded: sharded})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for i := range 3000 {
+	for i := range 2000 {
 		s1, err := b.Subscribe(ctx, "room", func([]byte) {})
 		if err != nil {
 			t.Fatal(err)
