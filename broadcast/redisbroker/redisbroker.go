@@ -487,6 +487,14 @@ func (p *partition) run(ctx context.Context) {
 	reset := func() {
 		subscribed, outstanding, attemptAt = false, false, time.Now()
 	}
+	// redial replaces the connection after a growing delay; the new one's
+	// HealthTimeout starts once it is subscribed, not before the delay.
+	redial := func() bool {
+		reset()
+		ok := p.redial(ctx, grow())
+		attemptAt = time.Now()
+		return ok
+	}
 
 	p.cmd.Lock()
 	err := b.subscribe(ctx, p.ps, p.probe)
@@ -547,8 +555,7 @@ func (p *partition) run(ctx context.Context) {
 					// serves it). Every channel of the partition shares the
 					// slot, so they all went.
 					p.setState(false, errDropped)
-					reset()
-					if !p.redial(ctx, grow()) {
+					if !redial() {
 						return
 					}
 				}
@@ -559,8 +566,7 @@ func (p *partition) run(ctx context.Context) {
 			// subscription: MOVED (the slot moved before go-redis knew),
 			// CLUSTERDOWN (nobody serves it).
 			p.setState(false, err)
-			reset()
-			if !p.redial(ctx, grow()) {
+			if !redial() {
 				return
 			}
 		default:
@@ -593,8 +599,7 @@ func (p *partition) run(ctx context.Context) {
 					// Redis has no subscriber on the probe channel: this
 					// connection's subscriptions are gone.
 					p.setState(false, errNoSubscribe)
-					reset()
-					if !p.redial(ctx, grow()) {
+					if !redial() {
 						return
 					}
 				default:
@@ -619,14 +624,12 @@ func (p *partition) run(ctx context.Context) {
 			// Redis took the probe but it never came back on this
 			// connection: the connection no longer carries messages.
 			p.setState(false, errProbeLost)
-			reset()
-			if !p.redial(ctx, grow()) {
+			if !redial() {
 				return
 			}
 		case !subscribed && !now.Before(attemptAt.Add(b.timeout)):
 			p.setState(false, errUnconfirmed)
-			reset()
-			if !p.redial(ctx, grow()) {
+			if !redial() {
 				return
 			}
 		case subscribed && !outstanding && !publishing && !now.Before(nextProbe):
