@@ -75,7 +75,19 @@ type config struct {
 	natsRoutes  []string
 	natsURL     string
 	redisAddr   string
+
+	// The embedded cluster's routes, and this instance's name in the
+	// others' broker health.
+	natsName                    string
+	natsRoutePing               time.Duration
+	natsRouteUser               string
+	natsRouteCert, natsRouteKey string
+	natsRouteCA                 string
 }
+
+// routePasswordEnv holds the embedded cluster's route password: a flag
+// would show it in the process list.
+const routePasswordEnv = "NATS_ROUTE_PASSWORD"
 
 func parseFlags(args []string, out io.Writer) (config, error) {
 	var c config
@@ -114,7 +126,16 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&routes, "nats-routes", "",
 		"comma-separated nats://host:port routes to other instances' embedded NATS servers (needs -nats-cluster)")
 	fs.StringVar(&c.natsURL, "nats-url", "", "use this external NATS (nats://host:port, comma-separated for a cluster) for /broadcast")
-	fs.StringVar(&c.redisAddr, "redis", "", "use Redis pub/sub at this host:port for /broadcast")
+	fs.StringVar(&c.redisAddr, "redis", "", "use Redis pub/sub at this host:port (or redis:// URL) for /broadcast")
+	host, _ := os.Hostname()
+	fs.StringVar(&c.natsName, "nats-name", host, "this instance's name in the other instances' NATS broker health")
+	fs.DurationVar(&c.natsRoutePing, "nats-route-ping", 0,
+		"how often the embedded server pings its routes (0: nats-server's default, 30s for routes)")
+	fs.StringVar(&c.natsRouteUser, "nats-route-user", "",
+		"user the embedded servers require of each other's routes; the password is read from $"+routePasswordEnv)
+	fs.StringVar(&c.natsRouteCert, "nats-route-tls-cert", "", "certificate file (PEM) for TLS between the embedded servers")
+	fs.StringVar(&c.natsRouteKey, "nats-route-tls-key", "", "private key file (PEM) for -nats-route-tls-cert")
+	fs.StringVar(&c.natsRouteCA, "nats-route-tls-ca", "", "CA file (PEM) that signs every embedded server's route certificate")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -130,6 +151,10 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		return c, errors.New("choose one of -nats-cluster, -nats-url and -redis")
 	case len(c.natsRoutes) > 0 && c.natsCluster == "":
 		return c, errors.New("-nats-routes needs -nats-cluster")
+	case (c.natsRouteUser != "" || c.natsRouteCert != "" || c.natsRoutePing != 0) && c.natsCluster == "":
+		return c, errors.New("-nats-route-* flags need -nats-cluster")
+	case (c.natsRouteCert == "") != (c.natsRouteKey == "") || (c.natsRouteCert == "") != (c.natsRouteCA == ""):
+		return c, errors.New("-nats-route-tls-cert, -nats-route-tls-key and -nats-route-tls-ca go together")
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
@@ -339,14 +364,30 @@ func newBroker(cfg config, log *zap.Logger) (broadcast.Broker, func(), error) {
 	nop := func() {}
 	switch {
 	case cfg.natsCluster != "":
-		e, err := natsbroker.StartEmbedded(natsbroker.EmbeddedOptions{
-			ClusterAddr: cfg.natsCluster,
-			Routes:      cfg.natsRoutes,
-		})
+		opts := natsbroker.EmbeddedOptions{
+			ClusterAddr:       cfg.natsCluster,
+			Routes:            cfg.natsRoutes,
+			RoutePingInterval: cfg.natsRoutePing,
+			RouteUser:         cfg.natsRouteUser,
+			Logger:            log.Named("nats"),
+		}
+		if opts.RouteUser != "" {
+			if opts.RoutePassword = os.Getenv(routePasswordEnv); opts.RoutePassword == "" {
+				return nil, nop, fmt.Errorf("-nats-route-user needs the password in $%s", routePasswordEnv)
+			}
+		}
+		if cfg.natsRouteCert != "" {
+			tc, err := routeTLS(cfg.natsRouteCert, cfg.natsRouteKey, cfg.natsRouteCA)
+			if err != nil {
+				return nil, nop, err
+			}
+			opts.RouteTLS = tc
+		}
+		e, err := natsbroker.StartEmbedded(opts)
 		if err != nil {
 			return nil, nop, err
 		}
-		b, err := e.Connect(natsbroker.Options{Logger: log})
+		b, err := e.Connect(natsbroker.Options{Name: cfg.natsName, Logger: log})
 		if err != nil {
 			e.Shutdown()
 			return nil, nop, err
@@ -354,26 +395,33 @@ func newBroker(cfg config, log *zap.Logger) (broadcast.Broker, func(), error) {
 		log.Info("broadcast on embedded NATS", zap.String("routesFrom", e.ClusterURL()), zap.Strings("routes", cfg.natsRoutes))
 		return b, func() { _ = b.Close(); e.Shutdown() }, nil
 	case cfg.natsURL != "":
-		b, err := natsbroker.Connect(cfg.natsURL, natsbroker.Options{Logger: log})
+		b, err := natsbroker.Connect(cfg.natsURL, natsbroker.Options{Name: cfg.natsName, Logger: log})
 		if err != nil {
 			return nil, nop, err
 		}
 		log.Info("broadcast on NATS", zap.String("url", cfg.natsURL))
 		return b, func() { _ = b.Close() }, nil
 	case cfg.redisAddr != "":
-		c := redis.NewClient(&redis.Options{Addr: cfg.redisAddr})
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := c.Ping(ctx).Err(); err != nil {
-			_ = c.Close()
-			return nil, nop, fmt.Errorf("redis %s: %w", cfg.redisAddr, err)
+		url := cfg.redisAddr
+		if !strings.Contains(url, "://") {
+			url = "redis://" + url
 		}
+		// No retries (a retried PUBLISH may be delivered twice, out of
+		// order) and short timeouts, which bound how long an outage
+		// goes unnoticed.
+		o, err := redisbroker.ClientOptions(url)
+		if err != nil {
+			return nil, nop, fmt.Errorf("-redis: %w", err)
+		}
+		c := redis.NewClient(o)
+		// A Redis that is down is not fatal: the broker reports it
+		// (Health), and the room works once Redis is back.
 		b, err := redisbroker.New(c, redisbroker.Options{Logger: log})
 		if err != nil {
 			_ = c.Close()
 			return nil, nop, err
 		}
-		log.Info("broadcast on Redis", zap.String("addr", cfg.redisAddr))
+		log.Info("broadcast on Redis", zap.String("addr", o.Addr), zap.Bool("up", b.Health().Up))
 		return b, func() { _ = b.Close(); _ = c.Close() }, nil
 	}
 	return nil, nop, nil

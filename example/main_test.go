@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chiws/chiws/example/app"
 	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	"go.uber.org/goleak"
@@ -113,7 +114,10 @@ func TestRunInvalid(t *testing.T) {
 		{"-nats-url", "nats://127.0.0.1:1", "-redis", "127.0.0.1:1"},
 		{"-nats-cluster", "127.0.0.1:0", "-nats-routes", "http://not-nats"},
 		{"-nats-url", "nats://127.0.0.1:1"},
-		{"-redis", "127.0.0.1:1"},
+		{"-redis", "redis://127.0.0.1:1/notadb"},
+		{"-nats-route-user", "u"},
+		{"-nats-cluster", "127.0.0.1:0", "-nats-route-tls-cert", "cert.pem"},
+		{"-nats-cluster", "127.0.0.1:0", "-nats-route-user", "u"}, // no password in the environment
 	}
 	// A cancelled context makes run return at once if it does start.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -211,6 +215,9 @@ func observeGoingAway(t *testing.T, addr string, stop func()) {
 	}
 	if _, p, err := conns[0].Read(ctx); err != nil || string(p) != "ping" {
 		t.Fatalf("echo = %q, %v", p, err)
+	}
+	if _, p, err := conns[1].Read(ctx); err != nil || !strings.HasPrefix(string(p), app.Welcome) {
+		t.Fatalf("room's first message = %q, %v; want the welcome", p, err)
 	}
 	stop()
 	for _, c := range conns {
@@ -413,6 +420,9 @@ func twoInstances(t *testing.T, first []string, second func(firstLog string) []s
 		case m, ok := <-got:
 			if !ok {
 				t.Fatal("connection to the second instance closed")
+			}
+			if strings.HasPrefix(m, app.Welcome) {
+				continue
 			}
 			if !strings.HasPrefix(m, "hello ") {
 				t.Fatalf("second instance's client got %q", m)

@@ -9,6 +9,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -76,6 +77,9 @@ type App struct {
 
 // Room is the broadcast room's topic.
 const Room = "room"
+
+// Welcome starts the first message a member of the room receives.
+const Welcome = "welcome: "
 
 // New validates cfg and builds the application. It starts no goroutine.
 func New(cfg Config) (*App, error) {
@@ -164,9 +168,11 @@ func (a *App) echo(w http.ResponseWriter, r *http.Request) {
 
 // broadcast joins the socket to the room: the hub writes every message of
 // the room to it, from its own goroutine, while this handler reads what
-// the client sends and publishes it to the room (the sender included),
-// with its type. Reading until the socket closes also keeps the handler
-// from returning while the socket is in use.
+// the client sends and publishes it, with its type, to every other member
+// on every instance (the page shows what it sent already). The join
+// starts paused, so the welcome goes out before any message of the room.
+// Reading until the socket closes also keeps the handler from returning
+// while the socket is in use.
 func (a *App) broadcast(w http.ResponseWriter, r *http.Request) {
 	if !chiws.IsWebSocketRequest(r) {
 		http.Error(w, "this endpoint expects a WebSocket request", http.StatusBadRequest)
@@ -177,27 +183,32 @@ func (a *App) broadcast(w http.ResponseWriter, r *http.Request) {
 		a.log.Debug("accept failed", zap.Error(err))
 		return
 	}
-	if _, err := a.Hub.Join(c, Room); err != nil {
-		if errors.Is(err, broadcast.ErrHubClosed) {
-			_ = c.Close(websocket.StatusGoingAway, "server shutting down")
-		} else {
-			a.log.Info("broadcast join failed", zap.Error(err))
-			_ = c.Close(websocket.StatusTryAgainLater, "broker unavailable")
-		}
+	m, err := a.Hub.JoinWith(c, broadcast.JoinOptions{Paused: true}, Room)
+	switch {
+	case errors.Is(err, broadcast.ErrHubClosed):
+		_ = c.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	case err != nil:
+		// Debug: the hub logs the broker's outage once, not per join.
+		a.log.Debug("broadcast join failed", zap.Error(err))
+		_ = c.Close(websocket.StatusTryAgainLater, "broker unavailable")
 		return
 	}
+	welcome := fmt.Sprintf("%s%d member(s) on this instance", Welcome, a.Hub.Len(Room))
+	_ = m.Send(websocket.MessageText, []byte(welcome)) // fails only if the member left
+	m.Resume()
 	ctx := c.Context()
 	for {
 		typ, p, err := c.Read(ctx)
 		if err != nil {
 			return // closed: the member has left the room
 		}
-		if err := a.Hub.Publish(ctx, Room, typ, p); err != nil {
+		if err := a.Hub.PublishExcept(ctx, Room, m, typ, p); err != nil {
 			if errors.Is(err, broadcast.ErrHubClosed) {
 				_ = c.Wait(context.Background()) // the hub is closing it with 1001
 				return
 			}
-			a.log.Info("broadcast publish failed", zap.Error(err))
+			a.log.Debug("broadcast publish failed", zap.Error(err))
 			_ = c.Close(websocket.StatusTryAgainLater, "broker unavailable")
 			return
 		}

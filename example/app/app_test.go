@@ -234,29 +234,42 @@ func TestForeignOriginRefused(t *testing.T) {
 	}
 }
 
+// joinRoom dials /broadcast and reads the welcome, which comes first.
+func joinRoom(t *testing.T, srv *httptest.Server) *websocket.Conn {
+	t.Helper()
+	c := dial(t, srv, "/broadcast")
+	if _, got := read(t, c); !strings.HasPrefix(string(got), Welcome) {
+		t.Fatalf("first message %q, want the welcome", got)
+	}
+	return c
+}
+
+// TestBroadcast: a member's message reaches every other member, with its
+// type, and not the sender, whose next message is the other's reply.
 func TestBroadcast(t *testing.T) {
 	a, srv := serve(t, Config{})
-	alice := dial(t, srv, "/broadcast")
-	bob := dial(t, srv, "/broadcast")
+	alice := joinRoom(t, srv)
+	bob := joinRoom(t, srv)
 	waitFor(t, "two members", func() bool { return a.Hub.Len(Room) == 2 })
 
 	tests := []struct {
-		name string
-		from *websocket.Conn
-		typ  websocket.MessageType
-		give []byte
+		name     string
+		from, to *websocket.Conn
+		typ      websocket.MessageType
+		give     []byte
 	}{
-		{"text from alice", alice, websocket.MessageText, []byte("hi bob")},
-		{"binary from bob", bob, websocket.MessageBinary, []byte{1, 2, 3}},
+		{"text from alice", alice, bob, websocket.MessageText, []byte("hi bob")},
+		{"binary from bob", bob, alice, websocket.MessageBinary, []byte{1, 2, 3}},
+		{"text from alice again", alice, bob, websocket.MessageText, []byte("bye")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			write(t, tt.from, tt.typ, tt.give)
-			for name, c := range map[string]*websocket.Conn{"alice": alice, "bob": bob} {
-				typ, got := read(t, c)
-				if typ != tt.typ || !bytes.Equal(got, tt.give) {
-					t.Errorf("%s got %v %q, want %v %q", name, typ, got, tt.typ, tt.give)
-				}
+			// The receiver's message proves the sender got nothing in
+			// between: the next test reads the sender as a receiver.
+			typ, got := read(t, tt.to)
+			if typ != tt.typ || !bytes.Equal(got, tt.give) {
+				t.Errorf("got %v %q, want %v %q", typ, got, tt.typ, tt.give)
 			}
 		})
 	}
@@ -265,7 +278,8 @@ func TestBroadcast(t *testing.T) {
 		t.Errorf("bob close: %v", err)
 	}
 	waitFor(t, "bob to leave", func() bool { return a.Hub.Len(Room) == 1 })
-	write(t, alice, websocket.MessageText, []byte("anyone?"))
+	carol := joinRoom(t, srv)
+	write(t, carol, websocket.MessageText, []byte("anyone?"))
 	if _, got := read(t, alice); string(got) != "anyone?" {
 		t.Errorf("alice got %q", got)
 	}
@@ -276,8 +290,8 @@ func TestBroadcast(t *testing.T) {
 // meanwhile.
 func TestBroadcastSlowMember(t *testing.T) {
 	a, srv := serve(t, Config{MemberQueue: 4, WriteTimeout: time.Minute})
-	alice := dial(t, srv, "/broadcast")
-	bob := dial(t, srv, "/broadcast")
+	alice := joinRoom(t, srv)
+	bob := joinRoom(t, srv)
 
 	// The slow member never reads, and its small receive buffer makes the
 	// server's writes to it block after a few megabytes.
@@ -296,18 +310,16 @@ func TestBroadcastSlowMember(t *testing.T) {
 	defer slow.Close()
 	waitFor(t, "three members", func() bool { return a.Hub.Len(Room) == 3 })
 
-	// Alice sends paced messages: each waits until bob and alice have it,
-	// so their queues never hold more than one, while the slow member's
-	// queue grows once the kernel buffers are full.
+	// Alice sends paced messages: each waits until bob has it, so his
+	// queue never holds more than one, while the slow member's queue grows
+	// once the kernel buffers are full.
 	msg := bytes.Repeat([]byte("m"), 16<<10)
 	const max = 2000 // 32 MiB: far more than any loopback buffer
 	sent := 0
 	for ; sent < max && a.Hub.Stats().Slow == 0; sent++ {
 		write(t, alice, websocket.MessageBinary, msg)
-		for _, c := range []*websocket.Conn{alice, bob} {
-			if _, got := read(t, c); len(got) != len(msg) {
-				t.Fatalf("got %d bytes, want %d", len(got), len(msg))
-			}
+		if _, got := read(t, bob); len(got) != len(msg) {
+			t.Fatalf("got %d bytes, want %d", len(got), len(msg))
 		}
 	}
 	if a.Hub.Stats().Slow != 1 {
@@ -316,10 +328,8 @@ func TestBroadcastSlowMember(t *testing.T) {
 	t.Logf("slow member dropped after %d messages of %d bytes", sent, len(msg))
 	// The room still works for the others.
 	write(t, bob, websocket.MessageText, []byte("still here"))
-	for _, c := range []*websocket.Conn{alice, bob} {
-		if _, got := read(t, c); string(got) != "still here" {
-			t.Errorf("got %q", got)
-		}
+	if _, got := read(t, alice); string(got) != "still here" {
+		t.Errorf("got %q", got)
 	}
 }
 
@@ -335,8 +345,8 @@ func TestShutdown(t *testing.T) {
 	defer srv.Close()
 	conns := []*websocket.Conn{
 		dial(t, srv, "/ws"),
-		dial(t, srv, "/broadcast"),
-		dial(t, srv, "/broadcast"),
+		joinRoom(t, srv),
+		joinRoom(t, srv),
 	}
 	waitFor(t, "two members", func() bool { return a.Hub.Len(Room) == 2 })
 
