@@ -21,8 +21,8 @@ type Broker interface {
 
 	// Subscribe calls h with every message published to topic from now
 	// on, and returns once the broker's server has confirmed the
-	// subscription. In a cluster, other servers may learn of it a little
-	// later. h may be called from several goroutines at once, must not
+	// subscription, and, for brokers that can promise it (natsbroker asks
+	// its peers), once a message published anywhere reaches it. h may be called from several goroutines at once, must not
 	// block and must not call the broker; it may retain payload, which
 	// nobody modifies. After a reconnect the broker restores the
 	// subscription by itself.

@@ -49,26 +49,43 @@
 //		}
 //	}
 //
+// Member.Send writes to one member, in order with its topics' messages;
+// Hub.PublishExcept leaves one member out, on every instance; a join with
+// JoinOptions.Paused lets the application send a snapshot before the live
+// messages (Member.Resume). JoinOptions also gives the member an identity.
+//
 // # Delivery
 //
-// Delivery is at most once. Messages from one publisher (one goroutine
-// calling Publish, or one socket whose handler publishes what it reads)
-// arrive in the order they were published at every member of every hub;
-// messages of different publishers may interleave differently at different
-// members. Nothing is stored: a member that joins later, a hub that was
-// disconnected from its broker, or a member dropped for being slow does not
-// receive what it missed. Text stays text and binary stays binary.
+// Delivery is at most once. Messages from one publisher to one topic (one
+// goroutine calling Publish, or one socket whose handler publishes what it
+// reads) arrive in the order they were published at every member of every
+// hub; nothing is promised across topics, and messages of different
+// publishers may interleave differently at different members. Nothing is
+// stored: a member that joins later, a hub that was disconnected from its
+// broker, or a member dropped for being slow does not receive what it
+// missed. Text stays text and binary stays binary.
 //
-// A member whose queue exceeds Options.QueueMessages or Options.QueueBytes
-// is closed with 1008 Policy Violation "too slow"; the broker's delivery
-// goroutine and the other members never wait for it.
+// Each member's queue is bounded by Options.QueueMessages and QueueBytes.
+// What a topic's message does to a full queue is the topic's Backpressure:
+// close the member with 1008 Policy Violation "too slow" (the default),
+// drop the topic's oldest queued messages, or keep only its latest. The
+// broker's delivery goroutine and the other members never wait for a slow
+// member.
 //
 // # Broker outages
 //
-// While the broker's server is unreachable, Publish fails at once with an
-// error wrapping ErrBrokerUnavailable, and nothing is buffered. The broker
-// restores the hub's subscriptions when the server is back. Messages
-// published meanwhile are lost, so Options.OnBrokerState lets the
-// application close its sockets with 1013 Try Again Later: clients then
-// reconnect and fetch the state they missed.
+// A broker that is a Monitor tells whether messages still reach the fleet:
+// its Health, per connection, partition or peer instance, is in
+// Stats().Broker from the start, and Options.OnBrokerState reports when it
+// goes down and up. While the broker's server is unreachable, Publish fails
+// at once with an error wrapping ErrBrokerUnavailable, and nothing is
+// buffered. Messages published meanwhile are lost, so OnBrokerState lets
+// the application close its sockets with 1013 Try Again Later: clients
+// then reconnect and fetch the state they missed.
+//
+// # Publishing from elsewhere
+//
+// A message on the broker is an Envelope, whose bytes are documented, so a
+// service in another language may publish into a room; see AppendEnvelope
+// and docs/broadcast.md for the subjects and channels.
 package broadcast

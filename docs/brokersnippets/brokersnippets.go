@@ -24,7 +24,7 @@ var fleet = natsbroker.EmbeddedOptions{
 
 // newEmbeddedHub starts an embedded NATS server with opts and returns a
 // hub on it, and the function that stops both: call it after the
-// middleware's Shutdown.
+// middleware's Shutdown, which has closed the sockets with 1001.
 func newEmbeddedHub(opts natsbroker.EmbeddedOptions) (*broadcast.Hub, func(context.Context) error, error) {
 	e, err := natsbroker.StartEmbedded(opts)
 	if err != nil {
@@ -50,18 +50,27 @@ func newNATS() (*natsbroker.Broker, error) {
 	return natsbroker.Connect("nats://nats-1:4222,nats://nats-2:4222", natsbroker.Options{})
 }
 
-// newRedis is a broker on one Redis server ("redis:6379"). The broker
-// does not own the client: close the broker, then the client.
-func newRedis(addr string) (*redisbroker.Broker, redis.UniversalClient, error) {
-	client := redis.NewClient(&redis.Options{Addr: addr})
+// newRedis is a broker on one Redis server ("redis://redis:6379"). The
+// client has the settings the broker needs: no retries, short timeouts.
+// The broker does not own the client: close the broker, then the client.
+func newRedis(url string) (*redisbroker.Broker, redis.UniversalClient, error) {
+	o, err := redisbroker.ClientOptions(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	client := redis.NewClient(o)
 	b, err := redisbroker.New(client, redisbroker.Options{})
 	return b, client, err
 }
 
-// newRedisCluster is a broker on Redis Cluster: sharded pub/sub, one
-// connection per topic to the shard that owns it.
-func newRedisCluster(addrs []string) (*redisbroker.Broker, redis.UniversalClient, error) {
-	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+// newRedisCluster is a broker on Redis Cluster: sharded pub/sub, with
+// every topic in one of 16 partitions, one connection each.
+func newRedisCluster(url string) (*redisbroker.Broker, redis.UniversalClient, error) {
+	o, err := redisbroker.ClusterOptions(url) // redis://node-1:6379?addr=node-2:6379
+	if err != nil {
+		return nil, nil, err
+	}
+	client := redis.NewClusterClient(o)
 	b, err := redisbroker.New(client, redisbroker.Options{})
 	return b, client, err
 }

@@ -2,6 +2,7 @@ package brokersnippets
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -74,20 +75,41 @@ func TestEmbeddedHub(t *testing.T) {
 	}
 }
 
-// TestRedisBrokers builds both Redis brokers of the guide without a
-// server: a broker needs none to start, and closing it and its client
-// leaves nothing running.
+// TestRedisBrokers builds both Redis brokers of the guide without a Redis
+// (a listener that hangs up at once, so that go-redis's pool does not
+// start probing in the background): a broker needs none to start, says it
+// is down, and closing it and its client leaves nothing running.
 func TestRedisBrokers(t *testing.T) {
-	b, client, err := newRedis("127.0.0.1:1")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	hungUp := make(chan struct{})
+	go func() { // owned by the test: ends when ln closes, waited for below
+		defer close(hungUp)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	defer func() { ln.Close(); <-hungUp }()
+	addr := ln.Addr().String()
+	b, client, err := newRedis("redis://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Health().Up {
+		t.Error("a broker without a server says it is up")
 	}
 	if err := b.Close(); err != nil {
 		t.Error(err)
 	}
 	client.Close()
 
-	b, client, err = newRedisCluster([]string{"127.0.0.1:1"})
+	b, client, err = newRedisCluster("redis://" + addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -659,6 +660,67 @@ func TestRoomRouter(t *testing.T) {
 		if err := <-closed; websocket.CloseStatus(err) != websocket.StatusGoingAway {
 			t.Errorf("after Shutdown: %v, want 1001", err)
 		}
+	}
+}
+
+// TestChatRouter runs the chat example of docs/broadcast.md: a newcomer
+// gets the history before a message published while it was read, a
+// message reaches the others and not its sender, and the member's ID
+// names it in the close log.
+func TestChatRouter(t *testing.T) {
+	b := broadcast.NewMemory()
+	defer b.Close()
+	var hub *broadcast.Hub
+	var calls atomic.Int32
+	history := func(room string) [][]byte {
+		if calls.Add(1) == 1 { // a message arrives while alice's history is read
+			if err := hub.Publish(context.Background(), room, websocket.MessageText, []byte("live")); err != nil {
+				t.Error(err)
+			}
+		}
+		return [][]byte{[]byte("old 1"), []byte("old 2")}
+	}
+	hub, rooms := ChatRouter(b, history)
+	logger, logs := observed()
+	ws := chiws.New(chiws.Options{Logger: logger})
+	srv := serve(t, ws, ws.Handler(rooms))
+	url := strings.TrimSuffix(wsURL(srv), "/ws") + "/chat/go"
+	ctx := testCtx(t)
+	expect := func(name string, c *websocket.Conn, want ...string) {
+		t.Helper()
+		for _, w := range want {
+			if _, p, err := c.Read(ctx); err != nil || string(p) != w {
+				t.Fatalf("%s read %q, %v; want %q", name, p, err, w)
+			}
+		}
+	}
+	as := func(user string) *websocket.DialOptions {
+		return &websocket.DialOptions{HTTPHeader: http.Header{"X-User": {user}}}
+	}
+	alice, _ := dial(t, url, as("alice"))
+	expect("alice", alice, "old 1", "old 2", "live")
+	bob, _ := dial(t, url, as("bob"))
+	expect("bob", bob, "old 1", "old 2")
+	waitFor(t, "both members", func() bool { return hub.Len("chat.go") == 2 })
+
+	if err := alice.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	expect("bob", bob, "hi")
+	if err := bob.Write(ctx, websocket.MessageText, []byte("cursor:3,4")); err != nil {
+		t.Fatal(err)
+	}
+	// On the Memory broker, "hi" was queued for everyone before bob read
+	// it: alice's next message shows she never got her own.
+	expect("alice", alice, "cursor:3,4")
+
+	bob.Close(websocket.StatusNormalClosure, "")
+	if by := waitLog(t, logs, "websocket closed").ContextMap()["member"]; by != "bob" {
+		t.Errorf("close log names member %v, want bob", by)
+	}
+	alice.Close(websocket.StatusNormalClosure, "")
+	if err := hub.Shutdown(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 
