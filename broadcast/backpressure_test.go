@@ -32,7 +32,7 @@ func TestBackpressureOverASocket(t *testing.T) {
 				Backpressure:  func(string) broadcast.Backpressure { return tt.policy },
 			}
 			hub, dial, joined := room(t, opts, nil, joinRoom)
-			c := dial(0, "") // a small receive buffer set after the handshake can stall TCP
+			c := dial("") // a small receive buffer set after the handshake can stall TCP
 			<-joined
 			const n = 4096
 			pad := strings.Repeat("x", 8<<10)

@@ -3,6 +3,7 @@ package broadcast
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -75,6 +76,17 @@ type PartHealth struct {
 	Up    bool
 	Since time.Time // when Up last changed
 	Err   error     // why it is down; nil when up
+}
+
+// HealthOf returns the Health of parts, for brokers: sorted by Name, and
+// up when every part is. It sorts parts in place.
+func HealthOf(parts []PartHealth) Health {
+	slices.SortFunc(parts, func(a, b PartHealth) int { return strings.Compare(a.Name, b.Name) })
+	h := Health{Up: true, Parts: parts}
+	for _, p := range parts {
+		h.Up = h.Up && p.Up
+	}
+	return h
 }
 
 // Down returns the names of the parts that are down.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -23,7 +22,7 @@ import (
 // join, then reads until the socket closes. It returns the hub and a
 // dial function; the cleanup stops the server, the middleware, then the
 // hub, the documented order.
-func room(t *testing.T, opts broadcast.Options, logger *zap.Logger, join func(*broadcast.Hub, *chiws.Conn, *http.Request) (*broadcast.Member, error)) (*broadcast.Hub, func(rcvBuf int, query string) *websocket.Conn, chan *broadcast.Member) {
+func room(t *testing.T, opts broadcast.Options, logger *zap.Logger, join func(*broadcast.Hub, *chiws.Conn, *http.Request) (*broadcast.Member, error)) (*broadcast.Hub, func(query string) *websocket.Conn, chan *broadcast.Member) {
 	t.Helper()
 	b := broadcast.NewMemory()
 	hub := broadcast.NewHub(b, opts)
@@ -55,24 +54,11 @@ func room(t *testing.T, opts broadcast.Options, logger *zap.Logger, join func(*b
 		_ = hub.Shutdown(ctx)
 		_ = b.Close()
 	})
-	dial := func(rcvBuf int, query string) *websocket.Conn {
+	dial := func(query string) *websocket.Conn {
 		t.Helper()
-		opts := &websocket.DialOptions{}
-		if rcvBuf > 0 {
-			d := &net.Dialer{}
-			tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				c, err := d.DialContext(ctx, network, addr)
-				if tc, ok := c.(*net.TCPConn); ok {
-					_ = tc.SetReadBuffer(rcvBuf)
-				}
-				return c, err
-			}}
-			t.Cleanup(tr.CloseIdleConnections)
-			opts.HTTPClient = &http.Client{Transport: tr}
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 		defer cancel()
-		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/?"+query, opts)
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/?"+query, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +102,7 @@ func joinPaused(h *broadcast.Hub, c *chiws.Conn, _ *http.Request) (*broadcast.Me
 // (The Memory broker queues a message before Publish returns.)
 func TestSendIsOrderedWithBroadcasts(t *testing.T) {
 	hub, dial, joined := room(t, broadcast.Options{}, nil, joinRoom)
-	c := dial(0, "")
+	c := dial("")
 	m := <-joined
 	var want []string
 	for i := range 100 {
@@ -137,7 +123,7 @@ func TestSendIsOrderedWithBroadcasts(t *testing.T) {
 // queued first, then what its topics queued meanwhile, then the rest.
 func TestPausedJoinSendsTheSnapshotFirst(t *testing.T) {
 	hub, dial, joined := room(t, broadcast.Options{}, nil, joinPaused)
-	c := dial(0, "")
+	c := dial("")
 	m := <-joined
 	publish(t, hub, "room", "live1", "live2")
 	for _, s := range []string{"snapshot1", "snapshot2"} {
@@ -159,7 +145,7 @@ func TestPausedJoinSendsTheSnapshotFirst(t *testing.T) {
 // with 1008, as a broadcast would, and says so.
 func TestSendOverTheBound(t *testing.T) {
 	hub, dial, joined := room(t, broadcast.Options{QueueMessages: 2}, nil, joinPaused)
-	c := dial(0, "")
+	c := dial("")
 	m := <-joined
 	publish(t, hub, "room", "live1", "live2") // held: the member is paused
 	if err := m.Send(websocket.MessageText, []byte("snapshot")); !errors.Is(err, broadcast.ErrTooSlow) {
@@ -190,9 +176,9 @@ func TestJoinIdentity(t *testing.T) {
 	_, dial, joined := room(t, broadcast.Options{}, zap.New(core), func(h *broadcast.Hub, c *chiws.Conn, r *http.Request) (*broadcast.Member, error) {
 		return h.JoinWith(c, broadcast.JoinOptions{ID: r.URL.Query().Get("id"), Meta: []byte("admin")}, "room")
 	})
-	alice := dial(0, "id=alice")
+	alice := dial("id=alice")
 	a := <-joined
-	_ = dial(0, "id=alice") // a second tab: same ID, another key
+	_ = dial("id=alice") // a second tab: same ID, another key
 	a2 := <-joined
 	if a.ID() != "alice" || string(a.Meta()) != "admin" || a.Key() == "" || a.Key() == a2.Key() {
 		t.Fatalf("ID %q, Meta %q, keys %q and %q", a.ID(), a.Meta(), a.Key(), a2.Key())

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/chiws/chiws/broadcast"
@@ -183,12 +182,7 @@ func (b *Broker) healthLocked() broadcast.Health {
 	for _, p := range b.peers {
 		parts = append(parts, broadcast.PartHealth{Name: p.part, Up: p.st.up, Since: p.st.since, Err: p.st.err})
 	}
-	slices.SortFunc(parts, func(a, b broadcast.PartHealth) int { return strings.Compare(a.Name, b.Name) })
-	h := broadcast.Health{Up: true, Parts: parts}
-	for _, p := range parts {
-		h.Up = h.Up && p.Up
-	}
-	return h
+	return broadcast.HealthOf(parts)
 }
 
 // NotifyHealth implements broadcast.Monitor. f runs on a goroutine of the

@@ -829,12 +829,11 @@ func (b *Broker) Health() broadcast.Health {
 }
 
 func (b *Broker) healthLocked() broadcast.Health {
-	h := broadcast.Health{Up: true, Parts: make([]broadcast.PartHealth, len(b.parts))}
+	parts := make([]broadcast.PartHealth, len(b.parts))
 	for i, p := range b.parts {
-		h.Parts[i] = broadcast.PartHealth{Name: p.name, Up: p.up, Since: p.since, Err: p.err}
-		h.Up = h.Up && p.up
+		parts[i] = broadcast.PartHealth{Name: p.name, Up: p.up, Since: p.since, Err: p.err}
 	}
-	return h
+	return broadcast.HealthOf(parts)
 }
 
 // NotifyHealth implements broadcast.Monitor. f runs synchronously on the
