@@ -66,9 +66,12 @@ func Example() {
 	typ, p, _ := alice.Read(ctx)
 	fmt.Println(typ, string(p))
 
-	// On SIGTERM: 1001 to every member, then the middleware's drain.
-	_ = hub.Shutdown(ctx)
+	_ = alice.Close(websocket.StatusNormalClosure, "bye")
+
+	// On SIGTERM: the middleware's drain (1001 to every socket), then
+	// the hub, then the broker.
 	_ = ws.Shutdown(ctx)
+	_ = hub.Shutdown(ctx)
 	// Output: MessageText hello, room
 }
 

@@ -14,7 +14,8 @@ import (
 
 // RoomRouter is the hub example of docs/broadcast.md: a room per URL, on
 // broker, whose sockets are closed with 1013 while the broker is away. The
-// router must be served behind ws.Handler; call hub.Shutdown on SIGTERM.
+// router must be served behind ws.Handler; on SIGTERM, call hub.Shutdown
+// after the middleware's Shutdown.
 func RoomRouter(broker broadcast.Broker) (*broadcast.Hub, chi.Router) {
 	hub := broadcast.NewHub(broker, broadcast.Options{
 		OnBrokerState: func(h *broadcast.Hub, up bool) {
@@ -46,7 +47,7 @@ func RoomRouter(broker broadcast.Broker) (*broadcast.Hub, chi.Router) {
 			}
 		}
 	})
-	// On SIGTERM: hub.Shutdown(ctx) sends 1001 to its members; then close the broker.
+	// On SIGTERM: ws.Shutdown(ctx) (1001 to every socket), hub.Shutdown(ctx), then the broker.
 	return hub, r
 }
 
