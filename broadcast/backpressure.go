@@ -45,34 +45,45 @@ type admitted struct {
 }
 
 // admit queues d under the queue's bounds and d's topic's policy. A
-// delivery without a topic (Member.Send) is CloseSlow's.
+// delivery without a topic (Member.Send) is CloseSlow's. It decides before
+// it changes anything: a message that would not fit even once the
+// topic's messages it may drop are gone is dropped alone, and the queue
+// keeps what it had.
 func (q *queue) admit(d *delivery, maxMessages, maxBytes int) admitted {
 	policy := CloseSlow
 	if d.topic != nil {
 		policy = d.topic.policy
 	}
-	var a admitted
-	if policy == KeepLatest {
-		if i := q.oldest(d.topic); i >= 0 {
-			q.remove(i)
-			a.dropped++
+	fits := func(n, bytes int) bool { return n+1 <= maxMessages && bytes+len(d.data) <= maxBytes }
+	n, bytes := q.len(), q.bytes
+	if policy == CloseSlow {
+		if !fits(n, bytes) {
+			return admitted{overflow: true}
 		}
+		q.push(d)
+		return admitted{queued: true}
 	}
-	fits := func() bool { return q.len()+1 <= maxMessages && q.bytes+len(d.data) <= maxBytes }
-	for !fits() {
-		if policy == CloseSlow {
-			a.overflow = true
-			return a
+	// The topic's queued messages, oldest first: how many must go?
+	var drop []int
+	for i := q.head + q.direct; i < len(q.items); i++ {
+		if policy == KeepLatest && len(drop) == 1 {
+			break // KeepLatest holds at most one
 		}
-		i := q.oldest(d.topic)
-		if i < 0 {
-			a.dropped++ // the queue is full of other topics' messages
-			return a
+		if q.items[i].topic != d.topic {
+			continue
 		}
-		q.remove(i)
-		a.dropped++
+		if policy == DropOldest && fits(n, bytes) {
+			break
+		}
+		drop = append(drop, i)
+		n, bytes = n-1, bytes-len(q.items[i].data)
+	}
+	if !fits(n, bytes) {
+		return admitted{dropped: 1} // the new one: the queue is full of others
+	}
+	for i := len(drop) - 1; i >= 0; i-- {
+		q.remove(drop[i])
 	}
 	q.push(d)
-	a.queued = true
-	return a
+	return admitted{queued: true, dropped: len(drop)}
 }

@@ -1,6 +1,7 @@
 package broadcast
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -69,15 +70,49 @@ func TestAdmit(t *testing.T) {
 	}
 }
 
-// TestAdmitBytes: the bytes bound makes room the same way.
+// TestAdmitBytes: the bytes bound makes room the same way, and a message
+// that would not fit even then is dropped alone: the queue keeps what it
+// had, KeepLatest's value included.
 func TestAdmitBytes(t *testing.T) {
-	a := &topic{name: "a", policy: DropOldest}
-	var q queue
-	for range 3 {
-		q.push(&delivery{topic: a, data: make([]byte, 10)})
+	tests := []struct {
+		name    string
+		policy  Backpressure
+		queue   []int // payload sizes; negative: another topic's
+		give    int
+		max     int // QueueBytes
+		want    []int
+		dropped int
+		queued  bool
+	}{
+		{"drop oldest makes room", DropOldest, []int{10, 10, 10}, 25, 35, []int{10, 25}, 2, true},
+		{"drop oldest cannot make room", DropOldest, []int{-8, 1}, 5, 10, []int{-8, 1}, 1, false},
+		{"keep latest replaces", KeepLatest, []int{-6, 2}, 4, 10, []int{-6, 4}, 1, true},
+		{"keep latest cannot fit: the old value stays", KeepLatest, []int{-6, 2}, 7, 10, []int{-6, 2}, 1, false},
 	}
-	got := q.admit(&delivery{topic: a, data: make([]byte, 25)}, 100, 35)
-	if !got.queued || got.dropped != 2 || q.len() != 2 || q.bytes != 35 {
-		t.Fatalf("admit = %+v; queue of %d messages, %d bytes; want 2 dropped, 2 messages, 35 bytes", got, q.len(), q.bytes)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &topic{name: "a", policy: tt.policy}
+			b := &topic{name: "b"}
+			var q queue
+			for _, n := range tt.queue {
+				if n < 0 {
+					q.push(&delivery{topic: b, data: make([]byte, -n)})
+				} else {
+					q.push(&delivery{topic: a, data: make([]byte, n)})
+				}
+			}
+			got := q.admit(&delivery{topic: a, data: make([]byte, tt.give)}, 100, tt.max)
+			var sizes []int
+			for _, d := range q.items[q.head:] {
+				n := len(d.data)
+				if d.topic == b {
+					n = -n
+				}
+				sizes = append(sizes, n)
+			}
+			if got.queued != tt.queued || got.dropped != tt.dropped || fmt.Sprint(sizes) != fmt.Sprint(tt.want) {
+				t.Fatalf("admit = %+v, queue %v; want queued %v, dropped %d, queue %v", got, sizes, tt.queued, tt.dropped, tt.want)
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -60,12 +61,14 @@ type Options struct {
 	Backpressure func(topic string) Backpressure
 
 	// OnBrokerState, when not nil and when the broker implements Monitor,
-	// is called with false when the broker's Health goes down and with
-	// true when it is up again. It runs synchronously on the broker's
-	// goroutine and must not block; CloseAll does not block. A typical
-	// use closes every socket with 1013 Try Again Later when the broker
-	// goes down, so clients reconnect and resynchronise. The state at
-	// construction is not a change: Stats().Broker gives it.
+	// is called with false when the broker's Health goes down, again
+	// whenever another part goes down while it is down, and with true when
+	// it is up again; Stats().Broker.Down() names the parts down. It runs
+	// synchronously on the broker's goroutine and must not block; CloseAll
+	// does not block. A typical use closes every socket with 1013 Try
+	// Again Later when messages are being lost, so clients reconnect and
+	// resynchronise. The state at construction is not a change:
+	// Stats().Broker gives it.
 	OnBrokerState func(h *Hub, up bool)
 
 	// Logger receives dropped members and malformed broker messages.
@@ -96,11 +99,13 @@ type Hub struct {
 	abort context.CancelFunc
 
 	// mu guards the fields below, every topic's refs, and every member's
-	// topics. It is never held during I/O, broker calls or a fan-out.
+	// topics. It is never held during I/O, broker calls, or while waiting
+	// for a topic's lock (a fan-out), so Join, Publish and Stats never
+	// wait for one.
 	mu      sync.RWMutex
 	topics  map[string]*topic
 	members map[*Member]struct{}
-	closed  bool
+	closed  atomic.Bool // set under mu: Join's check and writers.Add are ordered with it
 
 	writers   sync.WaitGroup
 	stopState func()
@@ -159,7 +164,7 @@ func NewHub(b Broker, opts Options) *Hub {
 	h.ctx, h.abort = context.WithCancel(context.Background())
 	if mon, ok := b.(Monitor); ok {
 		h.mon = mon
-		report := h.brokerHealth(mon.Health().Up)
+		report := h.brokerHealth(mon.Health())
 		h.stopState = mon.NotifyHealth(report)
 		report(mon.Health()) // a change between the two calls was not notified
 	}
@@ -174,25 +179,30 @@ func newHubID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// brokerHealth returns the Monitor callback: it logs and reports the
-// edges of Health.Up, from up. It may also be called with a Health read
+// brokerHealth returns the Monitor callback, starting from the Health at
+// construction: it logs and reports Up going up, going down, and another
+// part going down while down. It may also be called with a Health read
 // since: one it has seen changes nothing.
-func (h *Hub) brokerHealth(up bool) func(Health) {
+func (h *Hub) brokerHealth(start Health) func(Health) {
 	var mu sync.Mutex // NewHub and the broker may call at once
+	down := start.Down()
 	return func(hl Health) {
 		mu.Lock()
 		defer mu.Unlock()
-		if hl.Up == up {
+		now := hl.Down()
+		worse := slices.ContainsFunc(now, func(p string) bool { return !slices.Contains(down, p) })
+		back := len(now) == 0 && len(down) > 0
+		down = now
+		switch {
+		case back:
+			h.log.Info("broker up")
+		case worse:
+			h.log.Warn("broker down: messages may not reach every instance", zap.Strings("down", now))
+		default:
 			return
 		}
-		up = hl.Up
-		if up {
-			h.log.Info("broker up")
-		} else {
-			h.log.Warn("broker down: messages may not reach every instance", zap.Strings("down", hl.Down()))
-		}
 		if h.opts.OnBrokerState != nil {
-			h.opts.OnBrokerState(h, up)
+			h.opts.OnBrokerState(h, back)
 		}
 	}
 }
@@ -250,7 +260,7 @@ func (h *Hub) JoinWith(c *chiws.Conn, o JoinOptions, topics ...string) (*Member,
 		wake:   make(chan struct{}, 1),
 	}
 	h.mu.Lock()
-	if h.closed {
+	if h.closed.Load() {
 		h.mu.Unlock()
 		return nil, fmt.Errorf("broadcast: join: %w", ErrHubClosed)
 	}
@@ -313,10 +323,7 @@ func (h *Hub) publish(ctx context.Context, topic string, typ websocket.MessageTy
 	if err != nil {
 		return fmt.Errorf("broadcast: publish: %w", err)
 	}
-	h.mu.RLock()
-	closed := h.closed
-	h.mu.RUnlock()
-	if closed {
+	if h.closed.Load() {
 		return fmt.Errorf("broadcast: publish: %w", ErrHubClosed)
 	}
 	if err := h.b.Publish(ctx, topic, msg); err != nil {
@@ -404,8 +411,7 @@ func (h *Hub) closeAll(cause error, code websocket.StatusCode, reason string) {
 // already; see docs/broadcast.md for the whole order.
 func (h *Hub) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
-	first := !h.closed
-	h.closed = true
+	first := !h.closed.Swap(true)
 	h.mu.Unlock()
 	if first && h.stopState != nil {
 		// Outside mu: a notification under way may be in CloseAll.
@@ -430,26 +436,32 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // forget removes m from the hub and from every topic, and releases the
 // broker subscriptions nobody needs any more.
 func (h *Hub) forget(m *Member) {
-	var release []*topic
+	m.subMu.Lock()
+	defer m.subMu.Unlock()
+	var left, release []*topic
 	h.mu.Lock()
 	m.gone = true
 	delete(h.members, m)
 	for name, t := range m.topics {
 		delete(m.topics, name)
-		if h.dropLocked(m, t) {
+		left = append(left, t)
+		if h.dropLocked(t) {
 			release = append(release, t)
 		}
 	}
 	h.mu.Unlock()
+	for _, t := range left {
+		t.remove(m) // outside h.mu: it waits for t's fan-out
+	}
 	for _, t := range release {
 		h.unsubscribe(t)
 	}
 }
 
-// dropLocked removes m's interest in t and reports whether t's broker
-// subscription must now be released. h.mu is held.
-func (h *Hub) dropLocked(m *Member, t *topic) bool {
-	t.remove(m)
+// dropLocked drops one member's interest in t and reports whether t's
+// broker subscription must now be released. h.mu is held; the caller
+// removes the member from t's list after releasing it.
+func (h *Hub) dropLocked(t *topic) bool {
 	t.refs--
 	if t.refs > 0 {
 		return false

@@ -360,9 +360,12 @@ func (b *monitored) NotifyHealth(f func(broadcast.Health)) func() {
 	}
 }
 
-func (b *monitored) set(up bool) {
+// set gives the parts' states: partition 0 first, then partition 1 (up
+// when not given).
+func (b *monitored) set(up ...bool) {
+	up = append(up, true)
 	b.mu.Lock()
-	b.health = broadcast.Health{Up: up, Parts: []broadcast.PartHealth{{Name: "partition 0", Up: up}}}
+	b.health = broadcast.HealthOf([]broadcast.PartHealth{{Name: "partition 0", Up: up[0]}, {Name: "partition 1", Up: up[1]}})
 	f, h := b.notify, b.health
 	b.mu.Unlock()
 	if f != nil {
@@ -372,8 +375,8 @@ func (b *monitored) set(up bool) {
 
 // TestBrokerStateFromTheStart: a hub on a broker that is down from the
 // start says so; OnBrokerState gets the hub itself, so the documented
-// CloseAll needs no variable set after NewHub; and only edges are
-// reported.
+// CloseAll needs no variable set after NewHub; it reports going up, going
+// down, and another part going down while down, nothing else.
 func TestBrokerStateFromTheStart(t *testing.T) {
 	b := &monitored{Broker: broadcast.NewMemory()}
 	b.set(false)
@@ -401,6 +404,15 @@ func TestBrokerStateFromTheStart(t *testing.T) {
 	if c := <-calls; c.h != hub || c.up {
 		t.Fatalf("OnBrokerState(%p, %v), want (%p, false)", c.h, c.up, hub)
 	}
+	b.set(false, false) // another part down: worse
+	if c := <-calls; c.up {
+		t.Fatal("OnBrokerState(true) when a second part went down")
+	}
+	b.set(true, false) // better, still down: not reported
+	b.set(true, true)
+	if c := <-calls; !c.up {
+		t.Fatal("OnBrokerState(false) when every part came back")
+	}
 	select {
 	case c := <-calls:
 		t.Fatalf("an extra OnBrokerState(%v)", c.up)
@@ -408,20 +420,34 @@ func TestBrokerStateFromTheStart(t *testing.T) {
 	}
 }
 
-// TestJoinDuringAFanOut: a fan-out holds its topic only, so a Join and a
-// delivery on another topic go on while it runs.
+// TestJoinDuringAFanOut: a fan-out holds its topic only. A Join of that
+// topic waits for it without holding the hub, so a Join, a Publish and a
+// delivery on another topic, and Stats, go on meanwhile.
 func TestJoinDuringAFanOut(t *testing.T) {
 	f := fleettest.Start(t, memoryNodes(t)[:1], broadcast.Options{})
 	s := f.Nodes[0]
 	a := s.Dial(t, 0, "a")
 	a.Read()
 	m := <-s.Joined
-	release := broadcast.HoldQueue(m) // the fan-out to topic a stops at m
+	hold := broadcast.HoldQueue(m) // the fan-out to topic a stops at m
+	var once sync.Once
+	release := func() { once.Do(hold) }
+	defer release() // on failure too: the cleanup's Shutdown needs it
 	published := make(chan error, 1)
 	go func() { // owned by the test: it ends once release runs, and the test waits for it
 		published <- s.Hub.Publish(context.Background(), "a", websocket.MessageText, []byte("to a"))
 	}()
 	wstest.WaitFor(t, fleettest.Timeout, "the fan-out to start", func() bool { return s.Hub.Stats().Received == 1 })
+	a2 := s.Dial(t, 0, "a") // its Join waits for a's fan-out
+	a2.Read()
+	wstest.WaitFor(t, fleettest.Timeout, "the second Join of a to wait for the fan-out", broadcast.WaitingToAdd)
+	stats := make(chan broadcast.Stats, 1)
+	go func() { stats <- s.Hub.Stats() }() // owned by the test: ends at the latest with release
+	select {
+	case <-stats:
+	case <-time.After(fleettest.Timeout):
+		t.Fatal("Stats waits for a's fan-out: the waiting Join holds the hub")
+	}
 	b := s.Dial(t, 0, "b") // Join of another topic
 	b.Read()
 	s.WaitMembers(t, "b", 1)
@@ -443,4 +469,5 @@ func TestJoinDuringAFanOut(t *testing.T) {
 	if got := a.Next(t).Data; got != "to a" {
 		t.Fatalf("a got %q", got)
 	}
+	s.WaitMembers(t, "a", 2) // the second Join of a went through
 }

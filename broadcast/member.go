@@ -59,6 +59,10 @@ type Member struct {
 	id   string
 	meta []byte
 
+	// subMu serialises the member's Subscribe, Unsubscribe and leave, so
+	// that its adds to and removals from a topic's list, made outside
+	// h.mu, happen in the order of those calls.
+	subMu sync.Mutex
 	// topics and gone are guarded by h.mu.
 	topics map[string]*topic
 	gone   bool
@@ -104,9 +108,11 @@ func (m *Member) Subscribe(name string) error {
 		return fmt.Errorf("broadcast: subscribe: %w", err)
 	}
 	h := m.h
+	m.subMu.Lock()
+	defer m.subMu.Unlock()
 	h.mu.Lock()
 	switch {
-	case h.closed:
+	case h.closed.Load():
 		h.mu.Unlock()
 		return fmt.Errorf("broadcast: subscribe: %w", ErrHubClosed)
 	case m.gone:
@@ -147,19 +153,18 @@ func (m *Member) Subscribe(name string) error {
 	}
 
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if m.topics[name] != t {
-		if m.gone {
-			return fmt.Errorf("broadcast: subscribe: %w", ErrMemberLeft)
-		}
-		return nil // unsubscribed meanwhile
+	if m.topics[name] != t { // the hub shut down meanwhile and the member left
+		h.mu.Unlock()
+		return fmt.Errorf("broadcast: subscribe: %w", ErrMemberLeft)
 	}
 	if t.err != nil {
 		delete(m.topics, name)
 		t.refs-- // nothing to release: the subscription failed
+		h.mu.Unlock()
 		return fmt.Errorf("broadcast: subscribe %q: %w", name, t.err)
 	}
-	t.add(m)
+	h.mu.Unlock()
+	t.add(m) // outside h.mu: it waits for t's fan-out
 	return nil
 }
 
@@ -168,6 +173,8 @@ func (m *Member) Subscribe(name string) error {
 // the broker.
 func (m *Member) Unsubscribe(name string) error {
 	h := m.h
+	m.subMu.Lock()
+	defer m.subMu.Unlock()
 	h.mu.Lock()
 	t := m.topics[name]
 	if t == nil {
@@ -175,8 +182,9 @@ func (m *Member) Unsubscribe(name string) error {
 		return nil
 	}
 	delete(m.topics, name)
-	release := h.dropLocked(m, t)
+	release := h.dropLocked(t)
 	h.mu.Unlock()
+	t.remove(m) // outside h.mu: it waits for t's fan-out
 	if release {
 		if err := t.sub.Unsubscribe(); err != nil {
 			return fmt.Errorf("broadcast: unsubscribe %q: %w", name, err)
@@ -190,12 +198,17 @@ func (m *Member) Unsubscribe(name string) error {
 // closed with 1008 "too slow", and Send returns an error wrapping
 // ErrTooSlow. While the member is paused, Send is written before
 // everything its topics queued meanwhile. Send copies p. It fails with
-// ErrMemberLeft once the member has left, and with ErrInvalidMessage for
-// a type other than text or binary, or text that is not UTF-8.
+// ErrMemberLeft once the member has left (whoever closed its socket),
+// with ErrMessageTooBig over Options.MaxMessageBytes, and with
+// ErrInvalidMessage for a type other than text or binary, or text that is
+// not UTF-8; these leave the member as it was.
 func (m *Member) Send(typ websocket.MessageType, p []byte) error {
 	e := Envelope{Type: typ, Payload: p}
 	if err := e.check(); err != nil {
 		return fmt.Errorf("broadcast: send: %w", err)
+	}
+	if len(p) > m.h.opts.MaxMessageBytes {
+		return fmt.Errorf("broadcast: send: %w: %d bytes, limit %d", ErrMessageTooBig, len(p), m.h.opts.MaxMessageBytes)
 	}
 	d := &delivery{typ: typ, data: append([]byte(nil), p...)}
 	m.mu.Lock()
@@ -293,6 +306,7 @@ func (m *Member) run() {
 	defer m.h.writers.Done()
 	defer m.h.forget(m)
 	defer m.cancel()
+	defer m.left()
 	for {
 		d, closing := m.next()
 		switch {
@@ -319,6 +333,15 @@ func (m *Member) run() {
 			return
 		}
 	}
+}
+
+// left marks the member as gone for Send and deliveries, whoever ended
+// its socket, and lets its queue go.
+func (m *Member) left() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closing = true
+	m.q.reset()
 }
 
 // next takes the message to write, or reports that the socket must be

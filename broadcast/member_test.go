@@ -206,3 +206,40 @@ func TestJoinIdentity(t *testing.T) {
 		}
 	}
 }
+
+// TestSendAfterTheClientLeft: once the client closed its socket, Send
+// says the member has left, and nothing is queued for nobody.
+func TestSendAfterTheClientLeft(t *testing.T) {
+	hub, dial, joined := room(t, broadcast.Options{}, nil, joinRoom)
+	c := dial("")
+	m := <-joined
+	_ = c.Close(websocket.StatusNormalClosure, "bye")
+	<-m.Conn().Done()
+	wstest.WaitFor(t, fleettest.Timeout, "the member to leave", func() bool { return hub.Len("room") == 0 })
+	if err := m.Send(websocket.MessageText, []byte("anyone?")); !errors.Is(err, broadcast.ErrMemberLeft) {
+		t.Fatalf("Send after the client closed = %v, want ErrMemberLeft", err)
+	}
+	if st := hub.Stats(); st.Slow != 0 {
+		t.Fatalf("Slow = %d, want 0", st.Slow)
+	}
+}
+
+// TestSendTooBig: a message over MaxMessageBytes is refused and the
+// member stays, healthy.
+func TestSendTooBig(t *testing.T) {
+	hub, dial, joined := room(t, broadcast.Options{MaxMessageBytes: 1024}, nil, joinRoom)
+	c := dial("")
+	m := <-joined
+	if err := m.Send(websocket.MessageBinary, make([]byte, 2048)); !errors.Is(err, broadcast.ErrMessageTooBig) {
+		t.Fatalf("Send of 2 KiB = %v, want ErrMessageTooBig", err)
+	}
+	if err := m.Send(websocket.MessageText, []byte("small")); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, c); got != "small" {
+		t.Fatalf("got %q", got)
+	}
+	if st := hub.Stats(); st.Slow != 0 {
+		t.Fatalf("Slow = %d, want 0", st.Slow)
+	}
+}

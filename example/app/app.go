@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/chiws/chiws"
@@ -119,13 +120,7 @@ func New(cfg Config) (*App, error) {
 		QueueMessages: cfg.MemberQueue,
 		WriteTimeout:  cfg.WriteTimeout,
 		Logger:        log.Named("hub"),
-		// Messages are lost while the broker is away: members reconnect
-		// (1013 Try Again Later) rather than silently miss them.
-		OnBrokerState: func(h *broadcast.Hub, up bool) {
-			if !up {
-				h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
-			}
-		},
+		OnBrokerState: closeWhenCutOff,
 	})
 
 	r := chi.NewRouter()
@@ -210,6 +205,26 @@ func (a *App) broadcast(w http.ResponseWriter, r *http.Request) {
 			}
 			a.log.Debug("broadcast publish failed", zap.Error(err))
 			_ = c.Close(websocket.StatusTryAgainLater, "broker unavailable")
+			return
+		}
+	}
+}
+
+// closeWhenCutOff closes every member with 1013 Try Again Later when this
+// instance is cut off from the broker (its connection, its probe, a
+// partition): the room's messages are being lost here, so members
+// reconnect, to another instance perhaps, rather than silently miss them.
+// A peer instance that went away (crashed, or cut off itself) is logged by
+// the hub but closes nothing: this instance's members still get the rest
+// of the room, and closing them all on every instance for one crash would
+// only move the storm.
+func closeWhenCutOff(h *broadcast.Hub, up bool) {
+	if up {
+		return
+	}
+	for _, part := range h.Stats().Broker.Down() {
+		if !strings.HasPrefix(part, "peer ") {
+			h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
 			return
 		}
 	}

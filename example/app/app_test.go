@@ -9,10 +9,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/internal/wstest"
 	"github.com/coder/websocket"
 	gorilla "github.com/gorilla/websocket"
@@ -397,5 +400,66 @@ func TestNewInvalidConfig(t *testing.T) {
 				t.Error("New accepted an invalid config")
 			}
 		})
+	}
+}
+
+// reach is a Memory broker whose Health the test sets.
+type reach struct {
+	broadcast.Broker
+	mu     sync.Mutex
+	health broadcast.Health
+	notify func(broadcast.Health)
+}
+
+func (b *reach) Health() broadcast.Health {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.health
+}
+
+func (b *reach) NotifyHealth(f func(broadcast.Health)) func() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.notify = f
+	return func() {}
+}
+
+// down sets the parts down; every other part is up.
+func (b *reach) down(parts ...string) {
+	var hs []broadcast.PartHealth
+	for _, name := range []string{"connection", "peer web-2/1", "probe"} {
+		hs = append(hs, broadcast.PartHealth{Name: name, Up: !slices.Contains(parts, name)})
+	}
+	b.mu.Lock()
+	b.health = broadcast.HealthOf(hs)
+	f, h := b.notify, b.health
+	b.mu.Unlock()
+	f(h)
+}
+
+// TestCutOffClosesTheRoom: a lost peer closes nothing here (the room still
+// works on this instance); this instance's own connection lost closes
+// every member with 1013.
+func TestCutOffClosesTheRoom(t *testing.T) {
+	b := &reach{Broker: broadcast.NewMemory()}
+	b.health = broadcast.Health{Up: true}
+	a, srv := serve(t, Config{Broker: b})
+	alice := joinRoom(t, srv)
+	bob := joinRoom(t, srv)
+	waitFor(t, "two members", func() bool { return a.Hub.Len(Room) == 2 })
+
+	b.down("peer web-2/1")
+	write(t, alice, websocket.MessageText, []byte("still here"))
+	if _, got := read(t, bob); string(got) != "still here" {
+		t.Fatalf("bob got %q after a peer went down", got)
+	}
+	b.down("peer web-2/1", "connection")
+	for _, c := range []*websocket.Conn{alice, bob} {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		_, _, err := c.Read(ctx)
+		cancel()
+		if websocket.CloseStatus(err) != websocket.StatusTryAgainLater {
+			t.Fatalf("read %v, want 1013 once the connection is down", err)
+		}
 	}
 }

@@ -47,6 +47,7 @@ func Run(t *testing.T, newNodes NewNodes) {
 	t.Run("NodeKilled", func(t *testing.T) { testNodeKilled(t, newNodes) })
 	t.Run("PublishExcept", func(t *testing.T) { testPublishExcept(t, newNodes) })
 	t.Run("TopicOrder", func(t *testing.T) { testTopicOrder(t, newNodes) })
+	t.Run("FirstMessageAfterJoin", func(t *testing.T) { testFirstMessageAfterJoin(t, newNodes) })
 }
 
 // Fleet is three (or more) nodes, each with a hub served by an httptest

@@ -410,3 +410,28 @@ func testTopicOrder(t *testing.T, newNodes NewNodes) {
 		next[m[0]]++
 	}
 }
+
+// testFirstMessageAfterJoin: a join is effective on every node when Join
+// returns. A member joins a new topic on one node, and the message
+// published on another node the moment Join has returned reaches it,
+// without Settle's probes, twenty times over.
+func testFirstMessageAfterJoin(t *testing.T, newNodes NewNodes) {
+	f := Start(t, newNodes(t), roomy)
+	sub, pub := f.Nodes[len(f.Nodes)-1], f.Nodes[0]
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	for i := range 20 {
+		topic := fmt.Sprintf("first.%d", i)
+		c := sub.Dial(t, 0, topic)
+		c.Read()
+		<-sub.Joined // Join has returned
+		want := fmt.Sprintf("first message of %s", topic)
+		if err := pub.Hub.Publish(ctx, topic, websocket.MessageText, []byte(want)); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Next(t).Data; got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+		_ = c.Conn.Close(websocket.StatusNormalClosure, "")
+	}
+}
