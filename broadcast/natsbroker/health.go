@@ -27,6 +27,13 @@ type state struct {
 	err   error
 }
 
+// retired is a peer ID dropped because an instance of the same Name
+// appeared under a new ID (a restart in place).
+type retired struct {
+	name string
+	at   time.Time
+}
+
 // peer is another broker instance this one has heard.
 type peer struct {
 	id, name  string
@@ -66,6 +73,8 @@ func newBroker(opts Options) (*Broker, error) {
 		timeout:   opts.HealthTimeout,
 		forget:    opts.ForgetAfter,
 		peers:     make(map[string]*peer),
+		retired:   make(map[string]retired),
+		shared:    make(map[string]bool),
 		waiters:   make(map[uint64]*syncWaiter),
 		firstEcho: make(chan struct{}),
 		wake:      make(chan struct{}, 1),
@@ -339,6 +348,26 @@ func (b *Broker) check(now time.Time) {
 			b.changedLocked()
 		}
 	}
+	for id, r := range b.retired {
+		if now.Sub(r.at) > b.forget {
+			delete(b.retired, id)
+		}
+	}
+	for name := range b.shared {
+		if !b.hasNameLocked(name) {
+			delete(b.shared, name)
+		}
+	}
+}
+
+// hasNameLocked reports whether a peer named name is known. b.mu is held.
+func (b *Broker) hasNameLocked(name string) bool {
+	for _, p := range b.peers {
+		if p.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // lastEchoLocked is when the probe last succeeded, or when the broker
@@ -401,6 +430,9 @@ func (b *Broker) heard(c control, now time.Time) {
 			p.part = "peer " + c.Name + "/" + c.ID
 		}
 		p.st.err = errors.New("not heard yet")
+		if c.Name != "" {
+			b.restartedLocked(p)
+		}
 		b.peers[c.ID] = p
 	}
 	p.lastHeard = now
@@ -408,6 +440,39 @@ func (b *Broker) heard(c control, now time.Time) {
 		// New or back: it may not know this instance yet, or think it
 		// down; answer now rather than within an interval.
 		b.beatSoon()
+	}
+}
+
+// restartedLocked handles a new peer p with a Name: an instance restarted
+// in place (killed, then started again by its orchestrator) comes back
+// under a new ID and the same Name, and its old ID, which will never be
+// heard again, is dropped at once rather than reported down for
+// ForgetAfter. Two live instances that share a Name would drop each
+// other at every heartbeat and hide a silent one: when a dropped ID is
+// heard again, the Name is marked shared (logged once) and no longer
+// taken as a sign of a restart while a peer bears it. b.mu is held; the
+// caller notifies the change (p comes up in the same change).
+func (b *Broker) restartedLocked(p *peer) {
+	if r, ok := b.retired[p.id]; ok {
+		delete(b.retired, p.id)
+		if !b.shared[r.name] {
+			b.shared[r.name] = true
+			b.log.Warn("nats broker: instances share a Name; restarts under it are not detected",
+				zap.String("name", r.name), zap.String("part", p.part))
+		}
+		return
+	}
+	if b.shared[p.name] {
+		return
+	}
+	for id, old := range b.peers {
+		if old.name != p.name {
+			continue
+		}
+		delete(b.peers, id)
+		b.retired[id] = retired{name: p.name, at: time.Now()}
+		b.log.Info("nats broker: peer restarted", zap.String("part", old.part), zap.String("new_part", p.part))
+		b.peerGoneLocked(id)
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"github.com/chiws/chiws/broadcast/internal/fleettest"
 	"github.com/chiws/chiws/broadcast/natsbroker"
 	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // TestHealthAtStart: Health is known when Connect returns: up with the
@@ -255,8 +257,10 @@ func TestPeerCrash(t *testing.T) {
 	waitHealth(t, a, "beta down", seesDown(b))
 	t.Logf("crash seen after %v", time.Since(crash).Round(time.Millisecond))
 	h := waitHealth(t, a, "beta forgotten", func(h broadcast.Health) bool { return peerCount(h) == 0 })
-	if d := time.Since(crash); !h.Up || d < o.ForgetAfter {
-		t.Fatalf("after %v: %s, want up after ForgetAfter (%v)", d, describe(h), o.ForgetAfter)
+	// ForgetAfter counts from the last heartbeat heard, which left up to
+	// an interval before the crash.
+	if d := time.Since(crash); !h.Up || d < o.ForgetAfter-2*testInterval {
+		t.Fatalf("after %v: %s, want up after ForgetAfter (%v) from the last heartbeat", d, describe(h), o.ForgetAfter)
 	}
 }
 
@@ -319,5 +323,65 @@ func TestNotifyHealthStop(t *testing.T) {
 	defer mu.Unlock()
 	if peerCount(seen[0]) != 1 || peerCount(seen[len(seen)-1]) != 0 {
 		t.Fatalf("notifications out of order: first has %d peers, last %d", peerCount(seen[0]), peerCount(seen[len(seen)-1]))
+	}
+}
+
+// TestPeerRestart: an instance killed without a goodbye and started again
+// in place (same Name, new random ID) replaces its old ID at once: the
+// old part disappears and Health is up as soon as the new instance is
+// heard, not ForgetAfter later. The replacement is logged once, at Info.
+func TestPeerRestart(t *testing.T) {
+	e := startServer(t, natsbroker.EmbeddedOptions{})
+	core, logs := observer.New(zap.InfoLevel)
+	o := fast("alpha")
+	o.ForgetAfter = time.Minute
+	o.Logger = zap.New(core)
+	a := connectTo(t, e, o)
+	old := connectTo(t, e, fast("beta"))
+	waitHealth(t, a, "alpha sees beta", seesUp(old))
+
+	crash := time.Now()
+	old.Conn().Close() // killed: no goodbye
+	waitHealth(t, a, "beta down", seesDown(old))
+
+	restarted := connectTo(t, e, fast("beta"))
+	h := waitHealth(t, a, "the new beta up, the old one gone", func(h broadcast.Health) bool {
+		_, stale := part(h, old.ID())
+		return seesUp(restarted)(h) && !stale
+	})
+	if d := time.Since(crash); peerCount(h) != 1 || d > o.ForgetAfter/2 {
+		t.Fatalf("after %v: %s, want up with the new beta alone, well before ForgetAfter (%v)", d, describe(h), o.ForgetAfter)
+	}
+	t.Logf("restart replaced the old ID %v after the crash", time.Since(crash).Round(time.Millisecond))
+	if n := logs.FilterMessage("nats broker: peer restarted").Len(); n != 1 {
+		t.Fatalf("%d logs of the restart, want 1", n)
+	}
+}
+
+// TestSharedName: two live instances that share a Name (a copied
+// configuration) are not taken for a restart for long: the one dropped is
+// heard again, both stay in Health, and it is logged once.
+func TestSharedName(t *testing.T) {
+	e := startServer(t, natsbroker.EmbeddedOptions{})
+	core, logs := observer.New(zap.InfoLevel)
+	o := fast("alpha")
+	o.Logger = zap.New(core)
+	a := connectTo(t, e, o)
+	b1 := connectTo(t, e, fast("beta"))
+	waitHealth(t, a, "alpha sees the first beta", seesUp(b1))
+	b2 := connectTo(t, e, fast("beta"))
+	waitHealth(t, a, "alpha sees both betas", seesUp(b1, b2))
+	if n := logs.FilterMessageSnippet("share a Name").Len(); n != 1 {
+		t.Fatalf("%d logs of the shared name, want 1", n)
+	}
+	// From now on the two are separate peers: one that stops without a
+	// goodbye is reported down, not replaced by the other.
+	b1.Conn().Close()
+	h := waitHealth(t, a, "the first beta down", seesDown(b1))
+	if p, _ := part(h, b2.ID()); !p.Up {
+		t.Fatalf("%s, want the second beta up", describe(h))
+	}
+	if n := logs.FilterMessage("nats broker: peer restarted").Len(); n != 1 {
+		t.Fatalf("%d logs of a restart, want 1 (the second beta's arrival)", n)
 	}
 }

@@ -69,7 +69,14 @@
 // good) stays down until it is heard again, or until ForgetAfter has
 // passed since it was last heard, when it is removed. From here, a crash
 // cannot be told from a partition, so the crash of one instance reports
-// down on every other for up to ForgetAfter. A peer is reported down
+// down on every other for up to ForgetAfter, unless it is restarted in
+// place: a peer heard under a new ID with the Name of a known one (the
+// same instance started again, with a new random ID) replaces it at once,
+// logged at Info ("peer restarted"). This needs a Name unique in the
+// fleet and stable across restarts (a pod's or host's name); when two live
+// instances share one, the dropped one is heard again, which is logged
+// once at Warn, and that Name no longer counts as a restart while a peer
+// bears it. A peer is reported down
 // between HealthTimeout-HealthInterval and HealthTimeout+HealthInterval
 // after its last heartbeat left, plus delivery time.
 package natsbroker
@@ -139,7 +146,10 @@ type Options struct {
 
 	// Name names this instance in the Health of the others ("peer
 	// web-2/...") and in their logs: printable ASCII without spaces, at
-	// most MaxNameLen bytes. Empty: they see only its random ID.
+	// most MaxNameLen bytes. Empty: they see only its random ID. It
+	// should be unique in the fleet and kept across restarts: an instance
+	// heard under a new ID with the Name of a known one is taken for that
+	// one restarted, and replaces it at once in the others' Health.
 	Name string
 
 	// HealthInterval is how often the broker publishes its heartbeat and
@@ -195,8 +205,10 @@ type Broker struct {
 	lastEcho time.Time // when this broker last received its own heartbeat
 	echoed   bool
 	peers    map[string]*peer
-	changes  uint64   // state changes so far
-	queue    []change // changes the notifier has not delivered yet
+	retired  map[string]retired // IDs replaced by a restart, kept ForgetAfter
+	shared   map[string]bool    // Names that two live peers bear
+	changes  uint64             // state changes so far
+	queue    []change           // changes the notifier has not delivered yet
 	watchers []watcher
 	nextW    int
 	waiters  map[uint64]*syncWaiter
