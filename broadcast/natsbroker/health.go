@@ -20,6 +20,19 @@ const (
 	PartProbe      = "probe"
 )
 
+// MaxHeardPeers bounds the peers a heartbeat reports as heard (see
+// Health): the first ones in the order of their IDs. A peer beyond them
+// cannot tell whether this instance hears it, and does not report this
+// instance down for that. It keeps a heartbeat within about 7 KB.
+const MaxHeardPeers = 256
+
+// Why a peer's part is down.
+const (
+	causeNew    = iota // not heard yet
+	causeSilent        // its heartbeats stopped reaching us
+	causeOneWay        // ours stopped reaching it, as its heartbeats say
+)
+
 // state is one part's state.
 type state struct {
 	up    bool
@@ -39,7 +52,11 @@ type peer struct {
 	id, name  string
 	part      string // "peer <name>/<id>" or "peer <id>"
 	st        state
-	lastHeard time.Time
+	cause     int       // why st is down
+	lastHeard time.Time // its last heartbeat (or sync message) here
+	back      time.Time // since when we hear it without a gap over HealthTimeout
+	heardUs   time.Time // when it last heard us, by its heartbeats (zero: never said)
+	oneWay    bool      // its latest heartbeat says ours do not reach it
 }
 
 // control is the payload of heartbeats, goodbyes, sync requests and sync
@@ -49,6 +66,22 @@ type control struct {
 	ID   string `json:"id"`
 	Name string `json:"name,omitempty"`
 	Bye  bool   `json:"bye,omitempty"`
+	// Heard is in heartbeats only (see beat); nil elsewhere, and in the
+	// heartbeats of a version before it.
+	Heard   map[string]int64 `json:"heard,omitempty"`
+	Partial bool             `json:"partial,omitempty"`
+}
+
+// beat is a heartbeat as sent: control with Heard always present, so
+// that an empty list ("I hear nobody") is told from none.
+type beat struct {
+	ID   string `json:"id"`
+	Name string `json:"name,omitempty"`
+	// Heard maps the ID of each peer this instance knows (at most
+	// MaxHeardPeers) to the milliseconds since it last heard that peer.
+	Heard map[string]int64 `json:"heard"`
+	// Partial: some known peers were left out of Heard.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // change is a Health to deliver to the watchers registered before it.
@@ -318,9 +351,31 @@ func (b *Broker) beatLoop() {
 		}
 		// A failed publish (disconnected) is the connection part's to
 		// report; the probe then goes down too, by its timeout.
-		_ = b.nc.Publish(b.hbSubj, b.hello)
+		_ = b.nc.Publish(b.hbSubj, b.heartbeat(time.Now()))
 		b.check(time.Now())
 	}
+}
+
+// heartbeat returns this broker's heartbeat at now: its ID and Name, and
+// how long ago it heard each peer it knows, so that each can tell whether
+// its own heartbeats reach this instance.
+func (b *Broker) heartbeat(now time.Time) []byte {
+	b.mu.Lock()
+	ids := make([]string, 0, len(b.peers))
+	for id := range b.peers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	hb := beat{ID: b.id, Name: b.name, Heard: make(map[string]int64, min(len(ids), MaxHeardPeers))}
+	if len(ids) > MaxHeardPeers {
+		ids, hb.Partial = ids[:MaxHeardPeers], true
+	}
+	for _, id := range ids {
+		hb.Heard[id] = max(now.Sub(b.peers[id].lastHeard).Milliseconds(), 0)
+	}
+	b.mu.Unlock()
+	data, _ := json.Marshal(hb) // never fails: strings, ints and a bool
+	return data
 }
 
 // check applies the timeouts at now.
@@ -337,15 +392,13 @@ func (b *Broker) check(now time.Time) {
 	for id, p := range b.peers {
 		silent := now.Sub(p.lastHeard)
 		switch {
-		case p.st.up && silent > b.timeout:
-			b.setLocked(&p.st, p.part, false,
-				fmt.Errorf("no heartbeat for %v (timeout %v): the instance stopped without a goodbye, or the network between us is cut", silent.Round(time.Millisecond), b.timeout), now)
-			b.peerGoneLocked(id)
 		case !p.st.up && silent > b.forget:
 			delete(b.peers, id)
 			b.log.Warn("nats broker: peer forgotten", zap.String("part", p.part),
 				zap.Duration("silent", silent.Round(time.Millisecond)), zap.Duration("forget_after", b.forget))
 			b.changedLocked()
+		default:
+			b.evalLocked(p, now)
 		}
 	}
 	for id, r := range b.retired {
@@ -435,12 +488,69 @@ func (b *Broker) heard(c control, now time.Time) {
 		}
 		b.peers[c.ID] = p
 	}
+	if now.Sub(p.lastHeard) > b.timeout {
+		// New, or heard again after a silence: what it said of us
+		// before is stale, and it may not have heard us again yet.
+		p.back, p.oneWay = now, false
+	}
 	p.lastHeard = now
+	if c.Heard != nil {
+		// A heartbeat of this version: does it hear us?
+		if ms, ok := c.Heard[b.id]; ok && ms >= 0 {
+			p.heardUs = now.Add(-time.Duration(min(ms, int64(b.forget/time.Millisecond))) * time.Millisecond)
+		} else if !ok && c.Partial {
+			p.heardUs = now // left out for want of room: no news is no blame
+		}
+		// Not in a complete list: it has not heard us since heardUs (or
+		// ever). The grace after back lets our heartbeat reach a peer
+		// that has just (re)appeared before we blame the path.
+		p.oneWay = now.Sub(p.heardUs) > b.timeout && now.Sub(p.back) > b.timeout
+	}
+	b.evalLocked(p, now)
+}
+
+// evalLocked sets p's part from what is known at now: down while its
+// heartbeats do not reach us (silent), or while its heartbeats say ours
+// do not reach it (one way). b.mu is held.
+func (b *Broker) evalLocked(p *peer, now time.Time) {
+	if silent := now.Sub(p.lastHeard); silent > b.timeout {
+		b.peerDownLocked(p, causeSilent,
+			fmt.Errorf("no heartbeat from it for %v (timeout %v): the instance stopped without a goodbye, or the network between us is cut (in at least the direction from it to us)", silent.Round(time.Millisecond), b.timeout), now)
+		return
+	}
+	if p.oneWay {
+		b.peerDownLocked(p, causeOneWay,
+			fmt.Errorf("its heartbeats reach us, but say that ours have not reached it for %v (timeout %v): the network from us to it is cut, one way", now.Sub(p.heardUs).Round(time.Millisecond), b.timeout), now)
+		return
+	}
 	if b.setLocked(&p.st, p.part, true, nil, now) {
 		// New or back: it may not know this instance yet, or think it
 		// down; answer now rather than within an interval.
 		b.beatSoon()
 	}
+}
+
+// peerDownLocked sets p's part down for cause, or changes the reason of a
+// part already down for another cause (logged and notified too). b.mu is
+// held.
+func (b *Broker) peerDownLocked(p *peer, cause int, err error, now time.Time) {
+	if p.st.up || p.cause == causeNew {
+		p.cause = cause
+		if b.setLocked(&p.st, p.part, false, err, now) {
+			b.peerGoneLocked(p.id)
+		} else {
+			p.st.err = err // never up yet: say why
+		}
+		return
+	}
+	if p.cause == cause {
+		return
+	}
+	p.cause, p.st.err = cause, err
+	if b.started {
+		b.log.Warn("nats broker: part down", zap.String("part", p.part), zap.Error(err))
+	}
+	b.changedLocked()
 }
 
 // restartedLocked handles a new peer p with a Name: an instance restarted

@@ -2,7 +2,9 @@ package natsbroker_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -135,6 +137,64 @@ func TestRouteCut(t *testing.T) {
 	waitHealth(t, b, "beta sees alpha again", seesUp(a))
 	t.Logf("up again %v after the cut healed", time.Since(healed).Round(time.Millisecond))
 	expectDelivery(t, a, b, "after.cut")
+}
+
+// TestOneWayCut: the route between two servers passes traffic in one
+// direction only (the proxy holds what beta's server sends to alpha's).
+// Alpha stops hearing beta; beta still hears alpha, whose heartbeats say
+// that beta's no longer arrive. Both report the other down, each saying
+// which direction failed, their connection and probe still up; both are
+// up again when the cut heals.
+func TestOneWayCut(t *testing.T) {
+	eA := startServer(t, natsbroker.EmbeddedOptions{Name: "A", ClusterAddr: "127.0.0.1:0"})
+	px := newGateProxy(t, strings.TrimPrefix(eA.ClusterURL(), "nats://"))
+	eB := startServer(t, natsbroker.EmbeddedOptions{Name: "B", ClusterAddr: "127.0.0.1:0", Routes: []string{px.URL()}})
+	waitRoutes(t, 1, eA, eB)
+	a := connectTo(t, eA, fast("alpha"))
+	b := connectTo(t, eB, fast("beta"))
+	waitHealth(t, a, "alpha sees beta", seesUp(b))
+	waitHealth(t, b, "beta sees alpha", seesUp(a))
+
+	cut := time.Now()
+	px.PauseUp() // beta's server to alpha's
+	var wg sync.WaitGroup
+	var hA, hB broadcast.Health
+	var dA, dB time.Duration
+	wg.Add(2)
+	go func() { // owned by the test: waited for below
+		defer wg.Done()
+		hA = waitHealth(t, a, "alpha reports beta down", seesDown(b))
+		dA = time.Since(cut)
+	}()
+	go func() { // likewise
+		defer wg.Done()
+		hB = waitHealth(t, b, "beta reports alpha down", seesDown(a))
+		dB = time.Since(cut)
+	}()
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	t.Logf("one-way cut seen after %v (alpha, which no longer hears beta) and %v (beta, which is no longer heard)",
+		dA.Round(time.Millisecond), dB.Round(time.Millisecond))
+	for _, c := range []struct {
+		h    broadcast.Health
+		peer *natsbroker.Broker
+		why  string
+	}{{hA, b, "no heartbeat from it"}, {hB, a, "from us to it is cut, one way"}} {
+		p, _ := part(c.h, c.peer.ID())
+		if p.Err == nil || !strings.Contains(p.Err.Error(), c.why) {
+			t.Errorf("%s: %v, want a reason with %q", p.Name, p.Err, c.why)
+		}
+		if got := c.h.Down(); !slices.Equal(got, []string{p.Name}) {
+			t.Errorf("down parts %v, want only the peer: connection and probe work", got)
+		}
+	}
+	px.Resume()
+	waitHealth(t, a, "alpha sees beta again", seesUp(b))
+	waitHealth(t, b, "beta sees alpha again", seesUp(a))
+	expectDelivery(t, a, b, "after.cut")
+	expectDelivery(t, b, a, "after.cut.back")
 }
 
 // expectDelivery subscribes on sub and checks that a message published
@@ -383,5 +443,87 @@ func TestSharedName(t *testing.T) {
 	}
 	if n := logs.FilterMessage("nats broker: peer restarted").Len(); n != 1 {
 		t.Fatalf("%d logs of a restart, want 1 (the second beta's arrival)", n)
+	}
+}
+
+// TestHeardList: the list of peers heard that each heartbeat carries.
+// Peers of a version without it are never blamed for a one-way cut; a
+// peer whose complete list never names this instance is (after the grace
+// of one HealthTimeout); a peer whose list was cut short for room is not.
+// A broker's own list holds at most MaxHeardPeers, the lowest IDs, and
+// says it is partial.
+func TestHeardList(t *testing.T) {
+	e := startServer(t, natsbroker.EmbeddedOptions{})
+	a := connectTo(t, e, fast("alpha"))
+	raw, err := nats.Connect("", nats.InProcessServer(e.Server()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	hb := natsbroker.ControlPrefix + natsbroker.DefaultSubjectPrefix + "hb"
+	const legacy, mute, crowded = "0legacy", "0mute", "0crowded"
+	beats := map[string]string{
+		legacy:  `{"id":"0legacy","name":"legacy"}`,
+		mute:    `{"id":"0mute","heard":{"someone":5}}`,
+		crowded: `{"id":"0crowded","heard":{},"partial":true}`,
+	}
+	// The fake peers beat for three HealthTimeouts: a bounded loop.
+	tick := time.NewTicker(testInterval)
+	defer tick.Stop()
+	for range 3 * testTimeout / testInterval {
+		for _, m := range beats {
+			if err := raw.Publish(hb, []byte(m)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		<-tick.C
+	}
+	h := a.Health()
+	for _, id := range []string{legacy, crowded} {
+		if p, ok := part(h, id); !ok || !p.Up {
+			t.Errorf("%s: %s, want it up", id, describe(h))
+		}
+	}
+	if p, ok := part(h, mute); !ok || p.Up || !strings.Contains(p.Err.Error(), "one way") {
+		t.Errorf("%s: %s, want it down for a one-way cut", mute, describe(h))
+	}
+
+	// Many peers: alpha's heartbeat names the first MaxHeardPeers.
+	var ids []string
+	for i := range natsbroker.MaxHeardPeers + 40 {
+		id := fmt.Sprintf("1peer%04d", i)
+		ids = append(ids, id)
+		if err := raw.Publish(hb, []byte(`{"id":"`+id+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitHealth(t, a, "alpha knows them all", func(h broadcast.Health) bool { return peerCount(h) == len(ids)+len(beats) })
+	own, err := raw.SubscribeSync(hb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := own.NextMsg(fleettest.Timeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			ID      string           `json:"id"`
+			Heard   map[string]int64 `json:"heard"`
+			Partial bool             `json:"partial"`
+		}
+		if json.Unmarshal(m.Data, &got) != nil || got.ID != a.ID() || got.Heard == nil {
+			continue // another's, or the first probe
+		}
+		want := append([]string{crowded, legacy, mute}, ids...)[:natsbroker.MaxHeardPeers]
+		if !got.Partial || len(got.Heard) != len(want) {
+			t.Fatalf("alpha's heartbeat: %d peers heard, partial %v; want %d, partial", len(got.Heard), got.Partial, len(want))
+		}
+		for _, id := range want {
+			if _, ok := got.Heard[id]; !ok {
+				t.Fatalf("alpha's heartbeat lacks %s, one of the lowest IDs", id)
+			}
+		}
+		return
 	}
 }

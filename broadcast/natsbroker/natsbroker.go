@@ -62,7 +62,20 @@
 //     its heartbeats have not arrived for HealthTimeout: the instance
 //     stopped, or the route between its server and ours is cut while both
 //     servers stay up, which NATS itself does not report and which loses
-//     messages silently (Publish still returns nil).
+//     messages silently (Publish still returns nil). It is down too when
+//     its heartbeats arrive but say that ours have not reached it for
+//     HealthTimeout: the path is cut in the direction from us to it only.
+//     So both sides of a one-way cut report it, each with the direction
+//     in the part's Err.
+//
+// For the second direction, each heartbeat lists the peers its sender
+// knows, with how long ago it last heard each (JSON, about 26 bytes a
+// peer). The list holds at most MaxHeardPeers, the lowest IDs, and says
+// when it is cut short; a peer left out of it cannot check that direction
+// with this sender and does not blame it. The check starts once we have
+// heard the peer for HealthTimeout (time for our heartbeat to reach a
+// newcomer, or one heard again after a cut). A peer of an earlier version
+// sends no list, and is checked in the first direction only.
 //
 // A peer that closes its broker says goodbye and is removed without going
 // down. A peer that disappears without a goodbye (killed, or cut off for
@@ -76,9 +89,11 @@
 // fleet and stable across restarts (a pod's or host's name); when two live
 // instances share one, the dropped one is heard again, which is logged
 // once at Warn, and that Name no longer counts as a restart while a peer
-// bears it. A peer is reported down
-// between HealthTimeout-HealthInterval and HealthTimeout+HealthInterval
-// after its last heartbeat left, plus delivery time.
+// bears it.
+//
+// A peer is reported down between HealthTimeout-HealthInterval and
+// HealthTimeout+HealthInterval after its last heartbeat left (or, for a
+// one-way cut, after our last heartbeat reached it), plus delivery time.
 package natsbroker
 
 import (
