@@ -18,6 +18,11 @@ import (
 const (
 	PartConnection = "connection"
 	PartProbe      = "probe"
+	// PartSlowConsumer is down while nats.go drops messages for a
+	// subscription whose handler fell behind by more than its pending
+	// limits (a slow consumer), and until none was dropped for
+	// HealthTimeout.
+	PartSlowConsumer = "slow-consumer"
 )
 
 // MaxHeardPeers bounds the peers a heartbeat reports as heard (see
@@ -105,7 +110,10 @@ func newBroker(opts Options) (*Broker, error) {
 		interval:  opts.HealthInterval,
 		timeout:   opts.HealthTimeout,
 		forget:    opts.ForgetAfter,
+		pendMsgs:  opts.pendingMsgs,
+		pendBytes: opts.pendingBytes,
 		peers:     make(map[string]*peer),
+		slowSubs:  make(map[*nats.Subscription]int),
 		retired:   make(map[string]retired),
 		shared:    make(map[string]bool),
 		waiters:   make(map[uint64]*syncWaiter),
@@ -149,6 +157,12 @@ func newBroker(opts Options) (*Broker, error) {
 	if b.log == nil {
 		b.log = zap.NewNop()
 	}
+	if b.pendMsgs == 0 {
+		b.pendMsgs = pendingMsgs
+	}
+	if b.pendBytes == 0 {
+		b.pendBytes = pendingBytes
+	}
 	var id [8]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
 	b.id = hex.EncodeToString(id[:])
@@ -160,6 +174,7 @@ func newBroker(opts Options) (*Broker, error) {
 	now := time.Now()
 	b.conn = state{since: now, err: fmt.Errorf("%w: not connected yet", broadcast.ErrBrokerUnavailable)}
 	b.probe = state{since: now, err: errors.New("no heartbeat received back yet")}
+	b.slow = state{up: true, since: now}
 	return b, nil
 }
 
@@ -220,6 +235,7 @@ func (b *Broker) healthLocked() broadcast.Health {
 	parts := []broadcast.PartHealth{
 		{Name: PartConnection, Up: b.conn.up, Since: b.conn.since, Err: b.conn.err},
 		{Name: PartProbe, Up: b.probe.up, Since: b.probe.since, Err: b.probe.err},
+		{Name: PartSlowConsumer, Up: b.slow.up, Since: b.slow.since, Err: b.slow.err},
 	}
 	for _, p := range b.peers {
 		parts = append(parts, broadcast.PartHealth{Name: p.part, Up: p.st.up, Since: p.st.since, Err: p.st.err})
@@ -389,6 +405,22 @@ func (b *Broker) check(now time.Time) {
 		b.setLocked(&b.probe, PartProbe, false,
 			fmt.Errorf("own heartbeat not received back for %v (timeout %v)", silent.Round(time.Millisecond), b.timeout), now)
 	}
+	if !b.slow.up {
+		// nats.go reports the first drop of a run only; the counts tell
+		// whether the drops go on.
+		for sub, seen := range b.slowSubs {
+			switch n, err := sub.Dropped(); {
+			case err != nil: // unsubscribed, or the connection closed
+				delete(b.slowSubs, sub)
+			case n != seen:
+				b.slowSubs[sub], b.lastDrop = n, now
+			}
+		}
+		if now.Sub(b.lastDrop) > b.timeout {
+			clear(b.slowSubs)
+			b.setLocked(&b.slow, PartSlowConsumer, true, nil, now)
+		}
+	}
 	for id, p := range b.peers {
 		silent := now.Sub(p.lastHeard)
 		switch {
@@ -421,6 +453,33 @@ func (b *Broker) hasNameLocked(name string) bool {
 		}
 	}
 	return false
+}
+
+// onAsyncError is nats.go's error handler: it reports a slow consumer, and
+// logs the other errors (a permissions violation).
+func (b *Broker) onAsyncError(sub *nats.Subscription, err error) {
+	if sub == nil || !errors.Is(err, nats.ErrSlowConsumer) {
+		fields := []zap.Field{zap.Error(err)}
+		if sub != nil {
+			fields = append(fields, zap.String("subject", sub.Subject))
+		}
+		b.log.Warn("nats broker: asynchronous error", fields...)
+		return
+	}
+	dropped, derr := sub.Dropped()
+	msgs, bytes, _ := sub.PendingLimits()
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return
+	}
+	b.lastDrop = now
+	if derr == nil {
+		b.slowSubs[sub] = dropped
+	}
+	b.setLocked(&b.slow, PartSlowConsumer, false,
+		fmt.Errorf("messages dropped on %s: its handler fell behind by more than its pending limits (%d messages or %d bytes), so nats.go drops what comes in (a slow consumer); the process is overloaded or stalled", sub.Subject, msgs, bytes), now)
 }
 
 // lastEchoLocked is when the probe last succeeded, or when the broker

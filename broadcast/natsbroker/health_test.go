@@ -26,8 +26,9 @@ func TestHealthAtStart(t *testing.T) {
 	e := startServer(t, natsbroker.EmbeddedOptions{})
 	up := connectTo(t, e, fast("up"))
 	h := up.Health()
-	if !h.Up || len(h.Parts) != 2 || h.Parts[0].Name != natsbroker.PartConnection || h.Parts[1].Name != natsbroker.PartProbe {
-		t.Fatalf("health right after Connect: %s, want up with the connection and the probe", describe(h))
+	if !h.Up || len(h.Parts) != 3 || h.Parts[0].Name != natsbroker.PartConnection || h.Parts[1].Name != natsbroker.PartProbe ||
+		h.Parts[2].Name != natsbroker.PartSlowConsumer {
+		t.Fatalf("health right after Connect: %s, want up with the connection, the probe and the slow consumers", describe(h))
 	}
 
 	// A client port where nothing listens yet.
@@ -525,5 +526,78 @@ func TestHeardList(t *testing.T) {
 			}
 		}
 		return
+	}
+}
+
+// TestSlowConsumer: a subscription whose handler blocks, with small
+// pending limits, overflows them: nats.go drops messages and reports it
+// to its error handler. The broker's part PartSlowConsumer is down, naming
+// the subject, and an ErrorHandler given in Options.NATS is still called;
+// once the handler is released and nothing has been dropped for
+// HealthTimeout, the part is up again.
+func TestSlowConsumer(t *testing.T) {
+	e := startServer(t, natsbroker.EmbeddedOptions{})
+	userErrs := make(chan error, 1)
+	o := natsbroker.WithPendingLimits(fast("alpha"), 4, 1<<20)
+	o.NATS = []nats.Option{nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case userErrs <- err:
+		default:
+		}
+	})}
+	a := connectTo(t, e, o)
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the broker closes (cleanups run in reverse)
+	got := make(chan string, 64)
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	if _, err := a.Subscribe(ctx, "busy", func(p []byte) {
+		<-release
+		got <- string(p)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	for i := range 20 {
+		if err := a.Publish(ctx, "busy", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := waitHealth(t, a, "slow consumer reported", func(h broadcast.Health) bool { return !h.Up })
+	p, _ := part(h, natsbroker.PartSlowConsumer)
+	if got := h.Down(); !slices.Equal(got, []string{natsbroker.PartSlowConsumer}) ||
+		!strings.Contains(p.Err.Error(), natsbroker.DefaultSubjectPrefix+"busy") {
+		t.Fatalf("%s, want only the slow consumers down, naming the subject", describe(h))
+	}
+	select {
+	case err := <-userErrs:
+		if !errors.Is(err, nats.ErrSlowConsumer) {
+			t.Fatalf("the application's error handler got %v, want ErrSlowConsumer", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the application's error handler was not called")
+	}
+
+	unblock()
+	waitHealth(t, a, "slow consumer over", func(h broadcast.Health) bool { return h.Up })
+	if d := time.Since(start); d < testTimeout {
+		t.Fatalf("up again %v after the drops, want no drop for HealthTimeout (%v) first", d, testTimeout)
+	}
+	// The handler had what the limits held; the next message arrives.
+	if err := a.Publish(ctx, "busy", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case m := <-got:
+			if m == "after" {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("no message after the slow consumer")
+		}
 	}
 }

@@ -57,6 +57,14 @@
 //     receives its own back; down when none came back for HealthTimeout.
 //     This catches a server that froze, or a path that black-holes
 //     traffic, which nats.go notices only after minutes of missed pings.
+//   - "slow-consumer": down when nats.go dropped messages for one of the
+//     connection's subscriptions, whose handler had fallen behind by more
+//     than its pending limits (65536 messages or 64 MiB for Subscribe's),
+//     and until none was dropped for HealthTimeout. nats.go reports the
+//     first drop of a run to the connection's error handler, which the
+//     broker installs; the broker then follows the subscription's count
+//     of drops every HealthInterval. A hub's handler never blocks, so this
+//     means a process overloaded or stalled, and messages lost here.
 //   - "peer <name>/<id>" (or "peer <id>" without a name): each other
 //     broker instance of the fleet this one has heard. It is down when
 //     its heartbeats have not arrived for HealthTimeout: the instance
@@ -155,8 +163,9 @@ type Options struct {
 	// are applied first; the broker then sets its own reconnect
 	// behaviour: reconnect forever, no buffering while disconnected
 	// (Publish fails instead), and the connect, disconnect, reconnect and
-	// closed handlers. nats.NoEcho is refused: a hub receives its own messages
-	// through the broker.
+	// closed handlers. It also installs an error handler, which calls the
+	// one of a nats.ErrorHandler given here after its own. nats.NoEcho is
+	// refused: a hub receives its own messages through the broker.
 	NATS []nats.Option
 
 	// Name names this instance in the Health of the others ("peer
@@ -183,9 +192,26 @@ type Options struct {
 	ForgetAfter time.Duration
 
 	// Logger receives the changes of each part of Health (Warn when down,
-	// with the reason, Info when up), once per change. Nil means no logs.
+	// with the reason, Info when up), once per change, and at Warn the
+	// asynchronous errors of NATS other than slow consumers (a permissions
+	// violation), which nats.go would otherwise print to stderr. Nil means
+	// no logs.
 	Logger *zap.Logger
+
+	// Subscribe's pending limits, set only by tests (export_test.go), so
+	// that a slow consumer takes a few messages rather than 65537; zero
+	// means the defaults below.
+	pendingMsgs, pendingBytes int
 }
+
+// Subscribe's pending limits per subscription: the messages nats.go holds
+// for a handler that has not taken them yet, past which it drops them (a
+// slow consumer, reported by the part PartSlowConsumer). A hub's handler
+// never blocks, so these only guard against a stalled process.
+const (
+	pendingMsgs  = 1 << 16
+	pendingBytes = 64 << 20
+)
 
 // Broker is a broadcast.Broker on a NATS connection. It also implements
 // broadcast.Monitor.
@@ -200,6 +226,8 @@ type Broker struct {
 	log    *zap.Logger
 
 	id, name  string
+	pendMsgs  int // Subscribe's pending limits
+	pendBytes int
 	interval  time.Duration
 	timeout   time.Duration
 	forget    time.Duration
@@ -211,13 +239,17 @@ type Broker struct {
 	firstEcho chan struct{} // closed by the first own heartbeat received
 
 	// mu guards the fields below. It is never held while calling a
-	// NotifyHealth function, nor during network I/O.
+	// NotifyHealth function, nor during network I/O. It may be held while
+	// taking a nats.Subscription's lock (never the other way round).
 	mu       sync.Mutex
 	closing  bool
 	started  bool // Connect has returned: state changes are logged
 	conn     state
 	probe    state
-	lastEcho time.Time // when this broker last received its own heartbeat
+	slow     state                      // PartSlowConsumer
+	slowSubs map[*nats.Subscription]int // subscriptions that dropped: their count seen
+	lastDrop time.Time                  // when a drop was last seen
+	lastEcho time.Time                  // when this broker last received its own heartbeat
 	echoed   bool
 	peers    map[string]*peer
 	retired  map[string]retired // IDs replaced by a restart, kept ForgetAfter
@@ -265,6 +297,18 @@ func Connect(url string, opts Options) (*Broker, error) {
 		// nats.go gives up on some errors (a server that refuses the
 		// credentials); not called for Close, as setConn ignores it then.
 		nats.ClosedHandler(func(*nats.Conn) { b.setConn(false, nats.ErrConnectionClosed) }),
+		// After opts.NATS: the last error handler set wins, so this one
+		// wraps the one set there, if any.
+		func(o *nats.Options) error {
+			user := o.AsyncErrorCB
+			o.AsyncErrorCB = func(nc *nats.Conn, sub *nats.Subscription, err error) {
+				b.onAsyncError(sub, err)
+				if user != nil {
+					user(nc, sub, err)
+				}
+			}
+			return nil
+		},
 	)
 	nc, err := nats.Connect(url, o...)
 	if err != nil {
@@ -350,9 +394,9 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (b
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: subscribe: %w", b.wrap(err))
 	}
-	// Pending limits: h never blocks, so these only guard against a
-	// stalled process; NATS drops (at most once) rather than grow.
-	_ = sub.SetPendingLimits(1<<16, 64<<20)
+	// Past these nats.go drops (at most once) rather than grow, and
+	// reports it to onAsyncError.
+	_ = sub.SetPendingLimits(b.pendMsgs, b.pendBytes)
 	if _, ok := ctx.Deadline(); !ok {
 		// FlushWithContext insists on a deadline.
 		var cancel context.CancelFunc
