@@ -33,7 +33,7 @@ const MaxHeardPeers = 256
 
 // Why a peer's part is down.
 const (
-	causeNew    = iota // not heard yet
+	causeNone   = iota // it is up
 	causeSilent        // its heartbeats stopped reaching us
 	causeOneWay        // ours stopped reaching it, as its heartbeats say
 )
@@ -57,7 +57,7 @@ type peer struct {
 	id, name  string
 	part      string // "peer <name>/<id>" or "peer <id>"
 	st        state
-	cause     int       // why st is down
+	cause     int       // why st is down, when it is
 	lastHeard time.Time // its last heartbeat (or sync message) here
 	back      time.Time // since when we hear it without a gap over HealthTimeout
 	heardUs   time.Time // when it last heard us, by its heartbeats (zero: never said)
@@ -543,7 +543,7 @@ func (b *Broker) heard(c control, now time.Time) {
 		}
 		p.st.err = errors.New("not heard yet")
 		if c.Name != "" {
-			b.restartedLocked(p)
+			b.restartedLocked(p, now)
 		}
 		b.peers[c.ID] = p
 	}
@@ -582,6 +582,7 @@ func (b *Broker) evalLocked(p *peer, now time.Time) {
 			fmt.Errorf("its heartbeats reach us, but say that ours have not reached it for %v (timeout %v): the network from us to it is cut, one way", now.Sub(p.heardUs).Round(time.Millisecond), b.timeout), now)
 		return
 	}
+	p.cause = causeNone
 	if b.setLocked(&p.st, p.part, true, nil, now) {
 		// New or back: it may not know this instance yet, or think it
 		// down; answer now rather than within an interval.
@@ -593,13 +594,10 @@ func (b *Broker) evalLocked(p *peer, now time.Time) {
 // part already down for another cause (logged and notified too). b.mu is
 // held.
 func (b *Broker) peerDownLocked(p *peer, cause int, err error, now time.Time) {
-	if p.st.up || p.cause == causeNew {
+	if p.st.up {
 		p.cause = cause
-		if b.setLocked(&p.st, p.part, false, err, now) {
-			b.peerGoneLocked(p.id)
-		} else {
-			p.st.err = err // never up yet: say why
-		}
+		b.setLocked(&p.st, p.part, false, err, now)
+		b.peerGoneLocked(p.id)
 		return
 	}
 	if p.cause == cause {
@@ -621,7 +619,7 @@ func (b *Broker) peerDownLocked(p *peer, cause int, err error, now time.Time) {
 // heard again, the Name is marked shared (logged once) and no longer
 // taken as a sign of a restart while a peer bears it. b.mu is held; the
 // caller notifies the change (p comes up in the same change).
-func (b *Broker) restartedLocked(p *peer) {
+func (b *Broker) restartedLocked(p *peer, now time.Time) {
 	if r, ok := b.retired[p.id]; ok {
 		delete(b.retired, p.id)
 		if !b.shared[r.name] {
@@ -639,7 +637,7 @@ func (b *Broker) restartedLocked(p *peer) {
 			continue
 		}
 		delete(b.peers, id)
-		b.retired[id] = retired{name: p.name, at: time.Now()}
+		b.retired[id] = retired{name: p.name, at: now}
 		b.log.Info("nats broker: peer restarted", zap.String("part", old.part), zap.String("new_part", p.part))
 		b.peerGoneLocked(id)
 	}
