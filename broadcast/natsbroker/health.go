@@ -18,6 +18,24 @@ import (
 const (
 	PartConnection = "connection"
 	PartProbe      = "probe"
+	// PartSlowConsumer is down while nats.go drops messages for a
+	// subscription whose handler fell behind by more than its pending
+	// limits (a slow consumer), and until none was dropped for
+	// HealthTimeout.
+	PartSlowConsumer = "slow-consumer"
+)
+
+// MaxHeardPeers bounds the peers a heartbeat reports as heard (see
+// Health): the first ones in the order of their IDs. A peer beyond them
+// cannot tell whether this instance hears it, and does not report this
+// instance down for that. It keeps a heartbeat within about 7 KB.
+const MaxHeardPeers = 256
+
+// Why a peer's part is down.
+const (
+	causeNone   = iota // it is up
+	causeSilent        // its heartbeats stopped reaching us
+	causeOneWay        // ours stopped reaching it, as its heartbeats say
 )
 
 // state is one part's state.
@@ -27,12 +45,23 @@ type state struct {
 	err   error
 }
 
+// retired is a peer ID dropped because an instance of the same Name
+// appeared under a new ID (a restart in place).
+type retired struct {
+	name string
+	at   time.Time
+}
+
 // peer is another broker instance this one has heard.
 type peer struct {
 	id, name  string
 	part      string // "peer <name>/<id>" or "peer <id>"
 	st        state
-	lastHeard time.Time
+	cause     int       // why st is down, when it is
+	lastHeard time.Time // its last heartbeat (or sync message) here
+	back      time.Time // since when we hear it without a gap over HealthTimeout
+	heardUs   time.Time // when it last heard us, by its heartbeats (zero: never said)
+	oneWay    bool      // its latest heartbeat says ours do not reach it
 }
 
 // control is the payload of heartbeats, goodbyes, sync requests and sync
@@ -42,6 +71,22 @@ type control struct {
 	ID   string `json:"id"`
 	Name string `json:"name,omitempty"`
 	Bye  bool   `json:"bye,omitempty"`
+	// Heard is in heartbeats only (see beat); nil elsewhere, and in the
+	// heartbeats of a version before it.
+	Heard   map[string]int64 `json:"heard,omitempty"`
+	Partial bool             `json:"partial,omitempty"`
+}
+
+// beat is a heartbeat as sent: control with Heard always present, so
+// that an empty list ("I hear nobody") is told from none.
+type beat struct {
+	ID   string `json:"id"`
+	Name string `json:"name,omitempty"`
+	// Heard maps the ID of each peer this instance knows (at most
+	// MaxHeardPeers) to the milliseconds since it last heard that peer.
+	Heard map[string]int64 `json:"heard"`
+	// Partial: some known peers were left out of Heard.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // change is a Health to deliver to the watchers registered before it.
@@ -65,7 +110,12 @@ func newBroker(opts Options) (*Broker, error) {
 		interval:  opts.HealthInterval,
 		timeout:   opts.HealthTimeout,
 		forget:    opts.ForgetAfter,
+		pendMsgs:  opts.pendingMsgs,
+		pendBytes: opts.pendingBytes,
 		peers:     make(map[string]*peer),
+		slowSubs:  make(map[*nats.Subscription]int),
+		retired:   make(map[string]retired),
+		shared:    make(map[string]bool),
 		waiters:   make(map[uint64]*syncWaiter),
 		firstEcho: make(chan struct{}),
 		wake:      make(chan struct{}, 1),
@@ -107,6 +157,12 @@ func newBroker(opts Options) (*Broker, error) {
 	if b.log == nil {
 		b.log = zap.NewNop()
 	}
+	if b.pendMsgs == 0 {
+		b.pendMsgs = pendingMsgs
+	}
+	if b.pendBytes == 0 {
+		b.pendBytes = pendingBytes
+	}
 	var id [8]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
 	b.id = hex.EncodeToString(id[:])
@@ -118,6 +174,7 @@ func newBroker(opts Options) (*Broker, error) {
 	now := time.Now()
 	b.conn = state{since: now, err: fmt.Errorf("%w: not connected yet", broadcast.ErrBrokerUnavailable)}
 	b.probe = state{since: now, err: errors.New("no heartbeat received back yet")}
+	b.slow = state{up: true, since: now}
 	return b, nil
 }
 
@@ -178,6 +235,7 @@ func (b *Broker) healthLocked() broadcast.Health {
 	parts := []broadcast.PartHealth{
 		{Name: PartConnection, Up: b.conn.up, Since: b.conn.since, Err: b.conn.err},
 		{Name: PartProbe, Up: b.probe.up, Since: b.probe.since, Err: b.probe.err},
+		{Name: PartSlowConsumer, Up: b.slow.up, Since: b.slow.since, Err: b.slow.err},
 	}
 	for _, p := range b.peers {
 		parts = append(parts, broadcast.PartHealth{Name: p.part, Up: p.st.up, Since: p.st.since, Err: p.st.err})
@@ -309,9 +367,31 @@ func (b *Broker) beatLoop() {
 		}
 		// A failed publish (disconnected) is the connection part's to
 		// report; the probe then goes down too, by its timeout.
-		_ = b.nc.Publish(b.hbSubj, b.hello)
+		_ = b.nc.Publish(b.hbSubj, b.heartbeat(time.Now()))
 		b.check(time.Now())
 	}
+}
+
+// heartbeat returns this broker's heartbeat at now: its ID and Name, and
+// how long ago it heard each peer it knows, so that each can tell whether
+// its own heartbeats reach this instance.
+func (b *Broker) heartbeat(now time.Time) []byte {
+	b.mu.Lock()
+	ids := make([]string, 0, len(b.peers))
+	for id := range b.peers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	hb := beat{ID: b.id, Name: b.name, Heard: make(map[string]int64, min(len(ids), MaxHeardPeers))}
+	if len(ids) > MaxHeardPeers {
+		ids, hb.Partial = ids[:MaxHeardPeers], true
+	}
+	for _, id := range ids {
+		hb.Heard[id] = max(now.Sub(b.peers[id].lastHeard).Milliseconds(), 0)
+	}
+	b.mu.Unlock()
+	data, _ := json.Marshal(hb) // never fails: strings, ints and a bool
+	return data
 }
 
 // check applies the timeouts at now.
@@ -325,20 +405,81 @@ func (b *Broker) check(now time.Time) {
 		b.setLocked(&b.probe, PartProbe, false,
 			fmt.Errorf("own heartbeat not received back for %v (timeout %v)", silent.Round(time.Millisecond), b.timeout), now)
 	}
+	if !b.slow.up {
+		// nats.go reports the first drop of a run only; the counts tell
+		// whether the drops go on.
+		for sub, seen := range b.slowSubs {
+			switch n, err := sub.Dropped(); {
+			case err != nil: // unsubscribed, or the connection closed
+				delete(b.slowSubs, sub)
+			case n != seen:
+				b.slowSubs[sub], b.lastDrop = n, now
+			}
+		}
+		if now.Sub(b.lastDrop) > b.timeout {
+			clear(b.slowSubs)
+			b.setLocked(&b.slow, PartSlowConsumer, true, nil, now)
+		}
+	}
 	for id, p := range b.peers {
 		silent := now.Sub(p.lastHeard)
 		switch {
-		case p.st.up && silent > b.timeout:
-			b.setLocked(&p.st, p.part, false,
-				fmt.Errorf("no heartbeat for %v (timeout %v): the instance stopped without a goodbye, or the network between us is cut", silent.Round(time.Millisecond), b.timeout), now)
-			b.peerGoneLocked(id)
 		case !p.st.up && silent > b.forget:
 			delete(b.peers, id)
 			b.log.Warn("nats broker: peer forgotten", zap.String("part", p.part),
 				zap.Duration("silent", silent.Round(time.Millisecond)), zap.Duration("forget_after", b.forget))
 			b.changedLocked()
+		default:
+			b.evalLocked(p, now)
 		}
 	}
+	for id, r := range b.retired {
+		if now.Sub(r.at) > b.forget {
+			delete(b.retired, id)
+		}
+	}
+	for name := range b.shared {
+		if !b.hasNameLocked(name) {
+			delete(b.shared, name)
+		}
+	}
+}
+
+// hasNameLocked reports whether a peer named name is known. b.mu is held.
+func (b *Broker) hasNameLocked(name string) bool {
+	for _, p := range b.peers {
+		if p.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// onAsyncError is nats.go's error handler: it reports a slow consumer, and
+// logs the other errors (a permissions violation).
+func (b *Broker) onAsyncError(sub *nats.Subscription, err error) {
+	if sub == nil || !errors.Is(err, nats.ErrSlowConsumer) {
+		fields := []zap.Field{zap.Error(err)}
+		if sub != nil {
+			fields = append(fields, zap.String("subject", sub.Subject))
+		}
+		b.log.Warn("nats broker: asynchronous error", fields...)
+		return
+	}
+	dropped, derr := sub.Dropped()
+	msgs, bytes, _ := sub.PendingLimits()
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return
+	}
+	b.lastDrop = now
+	if derr == nil {
+		b.slowSubs[sub] = dropped
+	}
+	b.setLocked(&b.slow, PartSlowConsumer, false,
+		fmt.Errorf("messages dropped on %s: its handler fell behind by more than its pending limits (%d messages or %d bytes), so nats.go drops what comes in (a slow consumer); the process is overloaded or stalled", sub.Subject, msgs, bytes), now)
 }
 
 // lastEchoLocked is when the probe last succeeded, or when the broker
@@ -401,13 +542,104 @@ func (b *Broker) heard(c control, now time.Time) {
 			p.part = "peer " + c.Name + "/" + c.ID
 		}
 		p.st.err = errors.New("not heard yet")
+		if c.Name != "" {
+			b.restartedLocked(p, now)
+		}
 		b.peers[c.ID] = p
 	}
+	if now.Sub(p.lastHeard) > b.timeout {
+		// New, or heard again after a silence: what it said of us
+		// before is stale, and it may not have heard us again yet.
+		p.back, p.oneWay = now, false
+	}
 	p.lastHeard = now
+	if c.Heard != nil {
+		// A heartbeat of this version: does it hear us?
+		if ms, ok := c.Heard[b.id]; ok && ms >= 0 {
+			p.heardUs = now.Add(-time.Duration(min(ms, int64(b.forget/time.Millisecond))) * time.Millisecond)
+		} else if !ok && c.Partial {
+			p.heardUs = now // left out for want of room: no news is no blame
+		}
+		// Not in a complete list: it has not heard us since heardUs (or
+		// ever). The grace after back lets our heartbeat reach a peer
+		// that has just (re)appeared before we blame the path.
+		p.oneWay = now.Sub(p.heardUs) > b.timeout && now.Sub(p.back) > b.timeout
+	}
+	b.evalLocked(p, now)
+}
+
+// evalLocked sets p's part from what is known at now: down while its
+// heartbeats do not reach us (silent), or while its heartbeats say ours
+// do not reach it (one way). b.mu is held.
+func (b *Broker) evalLocked(p *peer, now time.Time) {
+	if silent := now.Sub(p.lastHeard); silent > b.timeout {
+		b.peerDownLocked(p, causeSilent,
+			fmt.Errorf("no heartbeat from it for %v (timeout %v): the instance stopped without a goodbye, or the network between us is cut (in at least the direction from it to us)", silent.Round(time.Millisecond), b.timeout), now)
+		return
+	}
+	if p.oneWay {
+		b.peerDownLocked(p, causeOneWay,
+			fmt.Errorf("its heartbeats reach us, but say that ours have not reached it for %v (timeout %v): the network from us to it is cut, one way", now.Sub(p.heardUs).Round(time.Millisecond), b.timeout), now)
+		return
+	}
+	p.cause = causeNone
 	if b.setLocked(&p.st, p.part, true, nil, now) {
 		// New or back: it may not know this instance yet, or think it
 		// down; answer now rather than within an interval.
 		b.beatSoon()
+	}
+}
+
+// peerDownLocked sets p's part down for cause, or changes the reason of a
+// part already down for another cause (logged and notified too). b.mu is
+// held.
+func (b *Broker) peerDownLocked(p *peer, cause int, err error, now time.Time) {
+	if p.st.up {
+		p.cause = cause
+		b.setLocked(&p.st, p.part, false, err, now)
+		b.peerGoneLocked(p.id)
+		return
+	}
+	if p.cause == cause {
+		return
+	}
+	p.cause, p.st.err = cause, err
+	if b.started {
+		b.log.Warn("nats broker: part down", zap.String("part", p.part), zap.Error(err))
+	}
+	b.changedLocked()
+}
+
+// restartedLocked handles a new peer p with a Name: an instance restarted
+// in place (killed, then started again by its orchestrator) comes back
+// under a new ID and the same Name, and its old ID, which will never be
+// heard again, is dropped at once rather than reported down for
+// ForgetAfter. Two live instances that share a Name would drop each
+// other at every heartbeat and hide a silent one: when a dropped ID is
+// heard again, the Name is marked shared (logged once) and no longer
+// taken as a sign of a restart while a peer bears it. b.mu is held; the
+// caller notifies the change (p comes up in the same change).
+func (b *Broker) restartedLocked(p *peer, now time.Time) {
+	if r, ok := b.retired[p.id]; ok {
+		delete(b.retired, p.id)
+		if !b.shared[r.name] {
+			b.shared[r.name] = true
+			b.log.Warn("nats broker: instances share a Name; restarts under it are not detected",
+				zap.String("name", r.name), zap.String("part", p.part))
+		}
+		return
+	}
+	if b.shared[p.name] {
+		return
+	}
+	for id, old := range b.peers {
+		if old.name != p.name {
+			continue
+		}
+		delete(b.peers, id)
+		b.retired[id] = retired{name: p.name, at: now}
+		b.log.Info("nats broker: peer restarted", zap.String("part", old.part), zap.String("new_part", p.part))
+		b.peerGoneLocked(id)
 	}
 }
 

@@ -57,21 +57,51 @@
 //     receives its own back; down when none came back for HealthTimeout.
 //     This catches a server that froze, or a path that black-holes
 //     traffic, which nats.go notices only after minutes of missed pings.
+//   - "slow-consumer": down when nats.go dropped messages for one of the
+//     connection's subscriptions, whose handler had fallen behind by more
+//     than its pending limits (65536 messages or 64 MiB for Subscribe's),
+//     and until none was dropped for HealthTimeout. nats.go reports the
+//     first drop of a run to the connection's error handler, which the
+//     broker installs; the broker then follows the subscription's count
+//     of drops every HealthInterval. A hub's handler never blocks, so this
+//     means a process overloaded or stalled, and messages lost here.
 //   - "peer <name>/<id>" (or "peer <id>" without a name): each other
 //     broker instance of the fleet this one has heard. It is down when
 //     its heartbeats have not arrived for HealthTimeout: the instance
 //     stopped, or the route between its server and ours is cut while both
 //     servers stay up, which NATS itself does not report and which loses
-//     messages silently (Publish still returns nil).
+//     messages silently (Publish still returns nil). It is down too when
+//     its heartbeats arrive but say that ours have not reached it for
+//     HealthTimeout: the path is cut in the direction from us to it only.
+//     So both sides of a one-way cut report it, each with the direction
+//     in the part's Err.
+//
+// For the second direction, each heartbeat lists the peers its sender
+// knows, with how long ago it last heard each (JSON, about 26 bytes a
+// peer). The list holds at most MaxHeardPeers, the lowest IDs, and says
+// when it is cut short; a peer left out of it cannot check that direction
+// with this sender and does not blame it. The check starts once we have
+// heard the peer for HealthTimeout (time for our heartbeat to reach a
+// newcomer, or one heard again after a cut). A peer of an earlier version
+// sends no list, and is checked in the first direction only.
 //
 // A peer that closes its broker says goodbye and is removed without going
 // down. A peer that disappears without a goodbye (killed, or cut off for
 // good) stays down until it is heard again, or until ForgetAfter has
 // passed since it was last heard, when it is removed. From here, a crash
 // cannot be told from a partition, so the crash of one instance reports
-// down on every other for up to ForgetAfter. A peer is reported down
-// between HealthTimeout-HealthInterval and HealthTimeout+HealthInterval
-// after its last heartbeat left, plus delivery time.
+// down on every other for up to ForgetAfter, unless it is restarted in
+// place: a peer heard under a new ID with the Name of a known one (the
+// same instance started again, with a new random ID) replaces it at once,
+// logged at Info ("peer restarted"). This needs a Name unique in the
+// fleet and stable across restarts (a pod's or host's name); when two live
+// instances share one, the dropped one is heard again, which is logged
+// once at Warn, and that Name no longer counts as a restart while a peer
+// bears it.
+//
+// A peer is reported down between HealthTimeout-HealthInterval and
+// HealthTimeout+HealthInterval after its last heartbeat left (or, for a
+// one-way cut, after our last heartbeat reached it), plus delivery time.
 package natsbroker
 
 import (
@@ -133,13 +163,17 @@ type Options struct {
 	// are applied first; the broker then sets its own reconnect
 	// behaviour: reconnect forever, no buffering while disconnected
 	// (Publish fails instead), and the connect, disconnect, reconnect and
-	// closed handlers. nats.NoEcho is refused: a hub receives its own messages
-	// through the broker.
+	// closed handlers. It also installs an error handler, which calls the
+	// one of a nats.ErrorHandler given here after its own. nats.NoEcho is
+	// refused: a hub receives its own messages through the broker.
 	NATS []nats.Option
 
 	// Name names this instance in the Health of the others ("peer
 	// web-2/...") and in their logs: printable ASCII without spaces, at
-	// most MaxNameLen bytes. Empty: they see only its random ID.
+	// most MaxNameLen bytes. Empty: they see only its random ID. It
+	// should be unique in the fleet and kept across restarts: an instance
+	// heard under a new ID with the Name of a known one is taken for that
+	// one restarted, and replaces it at once in the others' Health.
 	Name string
 
 	// HealthInterval is how often the broker publishes its heartbeat and
@@ -158,9 +192,26 @@ type Options struct {
 	ForgetAfter time.Duration
 
 	// Logger receives the changes of each part of Health (Warn when down,
-	// with the reason, Info when up), once per change. Nil means no logs.
+	// with the reason, Info when up), once per change, and at Warn the
+	// asynchronous errors of NATS other than slow consumers (a permissions
+	// violation), which nats.go would otherwise print to stderr. Nil means
+	// no logs.
 	Logger *zap.Logger
+
+	// Subscribe's pending limits, set only by tests (export_test.go), so
+	// that a slow consumer takes a few messages rather than 65537; zero
+	// means the defaults below.
+	pendingMsgs, pendingBytes int
 }
+
+// Subscribe's pending limits per subscription: the messages nats.go holds
+// for a handler that has not taken them yet, past which it drops them (a
+// slow consumer, reported by the part PartSlowConsumer). A hub's handler
+// never blocks, so these only guard against a stalled process.
+const (
+	pendingMsgs  = 1 << 16
+	pendingBytes = 64 << 20
+)
 
 // Broker is a broadcast.Broker on a NATS connection. It also implements
 // broadcast.Monitor.
@@ -175,6 +226,8 @@ type Broker struct {
 	log    *zap.Logger
 
 	id, name  string
+	pendMsgs  int // Subscribe's pending limits
+	pendBytes int
 	interval  time.Duration
 	timeout   time.Duration
 	forget    time.Duration
@@ -186,17 +239,23 @@ type Broker struct {
 	firstEcho chan struct{} // closed by the first own heartbeat received
 
 	// mu guards the fields below. It is never held while calling a
-	// NotifyHealth function, nor during network I/O.
+	// NotifyHealth function, nor during network I/O. It may be held while
+	// taking a nats.Subscription's lock (never the other way round).
 	mu       sync.Mutex
 	closing  bool
 	started  bool // Connect has returned: state changes are logged
 	conn     state
 	probe    state
-	lastEcho time.Time // when this broker last received its own heartbeat
+	slow     state                      // PartSlowConsumer
+	slowSubs map[*nats.Subscription]int // subscriptions that dropped: their count seen
+	lastDrop time.Time                  // when a drop was last seen
+	lastEcho time.Time                  // when this broker last received its own heartbeat
 	echoed   bool
 	peers    map[string]*peer
-	changes  uint64   // state changes so far
-	queue    []change // changes the notifier has not delivered yet
+	retired  map[string]retired // IDs replaced by a restart, kept ForgetAfter
+	shared   map[string]bool    // Names that two live peers bear
+	changes  uint64             // state changes so far
+	queue    []change           // changes the notifier has not delivered yet
 	watchers []watcher
 	nextW    int
 	waiters  map[uint64]*syncWaiter
@@ -238,6 +297,18 @@ func Connect(url string, opts Options) (*Broker, error) {
 		// nats.go gives up on some errors (a server that refuses the
 		// credentials); not called for Close, as setConn ignores it then.
 		nats.ClosedHandler(func(*nats.Conn) { b.setConn(false, nats.ErrConnectionClosed) }),
+		// After opts.NATS: the last error handler set wins, so this one
+		// wraps the one set there, if any.
+		func(o *nats.Options) error {
+			user := o.AsyncErrorCB
+			o.AsyncErrorCB = func(nc *nats.Conn, sub *nats.Subscription, err error) {
+				b.onAsyncError(sub, err)
+				if user != nil {
+					user(nc, sub, err)
+				}
+			}
+			return nil
+		},
 	)
 	nc, err := nats.Connect(url, o...)
 	if err != nil {
@@ -323,9 +394,9 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (b
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: subscribe: %w", b.wrap(err))
 	}
-	// Pending limits: h never blocks, so these only guard against a
-	// stalled process; NATS drops (at most once) rather than grow.
-	_ = sub.SetPendingLimits(1<<16, 64<<20)
+	// Past these nats.go drops (at most once) rather than grow, and
+	// reports it to onAsyncError.
+	_ = sub.SetPendingLimits(b.pendMsgs, b.pendBytes)
 	if _, ok := ctx.Deadline(); !ok {
 		// FlushWithContext insists on a deadline.
 		var cancel context.CancelFunc

@@ -7,10 +7,11 @@ import (
 )
 
 // gateProxy is a loopback TCP proxy that the test can pause: while paused
-// it forwards nothing in either direction but keeps every connection
-// open, and holds what it read (the kernel's buffers hold the rest), as a
-// network cut that TCP survives would. Resume forwards what was held, in
-// order. (wstest.Proxy drops data once stalled and cannot resume.)
+// it forwards nothing in either direction (or, PauseUp, from the clients
+// to the target only) but keeps every connection open, and holds what it
+// read (the kernel's buffers hold the rest), as a network cut that TCP
+// survives would. Resume forwards what was held, in order. (wstest.Proxy
+// drops data once stalled and cannot resume.)
 type gateProxy struct {
 	ln     net.Listener
 	target string
@@ -18,7 +19,8 @@ type gateProxy struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	cond   *sync.Cond
-	paused bool
+	paused bool // both directions
+	upOnly bool // client to target only
 	closed bool
 	conns  []net.Conn
 }
@@ -41,15 +43,25 @@ func newGateProxy(t *testing.T, target string) *gateProxy {
 // URL is the proxy's address as a nats:// URL.
 func (p *gateProxy) URL() string { return "nats://" + p.ln.Addr().String() }
 
+// Pause stops forwarding in both directions.
 func (p *gateProxy) Pause() {
 	p.mu.Lock()
 	p.paused = true
 	p.mu.Unlock()
 }
 
+// PauseUp stops forwarding from the clients to the target; the other
+// direction flows: a one-way cut.
+func (p *gateProxy) PauseUp() {
+	p.mu.Lock()
+	p.upOnly = true
+	p.mu.Unlock()
+}
+
+// Resume forwards again, in both directions, what was held first.
 func (p *gateProxy) Resume() {
 	p.mu.Lock()
-	p.paused = false
+	p.paused, p.upOnly = false, false
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }
@@ -68,11 +80,12 @@ func (p *gateProxy) close() {
 	p.wg.Wait()
 }
 
-// pass waits while the proxy is paused; it reports false once closed.
-func (p *gateProxy) pass() bool {
+// pass waits while the proxy is paused in the direction of up (client to
+// target); it reports false once closed.
+func (p *gateProxy) pass(up bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for p.paused && !p.closed {
+	for (p.paused || up && p.upOnly) && !p.closed {
 		p.cond.Wait()
 	}
 	return !p.closed
@@ -107,20 +120,21 @@ func (p *gateProxy) serve() {
 			continue
 		}
 		p.wg.Add(2)
-		go p.pipe(server, client) // owned by p: ends when either end closes; close closes both and waits
-		go p.pipe(client, server) // likewise
+		go p.pipe(server, client, true)  // owned by p: ends when either end closes; close closes both and waits
+		go p.pipe(client, server, false) // likewise
 	}
 }
 
-// pipe copies src to dst, holding data and EOF while paused. An EOF or an
-// error closes dst, which ends the other direction too.
-func (p *gateProxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst, holding data and EOF while paused; up is the
+// direction from a client to the target. An EOF or an error closes dst,
+// which ends the other direction too.
+func (p *gateProxy) pipe(dst, src net.Conn, up bool) {
 	defer p.wg.Done()
 	defer dst.Close()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
-		if !p.pass() {
+		if !p.pass(up) {
 			return
 		}
 		if n > 0 {
