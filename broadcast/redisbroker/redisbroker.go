@@ -39,7 +39,9 @@
 // sharded, <ChannelPrefix>*probe.<instance>.<partition> otherwise, where
 // instance is random per Broker; only the broker itself subscribes them.
 // A *redis.Ring is refused: it shards PUBLISH by channel but a pub/sub
-// connection by its first channel.
+// connection by its first channel. A ClusterClient with ReadOnly (or
+// RouteByLatency, RouteRandomly) subscribes on replicas, which works:
+// sharded messages reach the shard's replicas.
 //
 // # Health
 //
@@ -306,9 +308,15 @@ func New(client redis.UniversalClient, opts Options) (*Broker, error) {
 	if cluster && !b.sharded {
 		b.classic = client.(*redis.ClusterClient)
 	}
-	// Classic PUBLISH on a cluster counts only the subscribers of the node
-	// that took it, not those of the node the partition listens on.
-	b.counted = b.classic == nil
+	// A publish's reply counts the subscribers of the node that took it
+	// only. Classic PUBLISH on a cluster may be taken by another node
+	// than the partition listens on; and with ReadOnly (or RouteByLatency
+	// or RouteRandomly, which imply it) go-redis subscribes on a replica
+	// of the slot while SPUBLISH goes to its master, which counts 0
+	// however healthy the subscription. Then only the probe's arrival
+	// tells; a subscription that is gone is found HealthTimeout later
+	// instead of at once.
+	b.counted = b.classic == nil && !(cluster && client.(*redis.ClusterClient).Options().ReadOnly)
 	if b.sharded && strings.ContainsAny(b.prefix, "{}") {
 		return nil, fmt.Errorf("redisbroker: ChannelPrefix %q must not contain '{' or '}' with sharded pub/sub (it goes inside the hash tag)", b.prefix)
 	}
