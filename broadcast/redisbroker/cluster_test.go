@@ -34,13 +34,22 @@ func freeClusterPort(t *testing.T) int {
 // returns their addresses.
 func startCluster(t *testing.T) []string {
 	t.Helper()
+	return startClusterReplicas(t, 0)
+}
+
+// startClusterReplicas starts a Redis Cluster of three masters, each with
+// replicas replicas, on loopback, and returns the nodes' addresses once
+// every node sees the cluster ok and every slot served by 1+replicas
+// nodes.
+func startClusterReplicas(t *testing.T, replicas int) []string {
+	t.Helper()
 	startRedisCheck(t)
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		t.Skip("redis-cli is not installed (it comes with redis-server)")
 	}
 	dir := t.TempDir()
 	var addrs []string
-	for i := range 3 {
+	for i := range 3 * (1 + replicas) {
 		port := freeClusterPort(t)
 		addr := "127.0.0.1:" + strconv.Itoa(port)
 		cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
@@ -64,7 +73,7 @@ func startCluster(t *testing.T) []string {
 	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "redis-cli", append(append([]string{"--cluster", "create"}, addrs...),
-		"--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
+		"--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
@@ -75,7 +84,7 @@ func startCluster(t *testing.T) []string {
 		c := redis.NewClient(&redis.Options{Addr: addr})
 		for {
 			info, _ := c.ClusterInfo(ctx).Result()
-			if strings.Contains(info, "cluster_state:ok") {
+			if strings.Contains(info, "cluster_state:ok") && servedBy(ctx, c, 1+replicas) {
 				break
 			}
 			select {
@@ -88,6 +97,20 @@ func startCluster(t *testing.T) []string {
 		_ = c.Close()
 	}
 	return addrs
+}
+
+// servedBy reports whether node c lists every slot range with n nodes.
+func servedBy(ctx context.Context, c *redis.Client, n int) bool {
+	slots, err := c.ClusterSlots(ctx).Result()
+	if err != nil || len(slots) == 0 {
+		return false
+	}
+	for _, s := range slots {
+		if len(s.Nodes) != n {
+			return false
+		}
+	}
+	return true
 }
 
 func waitPing(t *testing.T, addr string) {
@@ -489,5 +512,97 @@ func TestTenThousandTopicsOnCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		await(t, got, topic)
+	}
+}
+
+// TestSubscriptionsOnReplicas: with ReadOnly (kept by ClusterOptions from
+// ?read_only=true) or RouteRandomly, go-redis subscribes a partition on a
+// replica of its slot, and Redis counts an SPUBLISH's receivers on the
+// master only: the probe's count is 0 however healthy the subscription.
+// The broker must judge by the probe's arrival: every partition comes up
+// and stays up, and a message reaches a subscriber on a replica.
+func TestSubscriptionsOnReplicas(t *testing.T) {
+	addrs := startClusterReplicas(t, 1)
+	readOnly, err := redisbroker.ClusterOptions("redis://" + addrs[0] + "?read_only=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !readOnly.ReadOnly {
+		t.Fatal("ClusterOptions dropped read_only=true")
+	}
+	random, err := redisbroker.ClusterOptions("redis://" + addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	random.RouteRandomly = true
+	for name, opts := range map[string]*redis.ClusterOptions{"ReadOnly": readOnly, "RouteRandomly": random} {
+		t.Run(name, func(t *testing.T) {
+			cc := redis.NewClusterClient(opts)
+			t.Cleanup(func() { _ = cc.Close() })
+			const interval = 100 * time.Millisecond
+			b, err := redisbroker.New(cc, redisbroker.Options{Partitions: 4, HealthInterval: interval})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = b.Close() })
+			rec := recordHealth(t, b)
+			if !b.Health().Up {
+				rec.wait(t, "up", isUp)
+			}
+			ctx := timeoutCtx(t)
+			h, got := receiver()
+			sub, err := b.Subscribe(ctx, "room", h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			// Messages flow across several probes, and no partition goes
+			// down meanwhile.
+			start := time.Now()
+			for i := 0; time.Since(start) < 6*interval; i++ {
+				msg := strconv.Itoa(i)
+				if err := b.Publish(ctx, "room", []byte(msg)); err != nil {
+					t.Fatalf("publish %d: %v (health %+v)", i, err, b.Health())
+				}
+				await(t, got, msg)
+			}
+			if down := rec.downSeen(); len(down) > 0 {
+				t.Fatalf("parts reported down on a healthy cluster: %v", down)
+			}
+			if name == "ReadOnly" {
+				assertOnReplica(ctx, t, addrs, b)
+			}
+		})
+	}
+}
+
+// assertOnReplica checks that the room's channel is subscribed on a
+// replica (as ReadOnly routes it), not on a master.
+func assertOnReplica(ctx context.Context, t *testing.T, addrs []string, b *redisbroker.Broker) {
+	t.Helper()
+	ch, err := b.Channel("room")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var roles []string
+	for _, a := range addrs {
+		n := redis.NewClient(&redis.Options{Addr: a})
+		counts, err := n.PubSubShardNumSub(ctx, ch).Result()
+		if err != nil {
+			_ = n.Close()
+			t.Fatal(err)
+		}
+		if counts[ch] > 0 {
+			role, err := n.Do(ctx, "ROLE").Slice()
+			if err != nil {
+				_ = n.Close()
+				t.Fatal(err)
+			}
+			roles = append(roles, fmt.Sprint(role[0]))
+		}
+		_ = n.Close()
+	}
+	if len(roles) != 1 || roles[0] != "slave" {
+		t.Fatalf("room subscribed on nodes with roles %v, want one replica", roles)
 	}
 }

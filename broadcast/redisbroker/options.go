@@ -45,7 +45,12 @@ func ClientOptions(url string) (*redis.Options, error) {
 // otherwise runs a command again after a lost connection (its redirect
 // loop retries), which can send a PUBLISH twice. Without redirects, a
 // Publish that meets a slot being moved fails instead of following it;
-// the partition of a moved slot is reported down anyway.
+// the partition of a moved slot is reported down anyway. read_only=true
+// is kept: go-redis then subscribes each partition on a replica of its
+// slot (publishes still go to the master, and Redis forwards sharded
+// messages to the shard's replicas), which takes the fan-out off the
+// masters; the broker then judges a partition by its probe's arrival
+// alone.
 func ClusterOptions(url string) (*redis.ClusterOptions, error) {
 	o, err := redis.ParseClusterURL(url)
 	if err != nil {

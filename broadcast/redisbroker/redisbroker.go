@@ -7,7 +7,12 @@
 // FNV-1a hash of the topic's bytes (Partition computes it). Each partition
 // is one pub/sub connection read by one goroutine, carrying all of its
 // topics' channels, so a broker holds Partitions connections however many
-// topics it serves.
+// topics it serves. That goroutine reads with no deadline, ever: a
+// deadline that fires in the middle of a reply makes go-redis drop what
+// it read of it, and the next read would parse the rest of a payload,
+// which any publisher controls, as replies of its own. The partition
+// judges its health on its own clock instead (see Health), and ends a
+// read by closing the connection.
 //
 // # Channels
 //
@@ -34,7 +39,9 @@
 // sharded, <ChannelPrefix>*probe.<instance>.<partition> otherwise, where
 // instance is random per Broker; only the broker itself subscribes them.
 // A *redis.Ring is refused: it shards PUBLISH by channel but a pub/sub
-// connection by its first channel.
+// connection by its first channel. A ClusterClient with ReadOnly (or
+// RouteByLatency, RouteRandomly) subscribes on replicas, which works:
+// sharded messages reach the shard's replicas.
 //
 // # Health
 //
@@ -46,21 +53,29 @@
 // first sign that messages no longer flow: a connection error, Redis
 // dropping its subscriptions (a slot moved or unserved), the probe failing
 // or going unanswered. So a dead, frozen or partitioned Redis is reported
-// within HealthInterval + HealthTimeout. A partition is up again once a
-// probe went through after the failure. Broker.Health has one part per
+// within HealthInterval + HealthTimeout. A probe queued behind a backlog
+// of messages longer than HealthTimeout reports the partition down too
+// (messages are that late) but keeps its connection while it delivers.
+// A partition is up again once a probe went through after the failure. Broker.Health has one part per
 // partition ("partition 07"); Publish to a topic whose partition is down
 // fails at once with broadcast.ErrBrokerUnavailable, while the other
 // partitions keep working. New settles the initial state, so a broker
 // created while Redis is down reports down.
 //
-// Recovery: go-redis redials and resubscribes after a connection error;
-// the broker replaces a partition's connection itself (a new one,
-// subscribed to the same channels, on the slot's current owner) when
-// Redis dropped its subscriptions or refused one (MOVED, CLUSTERDOWN),
-// when its subscription is not confirmed within HealthTimeout, or when a
-// probe that Redis accepted never arrived (a black-holed route). A server
-// that answers nobody (a long script, SIGSTOP) keeps its subscribers: the
-// partition stays down until a probe gets through again.
+// Recovery: the broker replaces a partition's connection (a new one,
+// subscribed to the same channels, on the slot's current owner, after a
+// growing, jittered delay) after a connection error, when Redis dropped
+// its subscriptions or refused them for the slot's sake (MOVED,
+// CLUSTERDOWN), when its subscription is not confirmed within
+// HealthTimeout, or when a probe that Redis accepted never arrived and the
+// connection carried nothing for HealthTimeout (a black-holed route). A
+// server that answers nobody (a long script, SIGSTOP) keeps its
+// subscribers: the partition stays down until a probe gets through again.
+// Redis refusing one channel (an ACL's NOPERM) concerns that channel
+// only: its Subscribe fails with Redis's error at once, the channel is
+// forgotten, and the partition stays up; a channel refused when a new
+// connection subscribes again (a permission revoked since) is logged at
+// Warn and its subscribers receive nothing more.
 //
 // # Client settings
 //
@@ -82,7 +97,6 @@ import (
 	"hash/fnv"
 	"maps"
 	mrand "math/rand/v2"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -103,12 +117,10 @@ const (
 	DefaultHealthInterval = 2 * time.Second
 	DefaultHealthTimeout  = 2 * time.Second
 
-	// minHealth is the shortest HealthInterval and HealthTimeout: the
-	// receive goroutine reads for at least minRead at a time.
+	// minHealth is the shortest HealthInterval and HealthTimeout: a
+	// probe takes a round trip through Redis and back, and shorter
+	// bounds would report a merely busy partition down.
 	minHealth = 20 * time.Millisecond
-	// minRead bounds how short a read with a deadline may be: one that
-	// times out in the middle of a reply loses the connection.
-	minRead = 10 * time.Millisecond
 )
 
 // Options configures a Broker. The zero value is ready to use.
@@ -124,6 +136,10 @@ type Options struct {
 	// application must use the same value (with sharded pub/sub it is
 	// part of the channel names), and changing it is a fleet-wide
 	// change: instances with different values do not hear each other.
+	// On a Redis Cluster each partition is one hash slot, and few of them
+	// spread unevenly over the masters: with the default prefix, 16 land
+	// 4/5/7 on three masters with the standard slot layout, 64 land
+	// 21/21/22.
 	Partitions int
 
 	// Sharded uses sharded pub/sub (SPUBLISH, SSUBSCRIBE; Redis 7 or
@@ -166,10 +182,13 @@ type Options struct {
 // Broker is a broadcast.Broker on Redis pub/sub. It also implements
 // broadcast.Monitor.
 //
-// Goroutines: each partition has one receive goroutine, started by New and
-// owned by the broker, and, while a probe's publish is under way, one for
-// that publish, owned by the receive goroutine, which waits for it before
-// it ends. Close stops them all and waits.
+// Goroutines: each partition has one goroutine (run), started by New and
+// owned by the broker, which owns two more: the reader of its current
+// pub/sub connection, blocked in Receive with no deadline, which run ends
+// by closing that connection and waits for before it dials another or
+// returns; and, while a probe's publish is under way, one for that
+// publish, which run waits for before it returns. Close cancels every run
+// and waits for them.
 type Broker struct {
 	client   redis.UniversalClient
 	prefix   string
@@ -181,8 +200,8 @@ type Broker struct {
 	log      *zap.Logger
 	parts    []*partition
 
-	cancel context.CancelFunc // stops every receive goroutine
-	wg     sync.WaitGroup     // the receive goroutines
+	cancel context.CancelFunc // stops every partition's goroutine (run)
+	wg     sync.WaitGroup     // the partitions' goroutines
 	closed atomic.Bool
 
 	// stateMu guards every partition's state fields, listeners, nextID
@@ -196,7 +215,7 @@ type Broker struct {
 	started   bool // New has returned: state changes are logged as they happen
 }
 
-// partition is one pub/sub connection, its receive goroutine and its
+// partition is one pub/sub connection at a time, its goroutines and its
 // health.
 type partition struct {
 	b     *Broker
@@ -216,24 +235,26 @@ type partition struct {
 	settled chan struct{} // closed at the first verdict (see settle)
 	settle  sync.Once
 
-	// cmd serialises the SUBSCRIBE and UNSUBSCRIBE commands sent on ps
-	// with the decision to send them (so that a channel left and joined
-	// again at once cannot end unsubscribed on the server), and the
-	// replacement of ps.
+	// cmd serialises the commands sent on conn with the decision to send
+	// them (so that a channel left and joined again at once cannot end
+	// unsubscribed on the server, and the reader's record of pending
+	// commands is in the order they were written), and the replacement
+	// of conn.
 	cmd sync.Mutex
-	// mu guards ps, channels and closed. It is held for reading while
+	// mu guards conn, channels and closed. It is held for reading while
 	// handlers run, so an Unsubscribe that returned has no handler
 	// running.
 	mu       sync.RWMutex
-	ps       *redis.PubSub
+	conn     *conn // nil while the partition has no connection (run is dialling)
 	channels map[string]*channel
 	closed   bool
 }
 
 type channel struct {
 	subs      map[*subscription]func([]byte)
-	confirmed chan struct{} // closed at the first confirmation
+	confirmed chan struct{} // closed at the first confirmation, or when Redis refused the channel
 	ok        bool
+	err       error // Redis's refusal; set before confirmed is closed
 }
 
 type subscription struct {
@@ -246,9 +267,11 @@ var (
 	errStarting    = errors.New("initial state not settled yet")
 	errNoAnswer    = errors.New("no answer within HealthTimeout at start")
 	errProbeLost   = errors.New("probe not received within HealthTimeout")
+	errProbeLate   = errors.New("probe late by more than HealthTimeout behind a backlog of messages")
 	errNoSubscribe = errors.New("probe reached no subscriber: the partition's subscription is gone")
 	errUnconfirmed = errors.New("subscription not confirmed within HealthTimeout")
 	errDropped     = errors.New("redis dropped the partition's subscriptions (slot moved or unserved)")
+	errNoConn      = fmt.Errorf("%w: the partition has no pub/sub connection (reconnecting)", broadcast.ErrBrokerUnavailable)
 )
 
 // New returns a broker on client, which it does not own: close the client
@@ -289,9 +312,15 @@ func New(client redis.UniversalClient, opts Options) (*Broker, error) {
 	if cluster && !b.sharded {
 		b.classic = client.(*redis.ClusterClient)
 	}
-	// Classic PUBLISH on a cluster counts only the subscribers of the node
-	// that took it, not those of the node the partition listens on.
-	b.counted = b.classic == nil
+	// A publish's reply counts the subscribers of the node that took it
+	// only. Classic PUBLISH on a cluster may be taken by another node
+	// than the partition listens on; and with ReadOnly (or RouteByLatency
+	// or RouteRandomly, which imply it) go-redis subscribes on a replica
+	// of the slot while SPUBLISH goes to its master, which counts 0
+	// however healthy the subscription. Then only the probe's arrival
+	// tells; a subscription that is gone is found HealthTimeout later
+	// instead of at once.
+	b.counted = b.classic == nil && !(cluster && client.(*redis.ClusterClient).Options().ReadOnly)
 	if b.sharded && strings.ContainsAny(b.prefix, "{}") {
 		return nil, fmt.Errorf("redisbroker: ChannelPrefix %q must not contain '{' or '}' with sharded pub/sub (it goes inside the hash tag)", b.prefix)
 	}
@@ -328,7 +357,6 @@ func New(client redis.UniversalClient, opts Options) (*Broker, error) {
 		} else {
 			p.probe = b.prefix + "*probe." + instance + "." + strconv.Itoa(i)
 		}
-		p.ps = b.newPubSub()
 		b.parts = append(b.parts, p)
 	}
 	for _, p := range b.parts {
@@ -405,14 +433,6 @@ func (b *Broker) newPubSub() *redis.PubSub {
 	return b.client.Subscribe(context.Background())
 }
 
-// subscribe sends (S)SUBSCRIBE for chs on ps.
-func (b *Broker) subscribe(ctx context.Context, ps *redis.PubSub, chs ...string) error {
-	if b.sharded {
-		return ps.SSubscribe(ctx, chs...)
-	}
-	return ps.Subscribe(ctx, chs...)
-}
-
 // Partition returns the partition of topic: the 32-bit FNV-1a hash of its
 // bytes, modulo the number of partitions.
 func (b *Broker) Partition(topic string) int {
@@ -447,23 +467,255 @@ func (b *Broker) channel(topic string) (string, *partition, error) {
 	return b.prefix + topic, p, nil
 }
 
-// run is the partition's receive goroutine: it reads the pub/sub
-// connection until ctx is cancelled, delivers messages, confirms
-// subscriptions, sends the probe and judges the partition's health. go-redis
-// redials and resubscribes on the next read after a connection error; run
-// replaces the connection in the cases go-redis does not see (redial).
+// Kinds of the (un)subscribe commands, as Redis names their answers.
+const (
+	kindSubscribe    = "subscribe"
+	kindSSubscribe   = "ssubscribe"
+	kindUnsubscribe  = "unsubscribe"
+	kindSUnsubscribe = "sunsubscribe"
+)
+
+// subscribeKind and unsubscribeKind are the commands of b's pub/sub.
+func (b *Broker) subscribeKind() string {
+	if b.sharded {
+		return kindSSubscribe
+	}
+	return kindSubscribe
+}
+
+func (b *Broker) unsubscribeKind() string {
+	if b.sharded {
+		return kindSUnsubscribe
+	}
+	return kindUnsubscribe
+}
+
+// conn is one pub/sub connection of a partition and its reader goroutine.
+//
+// The reader is blocked in Receive with no deadline at all: a read
+// deadline that fires in the middle of a reply drops the bytes go-redis
+// has read of it while keeping the connection, and the next read then
+// parses from the middle of a payload, which a publisher controls (a
+// forged message on another channel). The reader ends at the first
+// connection error, or when run closes the PubSub (stop); it never waits
+// for anything but Receive and run. run judges health on its own clock,
+// from the reader's events.
+type conn struct {
+	ps     *redis.PubSub
+	events chan event    // reader → run
+	broken chan error    // a command's write failed (capacity 1)
+	quit   chan struct{} // closed by stop: the reader sends nothing more
+	done   chan struct{} // closed when the reader has returned
+
+	// lastRead is when the reader last received anything (UnixNano): a
+	// connection still delivering a backlog is slow, not dead.
+	lastRead atomic.Int64
+
+	// mu guards pending: the commands written on ps whose answers have
+	// not all been read, in the order written (writers hold p.cmd).
+	mu      sync.Mutex
+	pending []*command
+}
+
+// command is an (un)subscribe command written on a conn. Redis answers
+// it with one confirmation per channel, in order, or with one error reply
+// for the whole command.
+type command struct {
+	kind string
+	chs  []string
+	next int // the channel whose confirmation comes next
+}
+
+func (c *command) subscribes() bool { return c.kind == kindSubscribe || c.kind == kindSSubscribe }
+
+// event is what a reader tells run.
+type event struct {
+	kind    eventKind
+	payload string   // evProbe
+	err     error    // evRefused, evConnErr
+	cmd     *command // evRefused: the command Redis refused, nil if none was pending
+}
+
+type eventKind int
+
+const (
+	evProbe           eventKind = iota // the probe came back
+	evProbeSubscribed                  // the probe channel is subscribed: the connection works
+	evDropped                          // Redis dropped the probe's subscription (slot moved or unserved)
+	evRefused                          // an error reply to a command
+	evConnErr                          // the connection failed; the reader has ended
+)
+
+func newConn(ps *redis.PubSub) *conn {
+	return &conn{
+		ps:     ps,
+		events: make(chan event, 16),
+		broken: make(chan error, 1),
+		quit:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+}
+
+// send writes an (un)subscribe command for chs, recording it first so
+// that the reader can attribute Redis's answer to it. The caller holds
+// p.cmd, which keeps the record in the order of the writes. A write that
+// fails retires the connection (broken): go-redis may have dialled
+// another one under the same PubSub, which the record does not describe.
+func (c *conn) send(ctx context.Context, kind string, chs ...string) error {
+	c.mu.Lock()
+	c.pending = append(c.pending, &command{kind: kind, chs: chs})
+	c.mu.Unlock()
+	var err error
+	switch kind {
+	case kindSubscribe:
+		err = c.ps.Subscribe(ctx, chs...)
+	case kindSSubscribe:
+		err = c.ps.SSubscribe(ctx, chs...)
+	case kindUnsubscribe:
+		err = c.ps.Unsubscribe(ctx, chs...)
+	case kindSUnsubscribe:
+		err = c.ps.SUnsubscribe(ctx, chs...)
+	}
+	if err != nil {
+		select {
+		case c.broken <- err:
+		default:
+		}
+	}
+	return err
+}
+
+// answered records a confirmation of (kind, ch). One that matches no
+// pending command (Redis dropping a sharded channel by itself) changes
+// nothing.
+func (c *conn) answered(kind, ch string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.pending) == 0 {
+		return
+	}
+	head := c.pending[0]
+	if head.kind != kind || head.chs[head.next] != ch {
+		return
+	}
+	if head.next++; head.next == len(head.chs) {
+		c.pending[0] = nil
+		c.pending = c.pending[1:]
+	}
+}
+
+// refused removes and returns the command an error reply answers: the
+// oldest pending one (Redis answers in order). Nil if none is pending.
+func (c *conn) refused() *command {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.pending) == 0 {
+		return nil
+	}
+	head := c.pending[0]
+	c.pending[0] = nil
+	c.pending = c.pending[1:]
+	return head
+}
+
+// silentSince returns when c last received anything, or since if later.
+func (c *conn) silentSince(since time.Time) time.Time {
+	if t := time.Unix(0, c.lastRead.Load()); t.After(since) {
+		return t
+	}
+	return since
+}
+
+// stop ends the reader and waits for it: closing the PubSub closes its
+// connection, which ends the blocked Receive.
+func (c *conn) stop() {
+	close(c.quit)
+	_ = c.ps.Close()
+	<-c.done
+}
+
+// read is the reader goroutine of c, owned by run (which waits for it in
+// c.stop before dialling another connection or returning). It delivers
+// messages and confirms subscriptions itself, so that a backlog of
+// messages never waits for run, and tells run what concerns health.
+func (p *partition) read(c *conn) {
+	defer close(c.done)
+	// No deadline: see conn. The context only carries values to go-redis.
+	ctx := context.Background()
+	for {
+		msg, err := c.ps.Receive(ctx)
+		if err == nil {
+			c.lastRead.Store(time.Now().UnixNano())
+		}
+		var ev event
+		var rerr redis.Error
+		switch {
+		case err == nil:
+			switch m := msg.(type) {
+			case *redis.Message:
+				if m.Channel != p.probe {
+					p.deliver(m)
+					continue
+				}
+				ev = event{kind: evProbe, payload: m.Payload}
+			case *redis.Subscription:
+				c.answered(m.Kind, m.Channel)
+				switch {
+				case m.Kind == kindSubscribe || m.Kind == kindSSubscribe:
+					if m.Channel != p.probe {
+						p.confirm(m.Channel)
+						continue
+					}
+					ev = event{kind: evProbeSubscribed}
+				case m.Kind == kindSUnsubscribe && m.Channel == p.probe:
+					// The broker never unsubscribes its probe: Redis
+					// dropped the slot's subscribers (it moved, or nobody
+					// serves it). Every channel of the partition shares the
+					// slot, so they all went.
+					ev = event{kind: evDropped}
+				default:
+					continue
+				}
+			default: // a Pong: the broker sends no PING
+				continue
+			}
+		case errors.As(err, &rerr):
+			// An error reply answers a command; the connection is fine.
+			ev = event{kind: evRefused, err: err, cmd: c.refused()}
+		default:
+			ev = event{kind: evConnErr, err: err}
+		}
+		select {
+		case c.events <- ev:
+		case <-c.quit:
+			return
+		}
+		if ev.kind == evConnErr {
+			return
+		}
+	}
+}
+
+// run is the partition's goroutine: it dials the pub/sub connection (one
+// at a time, each with its reader), sends the probes, judges the
+// partition's health from the reader's events on its own clock (never a
+// read deadline), and replaces the connection when it fails or stops
+// carrying messages. It returns once ctx is cancelled, after its reader
+// and its probe's publish have ended.
 func (p *partition) run(ctx context.Context) {
 	b := p.b
 	defer b.wg.Done()
 	const minBackoff, maxBackoff = 50 * time.Millisecond, time.Second
 	var (
-		subscribed  bool      // the probe channel is confirmed on the current connection
-		attemptAt   time.Time // when the current connection's subscription was sent
+		c           *conn     // the current connection; nil while none
+		subscribed  bool      // the probe channel is confirmed on c
+		attemptAt   time.Time // when c was dialled
 		seq         uint64    // the last probe sent
 		outstanding bool      // it has not come back yet
 		sentAt      time.Time
 		publishing  bool      // its publish has not returned yet
 		accepted    bool      // its publish succeeded
+		late        bool      // it is outstanding past HealthTimeout behind a backlog
 		nextProbe   time.Time // zero: as soon as subscribed
 		backoff     time.Duration
 	)
@@ -473,6 +725,10 @@ func (p *partition) run(ctx context.Context) {
 	// and the probe must be judged HealthTimeout after it was sent.
 	results := make(chan probeResult, 1)
 	defer func() {
+		if c != nil {
+			p.detach()
+			c.stop()
+		}
 		if publishing {
 			<-results
 		}
@@ -482,154 +738,157 @@ func (p *partition) run(ctx context.Context) {
 		backoff = min(max(2*backoff, minBackoff), maxBackoff)
 		return backoff
 	}
-	// reset forgets the current connection's progress; the next one is
-	// judged from now.
-	reset := func() {
-		subscribed, outstanding, attemptAt = false, false, time.Now()
-	}
-	// redial replaces the connection after a growing delay; the new one's
-	// HealthTimeout starts once it is subscribed, not before the delay.
-	redial := func() bool {
-		reset()
-		ok := p.redial(ctx, grow())
+	// replace retires c, if any, and dials a new connection after a
+	// jittered wait (many partitions may fail at once). It returns false
+	// once ctx is cancelled.
+	replace := func(wait time.Duration) bool {
+		subscribed, outstanding, late = false, false, false
+		if c != nil {
+			p.detach()
+			c.stop()
+			c = nil
+			if cc, ok := b.client.(*redis.ClusterClient); ok {
+				cc.ReloadState(ctx) // lazily, meanwhile: the slot may have moved
+			}
+		}
+		if wait > 0 && !sleep(ctx, wait/2+mrand.N(wait/2+1)) {
+			return false
+		}
+		var err error
+		c, err = p.dial(ctx)
 		attemptAt = time.Now()
-		return ok
+		if err != nil && ctx.Err() == nil {
+			b.log.Debug("redis pub/sub connection failed; retrying", zap.String("part", p.name), zap.Error(err))
+			p.setState(false, wrapConnErr(err))
+		}
+		return ctx.Err() == nil
+	}
+	// failed reports the partition down and replaces its connection.
+	failed := func(err error) bool {
+		p.setState(false, err)
+		return replace(grow())
 	}
 
-	p.cmd.Lock()
-	err := b.subscribe(ctx, p.ps, p.probe)
-	p.cmd.Unlock()
-	attemptAt = time.Now()
-	if err != nil { // go-redis remembers the channel and subscribes on its next dial
-		p.setState(false, wrapConnErr(err))
-		if !sleep(ctx, grow()) {
-			return
-		}
+	if !replace(0) {
+		return
 	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
-		now := time.Now()
+		if c == nil { // the last dial failed
+			if !replace(grow()) {
+				return
+			}
+			continue
+		}
 		var due time.Time
+		timed := true
 		switch {
 		case outstanding:
 			due = sentAt.Add(b.timeout)
+			if late {
+				due = c.silentSince(sentAt).Add(b.timeout)
+			}
 		case subscribed && publishing:
-			due = now.Add(b.timeout) // a late publish of a lost probe: nothing to judge
+			// A late publish of a lost probe: nothing to judge until it
+			// returns (results).
+			timed = false
 		case subscribed:
 			due = nextProbe
 		default:
 			due = attemptAt.Add(b.timeout)
 		}
-		wait := max(due.Sub(now), minRead)
-		p.mu.RLock()
-		ps := p.ps
-		p.mu.RUnlock()
-		msg, err := ps.ReceiveTimeout(ctx, wait)
-		if ctx.Err() != nil {
+		var wake <-chan time.Time
+		if timed {
+			timer.Reset(max(time.Until(due), 0))
+			wake = timer.C
+		}
+		ok := true
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-c.events:
+			switch ev.kind {
+			case evProbe:
+				if outstanding && ev.payload == strconv.FormatUint(seq, 10) {
+					outstanding, late, backoff = false, false, 0
+					nextProbe = sentAt.Add(b.interval)
+					p.setState(true, nil)
+				}
+			case evProbeSubscribed:
+				// Only a probe shows that the connection carries
+				// messages: probe it at once.
+				subscribed, outstanding, late, nextProbe = true, false, false, time.Time{}
+			case evDropped:
+				ok = failed(errDropped)
+			case evRefused:
+				if !p.refusal(ctx, c, ev.cmd, ev.err) {
+					ok = failed(ev.err)
+				}
+			case evConnErr:
+				b.log.Debug("redis pub/sub connection failed; replacing it", zap.String("part", p.name), zap.Error(ev.err))
+				ok = failed(wrapConnErr(ev.err))
+			}
+		case err := <-c.broken:
+			b.log.Debug("redis pub/sub write failed; replacing the connection", zap.String("part", p.name), zap.Error(err))
+			ok = failed(wrapConnErr(err))
+		case r := <-results:
+			publishing = false
+			switch {
+			case r.seq != seq || !outstanding:
+				// Late: the probe was judged already.
+			case r.err != nil:
+				// Redis did not take it: unreachable or stalled. The
+				// connection is not to blame; probe again soon.
+				outstanding, late = false, false
+				p.setState(false, wrapConnErr(r.err))
+				nextProbe = time.Now().Add(grow())
+			case r.n == 0 && b.counted:
+				// Redis has no subscriber on the probe channel: this
+				// connection's subscriptions are gone.
+				ok = failed(errNoSubscribe)
+			default:
+				accepted = true
+			}
+		case <-wake:
+		}
+		if !ok {
 			return
 		}
-		var rerr redis.Error
-		switch {
-		case err == nil:
-			switch m := msg.(type) {
-			case *redis.Message:
-				if m.Channel == p.probe {
-					if outstanding && m.Payload == strconv.FormatUint(seq, 10) {
-						outstanding, backoff = false, 0
-						nextProbe = sentAt.Add(b.interval)
-						p.setState(true, nil)
-					}
-					break
-				}
-				p.deliver(m)
-			case *redis.Subscription:
-				switch {
-				case m.Channel == p.probe && (m.Kind == "subscribe" || m.Kind == "ssubscribe"):
-					// A new connection (go-redis's or redial's): probe it
-					// at once, since only a probe shows it works.
-					subscribed, outstanding, nextProbe = true, false, time.Time{}
-				case m.Kind == "subscribe" || m.Kind == "ssubscribe":
-					p.confirm(m.Channel)
-				case m.Channel == p.probe && m.Kind == "sunsubscribe":
-					// The broker never unsubscribes its probe: Redis
-					// dropped the slot's subscribers (it moved, or nobody
-					// serves it). Every channel of the partition shares the
-					// slot, so they all went.
-					p.setState(false, errDropped)
-					if !redial() {
-						return
-					}
-				}
-			}
-		case isTimeout(err):
-		case errors.As(err, &rerr):
-			// An error reply on a pub/sub connection refuses a
-			// subscription: MOVED (the slot moved before go-redis knew),
-			// CLUSTERDOWN (nobody serves it).
-			p.setState(false, err)
-			if !redial() {
-				return
-			}
-		default:
-			// A connection error: go-redis has closed the connection and
-			// dials again on the next read. Logged per attempt at Debug
-			// only: setState logs the change once.
-			b.log.Debug("redis pub/sub connection failed; retrying", zap.String("part", p.name), zap.Error(err))
-			p.setState(false, wrapConnErr(err))
-			reset()
-			if !sleep(ctx, grow()) {
-				return
-			}
-			attemptAt = time.Now()
+		if c == nil {
+			continue
 		}
 
-		if publishing {
-			select {
-			case r := <-results:
-				publishing = false
-				switch {
-				case r.seq != seq || !outstanding:
-					// Late: the probe was judged already.
-				case r.err != nil:
-					// Redis did not take it: unreachable or stalled. The
-					// connection is not to blame; probe again soon.
-					outstanding = false
-					p.setState(false, wrapConnErr(r.err))
-					nextProbe = time.Now().Add(grow())
-				case r.n == 0 && b.counted:
-					// Redis has no subscriber on the probe channel: this
-					// connection's subscriptions are gone.
-					p.setState(false, errNoSubscribe)
-					if !redial() {
-						return
-					}
-				default:
-					accepted = true
-				}
-			default:
-			}
-		}
-
-		now = time.Now()
+		now := time.Now()
 		switch {
 		case outstanding && !now.Before(sentAt.Add(b.timeout)):
-			outstanding = false
 			if !accepted {
 				// Its publish has not returned or failed: the server
 				// answers nobody (stalled, frozen, unreachable). It keeps
 				// its subscribers; probe again once the publish returns.
+				outstanding = false
 				p.setState(false, errProbeLost)
 				nextProbe = now.Add(grow())
 				break
 			}
-			// Redis took the probe but it never came back on this
-			// connection: the connection no longer carries messages.
-			p.setState(false, errProbeLost)
-			if !redial() {
+			if now.Before(c.silentSince(sentAt).Add(b.timeout)) {
+				// Redis took the probe and the connection still
+				// delivers: the probe is queued behind a backlog.
+				// Messages are that late, so the partition is down, but
+				// replacing the connection would lose the backlog; the
+				// probe's arrival brings it up.
+				late = true
+				p.setState(false, errProbeLate)
+				break
+			}
+			// Redis took the probe but this connection has carried
+			// nothing for HealthTimeout since: it no longer carries
+			// messages (a black-holed route).
+			if !failed(errProbeLost) {
 				return
 			}
 		case !subscribed && !now.Before(attemptAt.Add(b.timeout)):
-			p.setState(false, errUnconfirmed)
-			if !redial() {
+			if !failed(errUnconfirmed) {
 				return
 			}
 		case subscribed && !outstanding && !publishing && !now.Before(nextProbe):
@@ -693,11 +952,6 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // wrapConnErr marks an error that is not Redis's own reply as the server
 // being unavailable.
 func wrapConnErr(err error) error {
@@ -730,43 +984,126 @@ func (p *partition) confirm(ch string) {
 	}
 }
 
-// redial replaces the partition's pub/sub connection, after a jittered
-// wait (many partitions may fail at once), with a new one subscribed to
-// the probe and every channel: in a cluster, go-redis dials the slot's
-// current owner, from its cluster state reloaded first. The probe's
-// confirmation, then a probe, bring the partition up (run). It returns
-// false once ctx is cancelled.
-func (p *partition) redial(ctx context.Context, wait time.Duration) bool {
+// dial opens a new pub/sub connection subscribed to every channel of the
+// partition and its probe, in one command, makes it the partition's and
+// starts its reader. In a cluster, go-redis dials the owner of the
+// partition's slot (or a replica with ReadOnly). The probe's
+// confirmation, then a probe, bring the partition up (run). On failure
+// nothing is left open.
+func (p *partition) dial(ctx context.Context) (*conn, error) {
 	b := p.b
-	if cc, ok := b.client.(*redis.ClusterClient); ok {
-		cc.ReloadState(ctx) // lazily, meanwhile
+	c := newConn(b.newPubSub())
+	p.cmd.Lock()
+	defer p.cmd.Unlock()
+	p.mu.Lock()
+	closed := p.closed
+	chs := append(slices.Collect(maps.Keys(p.channels)), p.probe)
+	p.mu.Unlock()
+	if closed {
+		_ = c.ps.Close()
+		return nil, broadcast.ErrBrokerClosed
 	}
-	if !sleep(ctx, wait/2+mrand.N(wait/2+1)) {
-		return false
+	sctx, cancel := context.WithTimeout(ctx, b.timeout)
+	err := c.send(sctx, b.subscribeKind(), chs...)
+	cancel()
+	if err != nil {
+		_ = c.ps.Close()
+		return nil, err
 	}
+	p.mu.Lock()
+	p.conn = c
+	p.mu.Unlock()
+	go p.read(c) // owned by run: it stops c and waits before dialling again or returning
+	return c, nil
+}
+
+// detach makes the partition connectionless, so that no command is sent
+// on its current connection any more (under cmd: none is being sent).
+func (p *partition) detach() {
 	p.cmd.Lock()
 	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		p.cmd.Unlock()
+	p.conn = nil
+	p.mu.Unlock()
+	p.cmd.Unlock()
+}
+
+// refusal handles Redis's error reply to cmd, written on c. It returns
+// false when the reply concerns the partition rather than channels (a
+// slot moved or unserved, the probe refused, nothing pending): the
+// connection must be replaced. Otherwise the connection stays: a refused
+// subscription fails its Subscribe calls with err and the channel is
+// forgotten (not sent again on a new connection); a refused command of
+// several channels (a new connection's, where Redis refuses the whole
+// command for one channel, e.g. NOPERM) is sent again one channel per
+// command, so that the next refusal names its channel.
+func (p *partition) refusal(ctx context.Context, c *conn, cmd *command, err error) bool {
+	if cmd == nil || slotError(err) {
 		return false
 	}
-	old := p.ps
-	p.ps = b.newPubSub()
-	chs := append(slices.Collect(maps.Keys(p.channels)), p.probe)
-	ps := p.ps
-	p.mu.Unlock()
-	_ = old.Close()
-	sctx, cancel := context.WithTimeout(ctx, b.timeout)
-	// On failure, go-redis keeps the channels and subscribes them when
-	// run's next read dials.
-	err := b.subscribe(sctx, ps, chs...)
-	cancel()
-	p.cmd.Unlock()
-	if err != nil {
-		b.log.Debug("redis subscribe on a new connection failed; retrying", zap.String("part", p.name), zap.Error(err))
+	if !cmd.subscribes() {
+		// An unsubscribe refused: the channel is forgotten anyway.
+		p.b.log.Debug("redis refused an unsubscribe", zap.String("part", p.name), zap.Error(err))
+		return true
 	}
-	return ctx.Err() == nil
+	if len(cmd.chs) == 1 {
+		if cmd.chs[0] == p.probe {
+			return false
+		}
+		p.reject(cmd.chs[0], err)
+		return true
+	}
+	sctx, cancel := context.WithTimeout(ctx, p.b.timeout)
+	defer cancel()
+	p.cmd.Lock()
+	defer p.cmd.Unlock()
+	for _, ch := range cmd.chs {
+		p.mu.RLock()
+		wanted := ch == p.probe || p.channels[ch] != nil
+		p.mu.RUnlock()
+		if !wanted {
+			continue // left meanwhile
+		}
+		if c.send(sctx, cmd.kind, ch) != nil {
+			break // broken: run replaces c
+		}
+	}
+	return true
+}
+
+// slotError reports an error reply that concerns the partition's slot or
+// server rather than a channel: the connection is to be replaced.
+func slotError(err error) bool {
+	msg := err.Error()
+	for _, prefix := range []string{"MOVED ", "ASK ", "CLUSTERDOWN ", "TRYAGAIN ", "MASTERDOWN ", "LOADING ", "READONLY ", "CROSSSLOT "} {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// reject forgets ch after Redis refused to subscribe it: its pending
+// Subscribe calls fail with err. A channel that was subscribed before (a
+// permission revoked since) loses its subscribers, which are not told
+// (broadcast.Subscription has no way to): that is logged at Warn.
+func (p *partition) reject(ch string, err error) {
+	p.mu.Lock()
+	c := p.channels[ch]
+	if c == nil {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.channels, ch)
+	wasOK := c.ok
+	if !c.ok {
+		c.ok, c.err = true, err
+		close(c.confirmed)
+	}
+	p.mu.Unlock()
+	if wasOK {
+		p.b.log.Warn("redis refused a channel the broker had subscribed; its subscribers receive nothing more",
+			zap.String("part", p.name), zap.String("channel", ch), zap.Error(err))
+	}
 }
 
 // setState records the partition's verdict and, on a change, logs it and
@@ -837,8 +1174,8 @@ func (b *Broker) healthLocked() broadcast.Health {
 }
 
 // NotifyHealth implements broadcast.Monitor. f runs synchronously on the
-// receive goroutine of the partition that changed, after each change, in
-// order; it must not block and must not call the broker.
+// goroutine of the partition that changed, after each change, in order;
+// it must not block and must not call the broker.
 func (b *Broker) NotifyHealth(f func(broadcast.Health)) (stop func()) {
 	b.stateMu.Lock()
 	id := b.nextID
@@ -881,8 +1218,12 @@ func wrap(err error) error {
 	return wrapConnErr(err)
 }
 
-// Subscribe calls h with every message published to topic. It returns once
-// Redis has confirmed the subscription.
+// Subscribe calls h with every message published to topic, on the
+// reader goroutine of topic's partition (h must not block). It returns
+// once Redis has confirmed the subscription; if Redis refuses the channel
+// (an ACL's NOPERM), at once with Redis's error, which it wraps. While
+// the partition has no connection it fails at once with
+// broadcast.ErrBrokerUnavailable.
 func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (broadcast.Subscription, error) {
 	ch, p, err := b.channel(topic)
 	if err != nil {
@@ -909,20 +1250,31 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (b
 	if first {
 		p.cmd.Lock()
 		p.mu.RLock()
-		ps := p.ps
+		cn := p.conn
 		p.mu.RUnlock()
-		err = b.subscribe(ctx, ps, ch)
+		if cn == nil {
+			err = errNoConn
+		} else {
+			err = cn.send(ctx, b.subscribeKind(), ch)
+		}
 		p.cmd.Unlock()
 		if err != nil {
 			_ = s.Unsubscribe()
 			if b.closed.Load() {
 				return nil, fmt.Errorf("redisbroker: subscribe: %w", broadcast.ErrBrokerClosed)
 			}
-			return nil, fmt.Errorf("redisbroker: subscribe: %w", wrap(err))
+			if err != errNoConn {
+				err = wrap(err)
+			}
+			return nil, fmt.Errorf("redisbroker: subscribe: %w", err)
 		}
 	}
 	select {
 	case <-c.confirmed:
+		if c.err != nil {
+			// Redis refused the channel (an ACL, say): reject forgot it.
+			return nil, fmt.Errorf("redisbroker: subscribe: %w", c.err)
+		}
 		return s, nil
 	case <-ctx.Done():
 		_ = s.Unsubscribe()
@@ -959,20 +1311,14 @@ func (s *subscription) Unsubscribe() error {
 	defer p.cmd.Unlock()
 	p.mu.RLock()
 	rejoined := p.channels[s.ch] != nil // a Subscribe since: keep it
-	ps, closed := p.ps, p.closed
+	cn, closed := p.conn, p.closed
 	p.mu.RUnlock()
-	if rejoined || closed {
+	if rejoined || closed || cn == nil { // no connection: the next one will not subscribe it
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.b.timeout)
 	defer cancel()
-	var err error
-	if p.b.sharded {
-		err = ps.SUnsubscribe(ctx, s.ch)
-	} else {
-		err = ps.Unsubscribe(ctx, s.ch)
-	}
-	if err != nil {
+	if err := cn.send(ctx, p.b.unsubscribeKind(), s.ch); err != nil {
 		p.b.log.Debug("redis unsubscribe failed; the channel is forgotten anyway", zap.Error(err))
 	}
 	return nil
@@ -985,17 +1331,13 @@ func (b *Broker) Close() error {
 	if b.closed.Swap(true) {
 		return nil
 	}
-	b.cancel()
 	for _, p := range b.parts {
-		// Under cmd, so that no redial swaps in a connection after this.
-		p.cmd.Lock()
+		// Subscribe fails from now on, and run dials nothing more.
 		p.mu.Lock()
 		p.closed = true
-		ps := p.ps
 		p.mu.Unlock()
-		p.cmd.Unlock()
-		_ = ps.Close()
 	}
+	b.cancel() // each run closes its connection and waits for its reader
 	b.wg.Wait()
 	return nil
 }
