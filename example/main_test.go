@@ -306,6 +306,18 @@ func TestTwoInstancesShareTheRoom(t *testing.T) {
 		})
 }
 
+// TestTwoInstancesShareTheRoomWithRouteAuth does the same with the routes'
+// user and password (from the environment) and a route ping interval.
+func TestTwoInstancesShareTheRoomWithRouteAuth(t *testing.T) {
+	t.Setenv(routePasswordEnv, "s3cret")
+	auth := []string{"-nats-route-user", "chiws", "-nats-route-ping", "1s", "-nats-name", "second"}
+	twoInstances(t, append([]string{"-addr", "127.0.0.1:0", "-log-format", "json", "-nats-cluster", "127.0.0.1:0",
+		"-nats-name", "first"}, auth[:4]...),
+		func(firstLog string) []string {
+			return append([]string{"-addr", "127.0.0.1:0", "-nats-cluster", "127.0.0.1:0", "-nats-routes", routesFrom(t, firstLog)}, auth...)
+		})
+}
+
 // routesFrom returns the route URL the embedded server logged at start.
 func routesFrom(t *testing.T, jsonLog string) string {
 	t.Helper()
