@@ -50,6 +50,10 @@ type Monitor interface {
 	// start: a broker created while its server is down reports down.
 	Health() Health
 
+	// PartOf returns the name of the part (of kind PartTopics) that
+	// carries topic, or "" when no part carries some topics only.
+	PartOf(topic string) string
+
 	// NotifyHealth calls f with the new Health after each change of a
 	// part's state, in the order the changes happened. f runs
 	// synchronously on a broker goroutine: it must not block and must not
@@ -73,10 +77,28 @@ type Health struct {
 // PartHealth is the state of one part a broker watches.
 type PartHealth struct {
 	Name  string
+	Kind  PartKind
 	Up    bool
 	Since time.Time // when Up last changed
 	Err   error     // why it is down; nil when up
 }
+
+// PartKind says which messages a part's outage loses.
+type PartKind uint8
+
+const (
+	// PartAll carries every topic: the connection to the server, a probe
+	// through the publish path. Down, this instance is cut off.
+	PartAll PartKind = iota
+
+	// PartTopics carries some topics, those Monitor.PartOf names it for:
+	// a partition. Down, their messages are lost on every instance.
+	PartTopics
+
+	// PartPeer is another instance. Down, messages between it and this
+	// one are lost; this instance still reaches every other.
+	PartPeer
+)
 
 // HealthOf returns the Health of parts, for brokers: sorted by Name, and
 // up when every part is. It sorts parts in place.

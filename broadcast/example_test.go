@@ -81,8 +81,8 @@ func Example() {
 func ExampleOptions_onBrokerState() {
 	hub := broadcast.NewHub(broadcast.NewMemory(), broadcast.Options{
 		OnBrokerState: func(h *broadcast.Hub, up bool) {
-			if !up { // messages are being lost: make clients resync
-				h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
+			if !up { // the members whose messages are being lost resync
+				h.CloseCutOff(websocket.StatusTryAgainLater, "broker unavailable")
 			}
 		},
 	})

@@ -65,10 +65,10 @@ type Options struct {
 	// whenever another part goes down while it is down, and with true when
 	// it is up again; Stats().Broker.Down() names the parts down. It runs
 	// synchronously on the broker's goroutine and must not block; CloseAll
-	// does not block. A typical use closes every socket with 1013 Try
-	// Again Later when messages are being lost, so clients reconnect and
-	// resynchronise. The state at construction is not a change:
-	// Stats().Broker gives it.
+	// does not block. A typical use calls CloseCutOff: the members whose
+	// messages are being lost get 1013 Try Again Later, reconnect and
+	// resynchronise, and a peer instance gone closes nobody. The state at
+	// construction is not a change: Stats().Broker gives it.
 	OnBrokerState func(h *Hub, up bool)
 
 	// Logger receives dropped members and malformed broker messages.
@@ -388,6 +388,43 @@ func (h *Hub) CloseAll(code websocket.StatusCode, reason string) {
 	h.closeAll(nil, code, reason)
 }
 
+// CloseCutOff closes, as CloseAll does, the members whose messages are
+// being lost: every member while a part of kind PartAll is down (this
+// instance is cut off), otherwise the members of the topics whose
+// partition is down (Monitor.PartOf). A peer down closes nobody: this
+// instance's members still get the rest of the fleet's messages, and
+// closing them, on every instance, for one crashed peer would only move
+// the load. It is what OnBrokerState typically calls when up is false.
+func (h *Hub) CloseCutOff(code websocket.StatusCode, reason string) {
+	if h.mon == nil {
+		return
+	}
+	all, parts := false, map[string]bool{}
+	for _, p := range h.mon.Health().Parts {
+		switch {
+		case p.Up || p.Kind == PartPeer:
+		case p.Kind == PartTopics:
+			parts[p.Name] = true
+		default:
+			all = true
+		}
+	}
+	if !all && len(parts) == 0 {
+		return
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for m := range h.members {
+		cut := all
+		for name := range m.topics {
+			cut = cut || parts[h.mon.PartOf(name)]
+		}
+		if cut {
+			m.close(nil, code, reason)
+		}
+	}
+}
+
 func (h *Hub) closeAll(cause error, code websocket.StatusCode, reason string) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -473,7 +510,7 @@ func (h *Hub) dropLocked(t *topic) bool {
 	case <-t.ready:
 		return t.sub != nil
 	default:
-		return false // the subscribing member releases it when Subscribe returns
+		return false // not reached: the member subscribing holds a reference until its Subscribe returns
 	}
 }
 

@@ -3,6 +3,7 @@ package broadcast_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -360,12 +361,25 @@ func (b *monitored) NotifyHealth(f func(broadcast.Health)) func() {
 	}
 }
 
+// PartOf puts topic a in partition 0, every other in partition 1.
+func (b *monitored) PartOf(topic string) string {
+	if topic == "a" {
+		return "partition 0"
+	}
+	return "partition 1"
+}
+
 // set gives the parts' states: partition 0 first, then partition 1 (up
 // when not given).
 func (b *monitored) set(up ...bool) {
 	up = append(up, true)
+	b.setParts(broadcast.PartHealth{Name: "partition 0", Kind: broadcast.PartTopics, Up: up[0]},
+		broadcast.PartHealth{Name: "partition 1", Kind: broadcast.PartTopics, Up: up[1]})
+}
+
+func (b *monitored) setParts(parts ...broadcast.PartHealth) {
 	b.mu.Lock()
-	b.health = broadcast.HealthOf([]broadcast.PartHealth{{Name: "partition 0", Up: up[0]}, {Name: "partition 1", Up: up[1]}})
+	b.health = broadcast.HealthOf(parts)
 	f, h := b.notify, b.health
 	b.mu.Unlock()
 	if f != nil {
@@ -470,4 +484,57 @@ func TestJoinDuringAFanOut(t *testing.T) {
 		t.Fatalf("a got %q", got)
 	}
 	s.WaitMembers(t, "a", 2) // the second Join of a went through
+}
+
+// TestCloseCutOff: CloseCutOff closes the members whose messages are
+// being lost, and only them: nobody for a peer down, a topic's members
+// for its partition down, everyone for the connection down.
+func TestCloseCutOff(t *testing.T) {
+	b := &monitored{Broker: broadcast.NewMemory()}
+	parts := func(down ...string) []broadcast.PartHealth {
+		var ps []broadcast.PartHealth
+		for _, p := range []broadcast.PartHealth{
+			{Name: "connection", Kind: broadcast.PartAll},
+			{Name: "partition 0", Kind: broadcast.PartTopics},
+			{Name: "partition 1", Kind: broadcast.PartTopics},
+			{Name: "peer web-2", Kind: broadcast.PartPeer},
+		} {
+			p.Up = !slices.Contains(down, p.Name)
+			ps = append(ps, p)
+		}
+		return ps
+	}
+	b.setParts(parts()...)
+	f := fleettest.Start(t, []fleettest.Node{{Broker: b}}, broadcast.Options{})
+	s := f.Nodes[0]
+	ca, cb := s.Dial(t, 0, "a"), s.Dial(t, 0, "b")
+	ca.Read()
+	cb.Read()
+	s.WaitMembers(t, "a", 1)
+	s.WaitMembers(t, "b", 1)
+	closeCutOff := func(down ...string) {
+		b.setParts(parts(down...)...)
+		s.Hub.CloseCutOff(websocket.StatusTryAgainLater, "broker unavailable")
+	}
+	receive := func(c *fleettest.Client, topic string) {
+		t.Helper()
+		if err := s.Hub.Publish(context.Background(), topic, websocket.MessageText, []byte("to "+topic)); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Next(t).Data; got != "to "+topic {
+			t.Fatalf("got %q", got)
+		}
+	}
+	closeCutOff("peer web-2")
+	receive(ca, "a") // both still members
+	receive(cb, "b")
+	closeCutOff("peer web-2", "partition 0")
+	if code, _ := ca.Closed(t); code != websocket.StatusTryAgainLater {
+		t.Fatalf("a's member closed with %v, want 1013: its partition is down", code)
+	}
+	receive(cb, "b")
+	closeCutOff("connection")
+	if code, _ := cb.Closed(t); code != websocket.StatusTryAgainLater {
+		t.Fatalf("b's member closed with %v, want 1013: the connection is down", code)
+	}
 }

@@ -143,20 +143,14 @@ func (m *Member) Subscribe(name string) error {
 			delete(h.topics, name)
 		}
 		close(t.ready)
-		orphan := err == nil && t.refs == 0 // every member left meanwhile
 		h.mu.Unlock()
-		if orphan {
-			h.unsubscribe(t)
-		}
 	} else {
 		<-t.ready // bounded by the owner's SubscribeTimeout
 	}
 
+	// m.topics[name] is still t, and t.refs counts m: only this member's
+	// calls, which subMu serialises, change them.
 	h.mu.Lock()
-	if m.topics[name] != t { // the hub shut down meanwhile and the member left
-		h.mu.Unlock()
-		return fmt.Errorf("broadcast: subscribe: %w", ErrMemberLeft)
-	}
 	if t.err != nil {
 		delete(m.topics, name)
 		t.refs-- // nothing to release: the subscription failed

@@ -224,6 +224,10 @@ func (b *Broker) start() error {
 	return nil
 }
 
+// PartOf implements broadcast.Monitor: no part of a NATS broker carries
+// some topics only.
+func (b *Broker) PartOf(string) string { return "" }
+
 // Health implements broadcast.Monitor.
 func (b *Broker) Health() broadcast.Health {
 	b.mu.Lock()
@@ -238,7 +242,7 @@ func (b *Broker) healthLocked() broadcast.Health {
 		{Name: PartSlowConsumer, Up: b.slow.up, Since: b.slow.since, Err: b.slow.err},
 	}
 	for _, p := range b.peers {
-		parts = append(parts, broadcast.PartHealth{Name: p.part, Up: p.st.up, Since: p.st.since, Err: p.st.err})
+		parts = append(parts, broadcast.PartHealth{Name: p.part, Kind: broadcast.PartPeer, Up: p.st.up, Since: p.st.since, Err: p.st.err})
 	}
 	return broadcast.HealthOf(parts)
 }

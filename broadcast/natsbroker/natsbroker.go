@@ -475,3 +475,5 @@ func validatePrefix(prefix string) error {
 	}
 	return nil
 }
+
+var _ broadcast.Monitor = (*Broker)(nil)

@@ -441,6 +441,12 @@ func (b *Broker) Partition(topic string) int {
 	return int(h.Sum32() % uint32(len(b.parts)))
 }
 
+// PartOf implements broadcast.Monitor: the name of topic's partition in
+// Health ("partition 07").
+func (b *Broker) PartOf(topic string) string {
+	return b.parts[b.Partition(topic)].name
+}
+
 // Channel returns topic's Redis channel: <ChannelPrefix><topic>, or with
 // sharded pub/sub {<ChannelPrefix><partition>}<topic>. A publisher outside
 // the broker sends there an envelope built as broadcast.AppendEnvelope
@@ -1168,7 +1174,7 @@ func (b *Broker) Health() broadcast.Health {
 func (b *Broker) healthLocked() broadcast.Health {
 	parts := make([]broadcast.PartHealth, len(b.parts))
 	for i, p := range b.parts {
-		parts[i] = broadcast.PartHealth{Name: p.name, Up: p.up, Since: p.since, Err: p.err}
+		parts[i] = broadcast.PartHealth{Name: p.name, Kind: broadcast.PartTopics, Up: p.up, Since: p.since, Err: p.err}
 	}
 	return broadcast.HealthOf(parts)
 }
@@ -1221,9 +1227,13 @@ func wrap(err error) error {
 // Subscribe calls h with every message published to topic, on the
 // reader goroutine of topic's partition (h must not block). It returns
 // once Redis has confirmed the subscription; if Redis refuses the channel
-// (an ACL's NOPERM), at once with Redis's error, which it wraps. While
-// the partition has no connection it fails at once with
-// broadcast.ErrBrokerUnavailable.
+// (an ACL's NOPERM), at once with Redis's error, which it wraps. The first
+// subscription to a channel fails at once with
+// broadcast.ErrBrokerUnavailable while the partition has no connection;
+// a further one to a channel already subscribed returns at once, and the
+// partition's next connection subscribes the channel again. ctx bounds
+// the wait for the confirmation, not the write on the partition's
+// connection, which every topic of the partition shares.
 func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (broadcast.Subscription, error) {
 	ch, p, err := b.channel(topic)
 	if err != nil {
@@ -1252,10 +1262,19 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, h func([]byte)) (b
 		p.mu.RLock()
 		cn := p.conn
 		p.mu.RUnlock()
-		if cn == nil {
+		switch {
+		case ctx.Err() != nil: // it ended while waiting for p.cmd
+			err = ctx.Err()
+		case cn == nil:
 			err = errNoConn
-		} else {
-			err = cn.send(ctx, b.subscribeKind(), ch)
+		default:
+			// The connection is every topic's: a write cut short by the
+			// caller's deadline would break it for all of them, so the
+			// write has the broker's own bound, and ctx bounds the wait
+			// for the confirmation only.
+			wctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+			err = cn.send(wctx, b.subscribeKind(), ch)
+			cancel()
 		}
 		p.cmd.Unlock()
 		if err != nil {
@@ -1325,8 +1344,10 @@ func (s *subscription) Unsubscribe() error {
 }
 
 // Close closes the partitions' pub/sub connections and waits for their
-// goroutines; a probe under way ends within HealthTimeout. It does not
-// close the client.
+// goroutines; a probe under way ends within HealthTimeout with a client
+// that has ContextTimeoutEnabled (ClientOptions sets it), otherwise within
+// the client's ReadTimeout. Subscribe calls waiting for a confirmation
+// fail with broadcast.ErrBrokerClosed. It does not close the client.
 func (b *Broker) Close() error {
 	if b.closed.Swap(true) {
 		return nil
@@ -1335,9 +1356,17 @@ func (b *Broker) Close() error {
 		// Subscribe fails from now on, and run dials nothing more.
 		p.mu.Lock()
 		p.closed = true
+		for _, c := range p.channels {
+			if !c.ok {
+				c.ok, c.err = true, broadcast.ErrBrokerClosed
+				close(c.confirmed)
+			}
+		}
 		p.mu.Unlock()
 	}
 	b.cancel() // each run closes its connection and waits for its reader
 	b.wg.Wait()
 	return nil
 }
+
+var _ broadcast.Monitor = (*Broker)(nil)

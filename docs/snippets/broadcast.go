@@ -19,8 +19,8 @@ import (
 func RoomRouter(broker broadcast.Broker) (*broadcast.Hub, chi.Router) {
 	hub := broadcast.NewHub(broker, broadcast.Options{
 		OnBrokerState: func(h *broadcast.Hub, up bool) {
-			if !up { // messages are being lost
-				h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
+			if !up { // the members whose messages are being lost resync
+				h.CloseCutOff(websocket.StatusTryAgainLater, "broker unavailable")
 			}
 		},
 	})

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/chiws/chiws"
@@ -120,7 +119,14 @@ func New(cfg Config) (*App, error) {
 		QueueMessages: cfg.MemberQueue,
 		WriteTimeout:  cfg.WriteTimeout,
 		Logger:        log.Named("hub"),
-		OnBrokerState: closeWhenCutOff,
+		// Members whose messages are being lost reconnect (1013 Try
+		// Again Later), to another instance perhaps, rather than
+		// silently miss them; a peer instance gone closes nobody.
+		OnBrokerState: func(h *broadcast.Hub, up bool) {
+			if !up {
+				h.CloseCutOff(websocket.StatusTryAgainLater, "broker unavailable")
+			}
+		},
 	})
 
 	r := chi.NewRouter()
@@ -205,26 +211,6 @@ func (a *App) broadcast(w http.ResponseWriter, r *http.Request) {
 			}
 			a.log.Debug("broadcast publish failed", zap.Error(err))
 			_ = c.Close(websocket.StatusTryAgainLater, "broker unavailable")
-			return
-		}
-	}
-}
-
-// closeWhenCutOff closes every member with 1013 Try Again Later when this
-// instance is cut off from the broker (its connection, its probe, a
-// partition): the room's messages are being lost here, so members
-// reconnect, to another instance perhaps, rather than silently miss them.
-// A peer instance that went away (crashed, or cut off itself) is logged by
-// the hub but closes nothing: this instance's members still get the rest
-// of the room, and closing them all on every instance for one crash would
-// only move the storm.
-func closeWhenCutOff(h *broadcast.Hub, up bool) {
-	if up {
-		return
-	}
-	for _, part := range h.Stats().Broker.Down() {
-		if !strings.HasPrefix(part, "peer ") {
-			h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
 			return
 		}
 	}

@@ -417,6 +417,9 @@ func (b *reach) Health() broadcast.Health {
 	return b.health
 }
 
+// PartOf: no part carries some topics only.
+func (b *reach) PartOf(string) string { return "" }
+
 func (b *reach) NotifyHealth(f func(broadcast.Health)) func() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -427,8 +430,13 @@ func (b *reach) NotifyHealth(f func(broadcast.Health)) func() {
 // down sets the parts down; every other part is up.
 func (b *reach) down(parts ...string) {
 	var hs []broadcast.PartHealth
-	for _, name := range []string{"connection", "peer web-2/1", "probe"} {
-		hs = append(hs, broadcast.PartHealth{Name: name, Up: !slices.Contains(parts, name)})
+	for _, p := range []broadcast.PartHealth{
+		{Name: "connection", Kind: broadcast.PartAll},
+		{Name: "peer web-2/1", Kind: broadcast.PartPeer},
+		{Name: "probe", Kind: broadcast.PartAll},
+	} {
+		p.Up = !slices.Contains(parts, p.Name)
+		hs = append(hs, p)
 	}
 	b.mu.Lock()
 	b.health = broadcast.HealthOf(hs)
