@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -91,10 +92,8 @@ type Hub struct {
 	seq  atomic.Uint64 // the other part
 	mon  Monitor       // nil when the broker has none
 
-	// ctx is the parent of every member's write context and of every
-	// subscription; abort cancels it when Shutdown's context ends. A
-	// writer then in coder/websocket's close handshake still ends within
-	// its timeouts (see Shutdown).
+	// ctx is the parent of every subscription's context; abort cancels
+	// it when Shutdown's context ends.
 	ctx   context.Context
 	abort context.CancelFunc
 
@@ -250,14 +249,15 @@ func (h *Hub) JoinWith(c *chiws.Conn, o JoinOptions, topics ...string) (*Member,
 		}
 	}
 	m := &Member{
-		h:      h,
-		c:      c,
-		key:    h.id + "." + strconv.FormatUint(h.seq.Add(1), 36),
-		id:     o.ID,
-		meta:   bytes.Clone(o.Meta),
-		topics: make(map[string]*topic),
-		paused: o.Paused,
-		wake:   make(chan struct{}, 1),
+		h:        h,
+		c:        c,
+		key:      h.id + "." + strconv.FormatUint(h.seq.Add(1), 36),
+		id:       o.ID,
+		meta:     bytes.Clone(o.Meta),
+		topics:   make(map[string]*topic),
+		paused:   o.Paused,
+		wake:     make(chan struct{}, 1),
+		timedOut: make(chan struct{}, 1),
 	}
 	h.mu.Lock()
 	if h.closed.Load() {
@@ -267,15 +267,13 @@ func (h *Hub) JoinWith(c *chiws.Conn, o JoinOptions, topics ...string) (*Member,
 	h.members[m] = struct{}{}
 	// Added under mu with the closed check, so Shutdown's Wait sees it.
 	h.writers.Add(1)
-	m.ctx, m.cancel = context.WithCancel(h.ctx)
 	h.mu.Unlock()
-	m.timer = time.AfterFunc(time.Hour, m.cancel)
+	m.timer = time.AfterFunc(time.Hour, m.writeTimedOut)
 	m.timer.Stop() // armed by each write
 
 	for _, t := range topics {
 		if err := m.Subscribe(t); err != nil {
 			h.forget(m)
-			m.cancel()
 			h.writers.Done()
 			return nil, fmt.Errorf("broadcast: join: %w", err)
 		}
@@ -465,7 +463,13 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		h.abort() // cancels writes and pending subscriptions
+		h.abort() // cancels pending subscriptions
+		h.mu.RLock()
+		members := slices.Collect(maps.Keys(h.members))
+		h.mu.RUnlock()
+		for _, m := range members {
+			_ = m.c.CloseNow() // ends the write under way; a close handshake ends within CloseTimeout
+		}
 		return ctx.Err()
 	}
 }

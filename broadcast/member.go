@@ -67,12 +67,12 @@ type Member struct {
 	topics map[string]*topic
 	gone   bool
 
-	// ctx is every write's context. timer cancels it when a write takes
-	// longer than Options.WriteTimeout; Shutdown's deadline cancels its
-	// parent. One per member: writes share no mutex.
-	ctx    context.Context
-	cancel context.CancelFunc
-	timer  *time.Timer
+	// timer aborts the socket when a write takes longer than
+	// Options.WriteTimeout, and then signals timedOut, which the writer
+	// waits for. One per member, and writes get context.Background: they
+	// share no mutex, and coder/websocket registers nothing per write.
+	timer    *time.Timer
+	timedOut chan struct{} // size one
 
 	// mu guards the queue, paused and the close decision.
 	mu      sync.Mutex
@@ -299,7 +299,6 @@ func (m *Member) signal() {
 func (m *Member) run() {
 	defer m.h.writers.Done()
 	defer m.h.forget(m)
-	defer m.cancel()
 	defer m.left()
 	for {
 		d, closing := m.next()
@@ -311,9 +310,10 @@ func (m *Member) run() {
 			return
 		case d != nil:
 			m.timer.Reset(m.h.opts.WriteTimeout)
-			err := m.c.Write(m.ctx, d.typ, d.data)
-			if !m.timer.Stop() && err == nil {
-				err = context.DeadlineExceeded // it fired as the write ended: m.ctx is done
+			err := m.c.Write(context.Background(), d.typ, d.data)
+			if !m.timer.Stop() {
+				<-m.timedOut // it fired: the socket is aborted, even if the write got through
+				err = context.DeadlineExceeded
 			}
 			if err != nil {
 				_ = m.c.CloseNow()
@@ -327,6 +327,13 @@ func (m *Member) run() {
 			return
 		}
 	}
+}
+
+// writeTimedOut is the write timer's: it aborts the socket, which ends
+// the write, and tells the writer.
+func (m *Member) writeTimedOut() {
+	_ = m.c.CloseNow()
+	m.timedOut <- struct{}{}
 }
 
 // left marks the member as gone for Send and deliveries, whoever ended

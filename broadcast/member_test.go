@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chiws/chiws"
 	"github.com/chiws/chiws/broadcast"
@@ -241,5 +242,41 @@ func TestSendTooBig(t *testing.T) {
 	}
 	if st := hub.Stats(); st.Slow != 0 {
 		t.Fatalf("Slow = %d, want 0", st.Slow)
+	}
+}
+
+// TestWriteTimeout: a member whose client stopped reading, on a topic
+// that never overflows its queue (KeepLatest), is aborted once a write
+// takes longer than WriteTimeout, without a close handshake its peer
+// would not read.
+func TestWriteTimeout(t *testing.T) {
+	opts := broadcast.Options{
+		WriteTimeout: 200 * time.Millisecond,
+		Backpressure: func(string) broadcast.Backpressure { return broadcast.KeepLatest },
+	}
+	hub, dial, joined := room(t, opts, nil, joinRoom)
+	_ = dial("") // never reads
+	m := <-joined
+	pad := make([]byte, 64<<10)
+	for range 1024 { // 64 MiB: more than the socket buffers hold
+		if err := hub.Publish(context.Background(), "room", websocket.MessageBinary, pad); err != nil {
+			t.Fatal(err)
+		}
+		if m.Conn().Context().Err() != nil {
+			break
+		}
+	}
+	select {
+	case <-m.Conn().Done():
+	case <-time.After(fleettest.Timeout):
+		t.Fatal("the member's socket is still open after its write timed out")
+	}
+	cause := context.Cause(m.Conn().Context())
+	if !errors.Is(cause, chiws.ErrClosedByServer) || websocket.CloseStatus(cause) != -1 {
+		t.Fatalf("cause %v, want ErrClosedByServer without a close frame (1006)", cause)
+	}
+	wstest.WaitFor(t, fleettest.Timeout, "the member to leave", func() bool { return hub.Len("room") == 0 })
+	if st := hub.Stats(); st.Slow != 0 {
+		t.Fatalf("Slow = %d, want 0: the write timed out, the queue never overflowed", st.Slow)
 	}
 }
