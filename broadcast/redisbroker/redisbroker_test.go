@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,15 +34,34 @@ type redisServer struct {
 // CI=true or CHIWS_E2E=1 (as .ci/run sets).
 func startRedis(t *testing.T) *redisServer {
 	t.Helper()
+	s := reserveRedis(t)
+	s.start(t)
+	return s
+}
+
+// reserveRedis returns a server on a free loopback port, not started:
+// nothing listens there until start.
+func reserveRedis(t *testing.T) *redisServer {
+	t.Helper()
 	startRedisCheck(t)
 	port, err := wstest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &redisServer{port: port}
-	s.start(t)
 	t.Cleanup(s.stop)
 	return s
+}
+
+// signal sends sig to the server's process (SIGSTOP freezes it: its
+// connections stay open and silent).
+func (s *redisServer) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (s *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
@@ -139,7 +159,7 @@ func TestRedisRestart(t *testing.T) {
 	for _, sharded := range []bool{false, true} {
 		t.Run(fmt.Sprintf("sharded=%v", sharded), func(t *testing.T) {
 			s := startRedis(t)
-			opts := redisbroker.Options{Sharded: sharded, HealthInterval: time.Second}
+			opts := redisbroker.Options{Sharded: sharded, HealthInterval: time.Second, HealthTimeout: time.Second}
 			fleettest.RunOutage(t, s.nodes(t, opts), func(t *testing.T) func() {
 				s.stop()
 				return func() { s.start(t) }
@@ -190,19 +210,26 @@ func startRedisCheck(t *testing.T) {
 
 // TestLeaveAndJoinAtOnce: the last subscriber of a channel leaving while a
 // new one joins must not leave the new one confirmed but unsubscribed on
-// the server (the UNSUBSCRIBE overtaking the SUBSCRIBE).
+// the server (the UNSUBSCRIBE overtaking the SUBSCRIBE). Plain and sharded
+// pub/sub: both share a partition's connection between channels.
 func TestLeaveAndJoinAtOnce(t *testing.T) {
 	s := startRedis(t)
+	for _, sharded := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sharded=%v", sharded), func(t *testing.T) { leaveAndJoin(t, s, sharded) })
+	}
+}
+
+func leaveAndJoin(t *testing.T, s *redisServer, sharded bool) {
 	c := redis.NewClient(&redis.Options{Addr: s.addr()})
 	defer c.Close()
-	b, err := redisbroker.New(c, redisbroker.Options{})
+	b, err := redisbroker.New(c, redisbroker.Options{Sharded: sharded})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for i := range 3000 {
+	for i := range 2000 {
 		s1, err := b.Subscribe(ctx, "room", func([]byte) {})
 		if err != nil {
 			t.Fatal(err)
@@ -307,19 +334,31 @@ func behindProxy(t *testing.T, sharded bool) (*wstest.Proxy, *redisbroker.Broker
 	c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1,
 		DialTimeout: time.Second, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
 	t.Cleanup(func() { _ = c.Close() })
-	b, err := redisbroker.New(c, redisbroker.Options{Sharded: sharded, HealthInterval: 200 * time.Millisecond})
+	b, err := redisbroker.New(c, redisbroker.Options{Sharded: sharded, HealthInterval: 200 * time.Millisecond, HealthTimeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	return proxy, b, upEdges(t, b)
+}
+
+// upEdges returns a channel that receives the broker's Health.Up each time
+// it changes, from its state when upEdges is called.
+func upEdges(t *testing.T, b *redisbroker.Broker) chan bool {
+	t.Helper()
 	states := make(chan bool, 64)
-	t.Cleanup(b.NotifyState(func(up bool) {
+	up := b.Health().Up // written only by the callbacks, which the broker serialises
+	t.Cleanup(b.NotifyHealth(func(h broadcast.Health) {
+		if h.Up == up {
+			return
+		}
+		up = h.Up
 		select {
 		case states <- up:
 		default: // never blocks the broker; 64 is far more than a test sees
 		}
 	}))
-	return proxy, b, states
+	return states
 }
 
 // awaitDownThenUp waits for the broker to report down, runs onDown, if
@@ -349,18 +388,12 @@ func TestStalledServerKeepsSubscription(t *testing.T) {
 	s := startRedis(t)
 	c := redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1})
 	defer c.Close()
-	b, err := redisbroker.New(c, redisbroker.Options{HealthInterval: 200 * time.Millisecond})
+	b, err := redisbroker.New(c, redisbroker.Options{HealthInterval: 200 * time.Millisecond, HealthTimeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	states := make(chan bool, 64)
-	defer b.NotifyState(func(up bool) {
-		select {
-		case states <- up:
-		default:
-		}
-	})()
+	states := upEdges(t, b)
 	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 	defer cancel()
 	sub, err := b.Subscribe(ctx, "room", func([]byte) {})
@@ -379,6 +412,7 @@ func TestStalledServerKeepsSubscription(t *testing.T) {
 		for _, l := range strings.Split(strings.TrimSpace(list), "\n") {
 			ids = append(ids, strings.Fields(l)[0]) // id=N
 		}
+		slices.Sort(ids) // CLIENT LIST's order is not stable
 		return strings.Join(ids, " ")
 	}
 	before := subscribers()
