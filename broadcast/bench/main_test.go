@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 // report says every message arrived.
 func TestSmoke(t *testing.T) {
 	cfg := defaultConfig()
-	cfg.large, cfg.small, cfg.largeRate, cfg.smallRate = 12, 6, 20, 40
+	cfg.large, cfg.small, cfg.largeRate, cfg.smallRate, cfg.lightRate = 12, 6, 20, 40, 20
 	cfg.topics, cfg.dur, cfg.cost = []int{3}, 200*time.Millisecond, 300
 	cfg.churnWorkers, cfg.churnHold = 2, 20*time.Millisecond
 	cfg.brokers = cfg.brokers[:2]

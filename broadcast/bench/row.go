@@ -27,6 +27,7 @@ type rowSpec struct {
 	members int
 	topics  int
 	rate    float64 // messages per second per member
+	goal    bool    // the latency goals' load
 	churn   bool    // a third phase: the hub again, with joins and leaves
 }
 
@@ -302,7 +303,10 @@ func phase(cfg config, spec rowSpec, cl *clients, urls []string, ph byte, sizes 
 		p[offPhase] = ph
 		binary.BigEndian.PutUint32(p[offTopic:], uint32(i%T))
 		binary.BigEndian.PutUint64(p[offSeq:], uint64(i/T))
-		binary.BigEndian.PutUint64(p[offTime:], uint64(time.Now().UnixNano()))
+		// The time it was due, not the time it went: a publisher that
+		// fell behind (the loop, still writing the previous message)
+		// counts its own delay.
+		binary.BigEndian.PutUint64(p[offTime:], uint64(due.UnixNano()))
 		r.writeErrs += publish(i%T, p)
 		r.published++
 	}
@@ -354,5 +358,8 @@ func phase(cfg config, spec rowSpec, cl *clients, urls []string, ph byte, sizes 
 		}
 	}
 	r.rep, r.err = cl.report(r.published)
+	fmt.Fprintf(os.Stderr, "bench:   %s: published %d/%d, wall %s, cpu %s + clients %s, delivered %d/%d, p50 %s p99 %s\n",
+		names[ph], r.published, r.target, r.wall.Round(time.Millisecond), r.serverCPU.Round(time.Millisecond),
+		r.clientCPU.Round(time.Millisecond), r.rep.Received, r.rep.Expected, ms(time.Duration(r.rep.P50)), ms(time.Duration(r.rep.P99)))
 	return r
 }
