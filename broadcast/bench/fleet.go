@@ -103,11 +103,11 @@ func natsBus() (*bus, error) {
 
 // startRedis starts redis-server on a free loopback port with extra
 // arguments, and returns its address.
-func startRedis(st *stopper, bs *bus, offset int, extra ...string) (string, error) {
+func startRedis(st *stopper, bs *bus, offsets []int, extra ...string) (string, error) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		return "", fmt.Errorf("redis-server not installed (apt-get install -y redis-server)")
 	}
-	port, err := wstest.FreePort(offset)
+	port, err := wstest.FreePort(offsets...)
 	if err != nil {
 		return "", err
 	}
@@ -133,7 +133,7 @@ func redisBus() (*bus, error) {
 	bs := &bus{name: "Redis"}
 	var st stopper
 	bs.stop = st.run
-	addr, err := startRedis(&st, bs, 0)
+	addr, err := startRedis(&st, bs, nil)
 	if err != nil {
 		st.run()
 		return nil, err
@@ -165,7 +165,7 @@ func clusterBus() (*bus, error) {
 	st.add(func() { _ = os.RemoveAll(dir) })
 	var addrs []string
 	for i := range 3 {
-		addr, err := startRedis(&st, bs, 10000, "--cluster-enabled", "yes",
+		addr, err := startRedis(&st, bs, []int{10000}, "--cluster-enabled", "yes",
 			"--cluster-config-file", "nodes-"+strconv.Itoa(i)+".conf", "--dir", dir)
 		if err != nil {
 			st.run()
