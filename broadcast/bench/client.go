@@ -176,6 +176,7 @@ type clientProc struct {
 	topics int
 	total  atomic.Int64 // measured messages since the last reset
 	probed atomic.Int64 // sockets with a probe since the last reset
+	probes atomic.Int64 // probes received since the last reset
 	wg     sync.WaitGroup
 
 	churnWG   sync.WaitGroup
@@ -228,6 +229,8 @@ func (p *clientProc) command(f []string) (string, error) {
 		return strconv.FormatInt(p.total.Load(), 10), nil
 	case "probed":
 		return strconv.FormatInt(p.probed.Load(), 10), nil
+	case "probes":
+		return strconv.FormatInt(p.probes.Load(), 10), nil
 	case "reset": // reset PHASE
 		p.reset(byte(arg(1)))
 		return "ok", nil
@@ -327,6 +330,7 @@ func (p *clientProc) read(s *sock) {
 				p.probed.Add(1)
 			}
 			s.probes++
+			p.probes.Add(1)
 			s.mu.Unlock()
 			continue
 		}
@@ -356,6 +360,7 @@ func (p *clientProc) reset(phase byte) {
 	}
 	p.total.Store(0)
 	p.probed.Store(0)
+	p.probes.Store(0)
 }
 
 // report sums the stable sockets' figures; published messages went to the

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,6 +23,7 @@ type costRow struct {
 	wall, cpu         float64 // ns per message: publish of n messages until the last arrived; this process's CPU
 	serverCPU         float64 // ns per message of the redis-server processes; -1 when none
 	allocs, bytes     float64
+	profile           string // CPU profile of this process over the measurement
 	err               error
 }
 
@@ -36,7 +39,7 @@ type publishMode struct {
 
 // measureCost publishes n messages on the first broker of nb's bus to one
 // subscription on the second, under each publish semantics the bus has.
-func measureCost(n int, nb namedBus) []costRow {
+func measureCost(n int, nb namedBus, profileDir string) []costRow {
 	fmt.Fprintf(os.Stderr, "bench: cost %s\n", nb.key)
 	bs, err := nb.new()
 	if err != nil {
@@ -107,16 +110,17 @@ func measureCost(n int, nb namedBus) []costRow {
 		}
 	}
 	var rows []costRow
-	for _, m := range modes {
-		r := costOne(bs, n, m)
+	for i, m := range modes {
+		r := costOne(bs, n, m, filepath.Join(profileDir, fmt.Sprintf("cost-%s-%d.pprof", nb.key, i)))
 		r.broker = nb.name
 		rows = append(rows, r)
 	}
 	return rows
 }
 
-func costOne(bs *bus, n int, m publishMode) (r costRow) {
+func costOne(bs *bus, n int, m publishMode, profile string) (r costRow) {
 	r.semantics = m.semantics
+	r.profile = profile
 	r.serverCPU = -1
 	// Warm-up messages (first byte 0) cross the bus until one arrives;
 	// only measured ones (first byte 1) are counted.
@@ -150,6 +154,17 @@ func costOne(bs *bus, n int, m publishMode) (r costRow) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	p[0] = 1
+	f, err := os.Create(profile)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		r.err = err
+		return r
+	}
+	defer pprof.StopCPUProfile() // a second Stop is a no-op
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	s0 := procCPU(bs.pids)
@@ -169,6 +184,7 @@ func costOne(bs *bus, n int, m publishMode) (r costRow) {
 	c1 := cpuTime()
 	s1 := procCPU(bs.pids)
 	runtime.ReadMemStats(&m1)
+	pprof.StopCPUProfile()
 	r.wall = float64(el) / float64(n)
 	r.cpu = float64(c1-c0) / float64(n)
 	if len(bs.pids) > 0 {

@@ -212,7 +212,7 @@ func run(w io.Writer, cfg config) error {
 			buses = append(buses, clusterNamed)
 		}
 		for _, b := range buses {
-			costs = append(costs, measureCost(cfg.cost, b)...)
+			costs = append(costs, measureCost(cfg.cost, b, cfg.profileDir)...)
 		}
 	}
 	report(w, cfg, start, results, costs)
@@ -452,6 +452,12 @@ func writeProfiles(w io.Writer, results []rowResult, missed []missedGoal) {
 			ds = append(ds, delta{c.name, (h - l) / 1e3})
 		}
 		fmt.Fprintf(w, "| total (getrusage) | %s | %s | %+.2f µs |\n\n", us(lPer), us(hPer), float64(hPer-lPer)/1e3)
+		fmt.Fprintf(w, "| Function (cum), per delivery | Loop | Hub |\n| --- | ---: | ---: |\n")
+		for _, f := range watched {
+			l, h := lp.cum(f.name)*float64(lPer), hp.cum(f.name)*float64(hPer)
+			fmt.Fprintf(w, "| `%s`: %s | %.2f µs | %.2f µs |\n", f.name, f.what, l/1e3, h/1e3)
+		}
+		fmt.Fprintln(w)
 		// The analysis: the three largest increases.
 		for i := range ds {
 			for j := i + 1; j < len(ds); j++ {
@@ -469,6 +475,41 @@ func writeProfiles(w io.Writer, results []rowResult, missed []missedGoal) {
 		fmt.Fprintf(w, "Where the time goes: the hub spends %s per delivery against the loop's %s; the increase is mostly %s.\n\n",
 			us(hPer), us(lPer), strings.Join(parts, ", "))
 	}
+}
+
+// watched are functions whose cumulative time the profiles of missed goals
+// give per delivery, loop against hub.
+var watched = []struct{ name, what string }{
+	{"internal/runtime/syscall/linux.Syscall6", "system calls"},
+	{"github.com/coder/websocket.(*Conn).Write", "the socket write, framing and system call included"},
+	{"github.com/coder/websocket.(*Conn).setupWriteTimeout", "coder/websocket ties each write to its context (context.AfterFunc on a cancellable one)"},
+	{"github.com/chiws/chiws/broadcast.(*Hub).publish", "envelope and broker publish"},
+	{"github.com/chiws/chiws/broadcast.(*Member).enqueue", "queueing for each member"},
+	{"github.com/chiws/chiws/broadcast.(*Member).signal", "waking the member's writer"},
+	{"time.(*Timer).Reset", "the member's write timeout, armed"},
+	{"time.(*Timer).Stop", "and stopped"},
+	{"runtime.selectgo", "select (the writer's wait, coder/websocket's locks)"},
+	{"runtime.schedule", "the scheduler finding the next goroutine"},
+	{"runtime.gcBgMarkWorker", "garbage collection"},
+}
+
+// cum returns the share of the profile's samples under the function.
+func (p cpuProfile) cum(name string) float64 {
+	total := p.total
+	if total == 0 {
+		for _, e := range p.entries {
+			total += e.flat
+		}
+	}
+	if total == 0 {
+		return 0
+	}
+	for _, e := range p.entries {
+		if e.name == name {
+			return e.cum / total
+		}
+	}
+	return 0
 }
 
 func share(v []float64, i int, total float64) float64 {

@@ -219,7 +219,9 @@ func joinAll(nodes []*node, conns []*chiws.Conn, topics int) error {
 }
 
 // settle publishes short probes to every topic until every stable socket
-// has one: interest reaches a cluster's other servers asynchronously.
+// has one (interest reaches a cluster's other servers asynchronously),
+// then waits until the probes stop arriving: a round of probes is a whole
+// fan-out, and rounds still queued would delay the first messages.
 func settle(pub *broadcast.Hub, names []string, cl *clients, members int) error {
 	if _, err := cl.do("reset 0"); err != nil {
 		return err
@@ -232,17 +234,32 @@ func settle(pub *broadcast.Hub, names []string, cl *clients, members int) error 
 				return fmt.Errorf("probe: %w", err)
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
 		n, err := cl.int("probed")
 		if err != nil {
 			return err
 		}
 		if n == int64(members) {
-			return nil
+			break
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("probes reached %d of %d sockets", n, members)
 		}
+	}
+	last := int64(-1)
+	for {
+		n, err := cl.int("probes")
+		if err != nil {
+			return err
+		}
+		if n == last {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("probes still arriving")
+		}
+		last = n
+		time.Sleep(300 * time.Millisecond)
 	}
 }
 
