@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -39,12 +40,15 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("report shows a failure:\n%s", out)
 	}
 	// Tiny sizes say nothing about latency or CPU, but every message must
-	// arrive: no row may report a gap or a short delivery.
+	// arrive: no row may report a gap, and the joins-and-leaves goals
+	// (no stable member dropped) must be met.
+	gaps := regexp.MustCompile(`gaps [1-9]|[1-9][0-9]* gaps`)
 	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, "delivered") && strings.Contains(line, "gaps") {
-			if !strings.Contains(line, "gaps 0,") {
-				t.Errorf("gaps: %s", line)
-			}
+		if gaps.MatchString(line) {
+			t.Errorf("gaps: %s", line)
+		}
+		if strings.HasPrefix(line, "| Joins and leaves") && !strings.HasSuffix(line, "| met |") {
+			t.Errorf("members dropped: %s", line)
 		}
 	}
 	for _, want := range []string{"### Goals", "### Fleet sizes", "### Topic counts", "### Joins and leaves", "### Broker cost"} {

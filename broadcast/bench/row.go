@@ -50,6 +50,8 @@ type phaseResult struct {
 	serverCPU time.Duration // this process
 	clientCPU time.Duration // the client process
 	wall      time.Duration // from the first publish to the last delivery
+	brokerCPU time.Duration // redis-server processes
+	otherCPU  time.Duration // every other process on the machine (/proc/stat)
 	writeErrs int
 	profile   string // CPU profile file of the phase
 	churn     churnReport
@@ -75,6 +77,26 @@ type rowResult struct {
 	loop, hub, withChurn phaseResult
 	slow, dropped        uint64 // the hubs' Stats at the end of the row
 	err                  error
+}
+
+// machineCPU is the busy time of every CPU of the machine (/proc/stat, in
+// ticks of 10 ms).
+func machineCPU() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var busy int64
+	for i, v := range f {
+		if i == 0 || i == 4 || i == 5 || i > 8 {
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		busy += n
+	}
+	return time.Duration(busy) * 10 * time.Millisecond
 }
 
 func topicName(k int) string { return "t." + strconv.Itoa(k) }
@@ -138,7 +160,7 @@ func measureRow(cfg config, spec rowSpec, cl *clients) (r rowResult) {
 	ctx := context.Background()
 
 	// 1. The plain loop: for each message, every socket of its topic in turn.
-	r.loop = phase(cfg, spec, cl, urls, phaseLoop, sizes, func(k int, p []byte) int {
+	r.loop = phase(cfg, spec, cl, urls, bs.pids, phaseLoop, sizes, func(k int, p []byte) int {
 		errs := 0
 		for _, c := range byTopic[k] {
 			if err := c.Write(ctx, websocket.MessageBinary, p); err != nil {
@@ -168,7 +190,7 @@ func measureRow(cfg config, spec rowSpec, cl *clients) (r rowResult) {
 		}
 		return 0
 	}
-	r.hub = phase(cfg, spec, cl, urls, phaseHub, sizes, publish)
+	r.hub = phase(cfg, spec, cl, urls, bs.pids, phaseHub, sizes, publish)
 	if r.hub.err != nil {
 		r.err = fmt.Errorf("hub: %w", r.hub.err)
 		return r
@@ -176,7 +198,7 @@ func measureRow(cfg config, spec rowSpec, cl *clients) (r rowResult) {
 
 	// 3. The hub again, while sockets join and leave.
 	if spec.churn {
-		r.withChurn = phase(cfg, spec, cl, urls, phaseChurn, sizes, publish)
+		r.withChurn = phase(cfg, spec, cl, urls, bs.pids, phaseChurn, sizes, publish)
 		if r.withChurn.err != nil {
 			r.err = fmt.Errorf("churn: %w", r.withChurn.err)
 			return r
@@ -267,7 +289,7 @@ func settle(pub *broadcast.Hub, names []string, cl *clients, members int) error 
 // i%topics, waits until every message has reached every socket of its
 // topic (or stalls), and takes the CPU time of both processes over that
 // window, and the CPU profile of this one.
-func phase(cfg config, spec rowSpec, cl *clients, urls []string, ph byte, sizes []int, publish func(k int, p []byte) (errs int)) (r phaseResult) {
+func phase(cfg config, spec rowSpec, cl *clients, urls []string, pids []int, ph byte, sizes []int, publish func(k int, p []byte) (errs int)) (r phaseResult) {
 	if _, err := cl.do("reset %d", ph); err != nil {
 		r.err = err
 		return r
@@ -303,6 +325,7 @@ func phase(cfg config, spec rowSpec, cl *clients, urls []string, ph byte, sizes 
 		return r
 	}
 	c0 := cpuTime()
+	m0, p0 := machineCPU(), procCPU(pids)
 	t0 := time.Now()
 
 	rate := spec.rate * float64(spec.topics) // messages per second, all topics
@@ -361,6 +384,8 @@ func phase(cfg config, spec rowSpec, cl *clients, urls []string, ph byte, sizes 
 		return r
 	}
 	r.clientCPU = cc1 - cc0
+	r.brokerCPU = procCPU(pids) - p0
+	r.otherCPU = max(machineCPU()-m0-r.serverCPU-r.clientCPU-r.brokerCPU, 0)
 	pprof.StopCPUProfile()
 	profiling = false
 	if ph == phaseChurn {
