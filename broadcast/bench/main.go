@@ -39,6 +39,7 @@ type config struct {
 	brokers              []namedBus // memory, nats, redis (cluster is a part)
 	parts                map[string]bool
 	profileDir           string
+	quiet                time.Duration // how long a row waits for other processes to quiet down
 	command              string // the command line that reproduces the section
 }
 
@@ -49,7 +50,7 @@ func defaultConfig() config {
 		large: 10000, small: 1000, largeRate: 10, smallRate: 100, lightRate: 2,
 		topics: []int{100, 10000}, clusterTopics: 10000,
 		dur: 5 * time.Second, size: 128, cost: 20000,
-		churnWorkers: 8, churnHold: 50 * time.Millisecond,
+		churnWorkers: 8, churnHold: 50 * time.Millisecond, quiet: 30 * time.Second,
 		brokers: []namedBus{memoryNamed, natsNamed, redisNamed},
 		parts:   map[string]bool{"fleet": true, "churn": true, "topics": true, "cluster": true, "cost": true},
 		command: "go run ./broadcast/bench -out docs/benchmarks.md",
@@ -75,6 +76,7 @@ func main() {
 	flag.IntVar(&cfg.clusterTopics, "cluster-topics", cfg.clusterTopics, "topics of the cluster part's second row")
 	flag.DurationVar(&cfg.dur, "dur", cfg.dur, "publishing time of each phase")
 	flag.IntVar(&cfg.cost, "cost", cfg.cost, "messages per broker-cost row")
+	flag.DurationVar(&cfg.quiet, "quiet", cfg.quiet, "how long each row waits for the machine's other processes to quiet down before it starts")
 	flag.Parse()
 	// The command that reproduces the section: the flags that were set,
 	// but where the profiles go.
@@ -345,7 +347,20 @@ func report(w io.Writer, cfg config, start time.Time, results []rowResult, costs
 	fmt.Fprintf(w, "Machine: %d CPUs (GOMAXPROCS %d), %s, %s/%s. Run on %s, took %s.\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH,
 		start.UTC().Format("2006-01-02 15:04 UTC"), time.Since(start).Round(time.Second))
-	fmt.Fprintf(w, "The machine is shared and noisy: read the ratios and orders of magnitude, not the ranking of close figures.\n\n")
+	var maxOthers, sumOthers float64
+	phases := 0
+	for _, r := range results {
+		for _, p := range []phaseResult{r.loop, r.hub, r.withChurn} {
+			if p.wall > 0 {
+				maxOthers = max(maxOthers, p.others())
+				sumOthers += p.others()
+				phases++
+			}
+		}
+	}
+	fmt.Fprintf(w, "The machine is shared and noisy: read the ratios and orders of magnitude, not the ranking of close figures. "+
+		"Each row waited up to %s for the machine's other processes to quiet down; during the phases they used %.2f cores on average "+
+		"and %.2f at most (/proc/stat, the tables' last column).\n\n", cfg.quiet, sumOthers/float64(max(phases, 1)), maxOthers)
 	fmt.Fprintf(w, "Three hubs, each behind an httptest server with the chiws middleware, in the bench's process, "+
 		"on one bus (a Memory broker shared by the three hubs; three embedded NATS servers joined by routes; one redis-server; "+
 		"a Redis Cluster of three masters); the brokers are the packages' defaults. "+

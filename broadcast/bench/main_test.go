@@ -27,7 +27,7 @@ func TestSmoke(t *testing.T) {
 	cfg := defaultConfig()
 	cfg.large, cfg.small, cfg.largeRate, cfg.smallRate, cfg.lightRate = 12, 6, 20, 40, 20
 	cfg.topics, cfg.dur, cfg.cost = []int{3}, 200*time.Millisecond, 300
-	cfg.churnWorkers, cfg.churnHold = 2, 20*time.Millisecond
+	cfg.churnWorkers, cfg.churnHold, cfg.quiet = 2, 20*time.Millisecond, 0
 	cfg.brokers = cfg.brokers[:2]
 	cfg.parts = map[string]bool{"fleet": true, "churn": true, "topics": true, "cost": true}
 	cfg.profileDir = t.TempDir()

@@ -79,6 +79,24 @@ type rowResult struct {
 	err                  error
 }
 
+// waitQuiet waits, up to limit, until the machine's other processes use
+// less than a quarter of a core over half a second, so that a row starts
+// on a quiet machine when it can (the phases report what others used).
+func waitQuiet(cl *clients, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		m0, c0 := machineCPU(), cpuTime()
+		cc0, _ := cl.cpu()
+		time.Sleep(500 * time.Millisecond)
+		cc1, _ := cl.cpu()
+		others := machineCPU() - m0 - (cpuTime() - c0) - (cc1 - cc0)
+		if others < 125*time.Millisecond {
+			return
+		}
+	}
+	fmt.Fprintf(os.Stderr, "bench: other processes still busy after %s; going on\n", limit)
+}
+
 // machineCPU is the busy time of every CPU of the machine (/proc/stat, in
 // ticks of 10 ms).
 func machineCPU() time.Duration {
@@ -105,6 +123,7 @@ func topicName(k int) string { return "t." + strconv.Itoa(k) }
 func measureRow(cfg config, spec rowSpec, cl *clients) (r rowResult) {
 	r.spec = spec
 	fmt.Fprintf(os.Stderr, "bench: %s\n", spec.id())
+	waitQuiet(cl, cfg.quiet)
 	bs, err := spec.bus.new()
 	if err != nil {
 		r.err = err
