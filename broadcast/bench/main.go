@@ -366,8 +366,9 @@ func report(w io.Writer, cfg config, start time.Time, results []rowResult, costs
 		"a Redis Cluster of three masters); the brokers are the packages' defaults. "+
 		"The clients are coder/websocket's, in a second process (the bench's own binary run again), spread over the three nodes, "+
 		"dialled from 127.0.0.2 to 127.0.0.9. One publisher, a goroutine of the bench, sends %d-byte binary messages "+
-		"carrying a phase, a topic, a sequence number per topic and the time it sent them; latency is from that time to the "+
-		"client's Read. Each row runs on one set of sockets, one phase after the other:\n\n", cfg.size)
+		"carrying a phase, a topic, a sequence number per topic and the time it was due by the pacing; latency is from that time to the "+
+		"client's Read, so a publisher that falls behind (the loop still writing the previous message, a Publish waiting for Redis) "+
+		"counts its own delay. Each row runs on one set of sockets, one phase after the other:\n\n", cfg.size)
 	fmt.Fprintf(w, "1. **Loop**: the sockets are accepted and not joined; for each message the publisher writes it to every socket "+
 		"of its topic, `for _, c := range conns { c.Write(ctx, websocket.MessageBinary, p) }` on the `*chiws.Conn`s. No hub, no broker.\n")
 	fmt.Fprintf(w, "2. **Hub**: the same sockets join the hub of their node (`Hub.Join(c, topic)`); probes reach every socket first; then "+
@@ -381,6 +382,13 @@ func report(w io.Writer, cfg config, start time.Time, results []rowResult, costs
 		"rate whatever the number of topics, and the publisher makes rate x topics calls per second; "+
 		"when it cannot keep up, the row says how many of the messages asked for it published in the time. "+
 		"A phase ends when every message has reached every socket of its topic (or after 10 s without a delivery).\n\n", cfg.dur)
+	fmt.Fprintf(w, "Two kinds of fleet rows: the **goal loads** (%d members at %g msg/s, %d at %g msg/s: %.0f deliveries per second each), "+
+		"and the same fleets **below capacity** (%g and %g msg/s). One delivery costs about 20 µs of CPU on this machine, "+
+		"bench and clients together, nearly all of it in the kernel's loopback TCP (see the profiles), so the goal loads need "+
+		"about 2 cores, all this machine has: there both the loop and the hub fall behind, the loop (one goroutine) the most. "+
+		"The CPU goal is judged below capacity, where neither falls behind: a saturated phase batches reads and writes and "+
+		"changes the cost of a delivery, and a loop that falls behind publishes fewer messages.\n\n",
+		cfg.large, cfg.largeRate, cfg.small, cfg.smallRate, float64(cfg.large)*cfg.largeRate, cfg.lightRate, cfg.lightRate*10)
 	fmt.Fprintf(w, "**CPU per delivery** is the bench process's user+system time (getrusage) from the first publish to the last "+
 		"delivery, over the deliveries counted by the clients: the servers' sockets, the middleware, the hubs, the brokers' "+
 		"clients, and the embedded NATS servers; not the clients, which are another process (their CPU per delivery is given "+
