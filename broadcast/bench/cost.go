@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/broadcast/natsbroker"
 	"github.com/chiws/chiws/broadcast/redisbroker"
 	"github.com/redis/go-redis/v9"
@@ -33,8 +34,10 @@ const pipelineDepth = 64
 
 // publishMode publishes the n messages of one row.
 type publishMode struct {
+	broker    string // the row's name
 	semantics string
 	publish   func(n int, p []byte) error
+	sub       broadcast.Broker // where the messages are received
 }
 
 // measureCost publishes n messages on the first broker of nb's bus to one
@@ -47,24 +50,36 @@ func measureCost(n int, nb namedBus, profileDir string) []costRow {
 	}
 	defer bs.stop()
 	ctx := context.Background()
-	b := bs.brokers[0]
-	each := func(n int, p []byte) error {
-		for range n {
-			if err := b.Publish(ctx, "cost", p); err != nil {
-				return err
+	each := func(b broadcast.Broker) func(n int, p []byte) error {
+		return func(n int, p []byte) error {
+			for range n {
+				if err := b.Publish(ctx, "cost", p); err != nil {
+					return err
+				}
 			}
+			return nil
 		}
-		return nil
 	}
+	b, sub := bs.brokers[0], bs.brokers[1]
 	var modes []publishMode
 	switch nb.key {
 	case "memory":
-		modes = []publishMode{{"Publish (handlers run inside it)", each}}
+		modes = []publishMode{{nb.name, "Publish (handlers run inside it)", each(b), sub}}
 	case "nats":
-		nc := b.(*natsbroker.Broker).Conn()
-		modes = []publishMode{
-			{"fire-and-forget: Publish returns once nats.go buffered it (what Hub.Publish does)", each},
-			{"acknowledged: Publish, then Flush (a PING/PONG round trip to the server) per message", func(n int, p []byte) error {
+		// The embedded deployment connects in-process (no socket); the
+		// same servers over TCP on loopback compare with Redis.
+		var tcp []broadcast.Broker
+		for _, u := range bs.nats[:2] {
+			tb, err := natsbroker.Connect(u, natsbroker.Options{})
+			if err != nil {
+				return []costRow{{broker: nb.name, err: err}}
+			}
+			defer tb.Close()
+			tcp = append(tcp, tb)
+		}
+		acked := func(b broadcast.Broker) func(n int, p []byte) error {
+			nc := b.(*natsbroker.Broker).Conn()
+			return func(n int, p []byte) error {
 				for range n {
 					if err := b.Publish(ctx, "cost", p); err != nil {
 						return err
@@ -74,7 +89,14 @@ func measureCost(n int, nb namedBus, profileDir string) []costRow {
 					}
 				}
 				return nil
-			}},
+			}
+		}
+		inproc, overTCP := nb.name+", in-process connection", nb.name+", TCP on loopback"
+		modes = []publishMode{
+			{inproc, "fire-and-forget: Publish returns once nats.go buffered it (what Hub.Publish does)", each(b), sub},
+			{inproc, "acknowledged: Publish, then Flush (a PING/PONG round trip to the server) per message", acked(b), sub},
+			{overTCP, "fire-and-forget: Publish returns once nats.go buffered it (what Hub.Publish does)", each(tcp[0]), tcp[1]},
+			{overTCP, "acknowledged: Publish, then Flush (a PING/PONG round trip to the server) per message", acked(tcp[0]), tcp[1]},
 		}
 	default: // Redis
 		rb := b.(*redisbroker.Broker)
@@ -88,8 +110,8 @@ func measureCost(n int, nb namedBus, profileDir string) []costRow {
 			cmd = "SPUBLISH"
 		}
 		modes = []publishMode{
-			{"acknowledged: " + cmd + " and its reply (what Hub.Publish does)", each},
-			{fmt.Sprintf("pipelined: %d %s per round trip, on a client of its own (go-redis Pipeline, not the broker)", pipelineDepth, cmd),
+			{nb.name, "acknowledged: " + cmd + " and its reply (what Hub.Publish does)", each(b), sub},
+			{nb.name, fmt.Sprintf("pipelined: %d %s per round trip, on a client of its own (go-redis Pipeline, not the broker)", pipelineDepth, cmd),
 				func(n int, p []byte) error {
 					for sent := 0; sent < n; {
 						pl := bs.redis.Pipeline()
@@ -106,13 +128,13 @@ func measureCost(n int, nb namedBus, profileDir string) []costRow {
 						}
 					}
 					return nil
-				}},
+				}, sub},
 		}
 	}
 	var rows []costRow
 	for i, m := range modes {
 		r := costOne(bs, n, m, filepath.Join(profileDir, fmt.Sprintf("cost-%s-%d.pprof", nb.key, i)))
-		r.broker = nb.name
+		r.broker = m.broker
 		rows = append(rows, r)
 	}
 	return rows
@@ -126,7 +148,7 @@ func costOne(bs *bus, n int, m publishMode, profile string) (r costRow) {
 	// only measured ones (first byte 1) are counted.
 	var warm, got atomic.Int64
 	done := make(chan struct{})
-	sub, err := bs.brokers[1].Subscribe(context.Background(), "cost", func(p []byte) {
+	sub, err := m.sub.Subscribe(context.Background(), "cost", func(p []byte) {
 		if len(p) > 0 && p[0] == 0 {
 			warm.Add(1)
 			return

@@ -26,6 +26,7 @@ type bus struct {
 	name    string
 	brokers []broadcast.Broker
 	redis   redis.UniversalClient // Redis buses: a client of their own, for the pipelined publish
+	nats    []string              // NATS buses: the servers' client URLs (TCP on loopback)
 	pids    []int                 // redis-server processes, for their CPU time
 	stop    func()
 }
@@ -83,6 +84,7 @@ func natsBus() (*bus, error) {
 			seed = e.ClusterURL()
 		}
 		servers = append(servers, e)
+		bs.nats = append(bs.nats, e.ClientURL())
 		b, err := e.Connect(natsbroker.Options{})
 		if err != nil {
 			st.run()
