@@ -272,8 +272,8 @@ func writeGoals(w io.Writer, cfg config, results []rowResult) []missedGoal {
 		if r.spec.goal {
 			load = "goal load, saturated"
 		}
-		byBroker[k] = append(byBroker[k], fmt.Sprintf("%.2fx at %d members, %d topics, %g msg/s (%s)",
-			r.ratio(), r.spec.members, r.spec.topics, r.spec.rate, load))
+		byBroker[k] = append(byBroker[k], fmt.Sprintf("%.2fx at %d members, %s, %g msg/s (%s)",
+			r.ratio(), r.spec.members, topicsText(r.spec.topics), r.spec.rate, load))
 	}
 	for _, k := range brokers {
 		add(goal{text: "Hub CPU per delivery against the loop's, " + k, measured: strings.Join(byBroker[k], "; "), info: true}, nil)
@@ -338,6 +338,36 @@ func writeGoals(w io.Writer, cfg config, results []rowResult) []missedGoal {
 		fmt.Fprintf(w, "| %s | %s | %s |\n", g.text, g.measured, res)
 	}
 	fmt.Fprintln(w)
+	// What the latency goals met against: the machine.
+	var need []float64
+	var light []string
+	for _, r := range results {
+		if r.err != nil || r.spec.part != "fleet" {
+			continue
+		}
+		if r.spec.goal {
+			per := r.loop.perDelivery(r.loop.serverCPU + r.loop.clientCPU)
+			need = append(need, per.Seconds()*r.spec.rate*float64(r.spec.members))
+		} else {
+			light = append(light, fmt.Sprintf("%s at %d members: hub %s, loop %s", r.spec.bus.name, r.spec.members,
+				ms(time.Duration(r.hub.rep.P99)), ms(time.Duration(r.loop.rep.P99))))
+		}
+	}
+	if len(need) > 0 {
+		lo, hi := need[0], need[0]
+		for _, n := range need {
+			lo, hi = min(lo, n), max(hi, n)
+		}
+		fmt.Fprintf(w, "Reading the latency goals: at the goal loads the plain loop on the same sockets needs %.2f to %.2f cores "+
+			"(its CPU per delivery, bench and clients, times the deliveries per second) of the machine's %d, so both the loop "+
+			"and the hub queue there, and what the rows measure is that queue. ", lo, hi, runtime.NumCPU())
+		if len(light) > 0 {
+			fmt.Fprintf(w, "Below capacity the p99s are: %s. ", strings.Join(light, "; "))
+		}
+		fmt.Fprintf(w, "A fan-out to %d sockets takes about %d x 20 µs of CPU, some %s on 2 cores, before its last socket has the "+
+			"message, so a p99 of %s for %d members needs more cores (or the clients on another machine), whatever writes the sockets.\n\n",
+			cfg.large, cfg.large, ms(time.Duration(cfg.large)*20*time.Microsecond/2), ms(goalP99), cfg.large)
+	}
 	return missed
 }
 
@@ -629,11 +659,14 @@ func share(v []float64, i int, total float64) float64 {
 }
 
 func (s rowSpec) label() string {
-	t := "1 topic"
-	if s.topics > 1 {
-		t = fmt.Sprintf("%d topics", s.topics)
+	return fmt.Sprintf("%s, %d members, %s, %g msg/s each", s.bus.name, s.members, topicsText(s.topics), s.rate)
+}
+
+func topicsText(n int) string {
+	if n == 1 {
+		return "1 topic"
 	}
-	return fmt.Sprintf("%s, %d members, %s, %g msg/s each", s.bus.name, s.members, t, s.rate)
+	return fmt.Sprintf("%d topics", n)
 }
 
 func (r rowResult) ratio() float64 {
