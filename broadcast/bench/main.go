@@ -524,9 +524,41 @@ func report(w io.Writer, cfg config, start time.Time, results []rowResult, costs
 		fmt.Fprintln(w)
 	}
 
+	if len(costs) > 0 {
+		writeCostProfiles(w, costs)
+	}
 	if len(missed) > 0 {
 		writeProfiles(w, results, missed)
 	}
+}
+
+// writeCostProfiles splits each broker-cost row's CPU per message by
+// where its profile's samples are.
+func writeCostProfiles(w io.Writer, costs []costRow) {
+	fmt.Fprintf(w, "Where the broker cost's CPU per message goes (this process; flat time of its CPU profile, every sample in one "+
+		"category; rows whose profile has under 300 ms of samples are left out):\n\n")
+	fmt.Fprintf(w, "| Broker | Publish semantics |")
+	for _, c := range categories {
+		fmt.Fprintf(w, " %s |", c.name)
+	}
+	fmt.Fprintf(w, "\n| --- | --- |%s\n", strings.Repeat(" ---: |", len(categories)))
+	for _, c := range costs {
+		if c.err != nil {
+			continue
+		}
+		p, err := readProfile(c.profile)
+		if err != nil || p.total < 300 {
+			continue // too few samples to split
+		}
+		v := p.byCategory()
+		sem, _, _ := strings.Cut(c.semantics, ":")
+		fmt.Fprintf(w, "| %s | %s |", c.broker, sem)
+		for i := range categories {
+			fmt.Fprintf(w, " %.2f µs |", share(v, i, p.total)*c.cpu/1e3)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
 }
 
 type missedGoal struct {
@@ -624,7 +656,7 @@ var watched = []struct{ name, what string }{
 	{"internal/runtime/syscall/linux.Syscall6", "system calls"},
 	{"github.com/coder/websocket.(*Conn).Write", "the socket write, framing and system call included"},
 	{"github.com/coder/websocket.(*Conn).setupWriteTimeout", "coder/websocket ties each write to its context (context.AfterFunc on a cancellable one)"},
-	{"github.com/chiws/chiws/broadcast.(*Hub).publish", "envelope and broker publish"},
+	{"github.com/chiws/chiws/broadcast.(*Hub).publish", "envelope and broker publish (on Memory the handlers run inside it: the queueing and waking below are part of it)"},
 	{"github.com/chiws/chiws/broadcast.(*Member).enqueue", "queueing for each member"},
 	{"github.com/chiws/chiws/broadcast.(*Member).signal", "waking the member's writer"},
 	{"time.(*Timer).Reset", "the member's write timeout, armed"},

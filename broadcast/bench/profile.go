@@ -92,8 +92,9 @@ var categories = []struct {
 		}
 		return false
 	}},
-	{"scheduler, timers and network poller (the rest of the runtime)", func(fn string) bool {
+	{"scheduler, timers, locks and network poller (the rest of the runtime)", func(fn string) bool {
 		return strings.HasPrefix(fn, "runtime.") || strings.HasPrefix(fn, "internal/runtime/") || strings.HasPrefix(fn, "sync.") ||
+			strings.HasPrefix(fn, "sync/atomic.") ||
 			strings.HasPrefix(fn, "internal/sync.") || strings.HasPrefix(fn, "time.") || strings.HasPrefix(fn, "context.")
 	}},
 	{"coder/websocket and the standard library below it", func(fn string) bool {
