@@ -535,13 +535,7 @@ func report(w io.Writer, cfg config, start time.Time, results []rowResult, costs
 // writeCostProfiles splits each broker-cost row's CPU per message by
 // where its profile's samples are.
 func writeCostProfiles(w io.Writer, costs []costRow) {
-	fmt.Fprintf(w, "Where the broker cost's CPU per message goes (this process; flat time of its CPU profile, every sample in one "+
-		"category; rows whose profile has under 300 ms of samples are left out):\n\n")
-	fmt.Fprintf(w, "| Broker | Publish semantics |")
-	for _, c := range categories {
-		fmt.Fprintf(w, " %s |", c.name)
-	}
-	fmt.Fprintf(w, "\n| --- | --- |%s\n", strings.Repeat(" ---: |", len(categories)))
+	var rows []string
 	for _, c := range costs {
 		if c.err != nil {
 			continue
@@ -552,13 +546,22 @@ func writeCostProfiles(w io.Writer, costs []costRow) {
 		}
 		v := p.byCategory()
 		sem, _, _ := strings.Cut(c.semantics, ":")
-		fmt.Fprintf(w, "| %s | %s |", c.broker, sem)
+		row := fmt.Sprintf("| %s | %s |", c.broker, sem)
 		for i := range categories {
-			fmt.Fprintf(w, " %.2f µs |", share(v, i, p.total)*c.cpu/1e3)
+			row += fmt.Sprintf(" %.2f µs |", share(v, i, p.total)*c.cpu/1e3)
 		}
-		fmt.Fprintln(w)
+		rows = append(rows, row)
 	}
-	fmt.Fprintln(w)
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "Where the broker cost's CPU per message goes (this process; flat time of its CPU profile, every sample in one "+
+		"category; rows whose profile has under 300 ms of samples are left out):\n\n")
+	fmt.Fprintf(w, "| Broker | Publish semantics |")
+	for _, c := range categories {
+		fmt.Fprintf(w, " %s |", c.name)
+	}
+	fmt.Fprintf(w, "\n| --- | --- |%s\n%s\n\n", strings.Repeat(" ---: |", len(categories)), strings.Join(rows, "\n"))
 }
 
 type missedGoal struct {
