@@ -40,7 +40,7 @@ type config struct {
 	parts                map[string]bool
 	profileDir           string
 	quiet                time.Duration // how long a row waits for other processes to quiet down
-	command              string // the command line that reproduces the section
+	command              string        // the command line that reproduces the section
 }
 
 var allParts = []string{"fleet", "churn", "topics", "cluster", "cost"}
