@@ -245,14 +245,15 @@ func TestSendTooBig(t *testing.T) {
 	}
 }
 
-// TestWriteTimeout: a member whose client stopped reading, on a topic
-// that never overflows its queue (KeepLatest), is aborted once a write
-// takes longer than WriteTimeout, without a close handshake its peer
-// would not read.
+// TestWriteTimeout: a member whose client stopped reading, with a queue
+// large enough to hold everything published, is aborted once a write
+// takes longer than WriteTimeout (the socket buffers are full), without
+// a close handshake its peer would not read.
 func TestWriteTimeout(t *testing.T) {
 	opts := broadcast.Options{
-		WriteTimeout: 200 * time.Millisecond,
-		Backpressure: func(string) broadcast.Backpressure { return broadcast.KeepLatest },
+		WriteTimeout:  200 * time.Millisecond,
+		QueueMessages: 2048,
+		QueueBytes:    256 << 20,
 	}
 	hub, dial, joined := room(t, opts, nil, joinRoom)
 	_ = dial("") // never reads
