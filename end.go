@@ -244,7 +244,10 @@ func (c *Conn) CloseWith(cause error, code websocket.StatusCode, reason string) 
 }
 
 // CloseNow closes the connection without a handshake: ErrClosedByServer.
-func (c *Conn) CloseNow() error { return c.abort(ErrClosedByServer, "") }
+func (c *Conn) CloseNow() error { return c.CloseNowWith(nil) }
+
+// CloseNowWith is CloseNow with cause as why the socket ended, as CloseWith's.
+func (c *Conn) CloseNowWith(cause error) error { return c.abort(cmp.Or(cause, ErrClosedByServer), "") }
 
 // AddLogFields adds fields (the user, a tenant) to this socket's log lines.
 func (c *Conn) AddLogFields(fields ...zap.Field) {

@@ -51,14 +51,18 @@ type Monitor interface {
 	Health() Health
 
 	// PartOf returns the name of the part (of kind PartTopics) that
-	// carries topic, or "" when no part carries some topics only.
+	// carries topic, or "" when no part carries some topics only. It is a
+	// function of topic alone: it takes no lock, so the hub may call it
+	// from a NotifyHealth callback.
 	PartOf(topic string) string
 
 	// NotifyHealth calls f with the new Health after each change of a
 	// part's state, in the order the changes happened. f runs
-	// synchronously on a broker goroutine: it must not block and must not
-	// call the broker. The returned function stops the notifications;
-	// one already under way may still complete.
+	// synchronously on a broker goroutine, perhaps with the broker's
+	// locks held: it must not block and must not call the broker, PartOf
+	// excepted (the hub keeps the Health f receives for Stats and
+	// CloseCutOff). The returned function stops the notifications; one
+	// already under way may still complete.
 	NotifyHealth(f func(Health)) (stop func())
 }
 
@@ -92,7 +96,8 @@ const (
 	PartAll PartKind = iota
 
 	// PartTopics carries some topics, those Monitor.PartOf names it for:
-	// a partition. Down, their messages are lost on every instance.
+	// a partition. Down, their messages are lost here, and on every
+	// instance when the cause is the server's (a moved slot).
 	PartTopics
 
 	// PartPeer is another instance. Down, messages between it and this

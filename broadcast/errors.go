@@ -24,6 +24,12 @@ var (
 	// chiws.ErrClosedByServer.
 	ErrTooSlow = errors.New("member too slow")
 
+	// ErrWriteTimeout is the cause of a member's socket aborted (no close
+	// frame, 1006 in the close log) because one write took longer than
+	// Options.WriteTimeout: its client stopped reading.
+	// context.Cause(c.Context()) matches it and chiws.ErrClosedByServer.
+	ErrWriteTimeout = errors.New("member write timed out")
+
 	// ErrMemberLeft means the member has left the hub: its socket closed,
 	// or it was dropped for being too slow.
 	ErrMemberLeft = errors.New("member has left")

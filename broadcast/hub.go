@@ -114,8 +114,15 @@ type Hub struct {
 	delivered atomic.Uint64
 	dropped   atomic.Uint64
 	oversized atomic.Uint64
-	slow      atomic.Uint64
-	malformed atomic.Uint64
+	slow          atomic.Uint64
+	writeTimeouts atomic.Uint64
+	malformed     atomic.Uint64
+
+	// healthMu guards health: the broker's Health as last notified, which
+	// Stats and CloseCutOff read, so that neither calls the broker, not
+	// even from inside its notification.
+	healthMu sync.Mutex
+	health   Health
 }
 
 // NewHub returns a hub on b. It starts no goroutine. Invalid options (a
@@ -161,6 +168,7 @@ func NewHub(b Broker, opts Options) *Hub {
 		h.log = zap.NewNop()
 	}
 	h.ctx, h.abort = context.WithCancel(context.Background())
+	h.health = Health{Up: true}
 	if mon, ok := b.(Monitor); ok {
 		h.mon = mon
 		report := h.brokerHealth(mon.Health())
@@ -178,16 +186,27 @@ func newHubID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
+// brokerHealthNow returns the broker's Health as last notified.
+func (h *Hub) brokerHealthNow() Health {
+	h.healthMu.Lock()
+	defer h.healthMu.Unlock()
+	return h.health
+}
+
 // brokerHealth returns the Monitor callback, starting from the Health at
-// construction: it logs and reports Up going up, going down, and another
-// part going down while down. It may also be called with a Health read
-// since: one it has seen changes nothing.
+// construction: it records the Health, and logs and reports Up going up,
+// going down, and another part going down while down. It may also be
+// called with a Health read since: one it has seen changes nothing.
 func (h *Hub) brokerHealth(start Health) func(Health) {
 	var mu sync.Mutex // NewHub and the broker may call at once
 	down := start.Down()
+	h.health = start
 	return func(hl Health) {
 		mu.Lock()
 		defer mu.Unlock()
+		h.healthMu.Lock()
+		h.health = hl
+		h.healthMu.Unlock()
 		now := hl.Down()
 		worse := slices.ContainsFunc(now, func(p string) bool { return !slices.Contains(down, p) })
 		back := len(now) == 0 && len(down) > 0
@@ -354,8 +373,13 @@ type Stats struct {
 	Slow      uint64 // members closed with 1008 "too slow"
 	Malformed uint64 // broker messages dropped as malformed
 
-	// Broker is the broker's Health: Up, with no parts, for a broker
-	// that is not a Monitor.
+	// WriteTimeouts counts members aborted because a write took longer
+	// than WriteTimeout (ErrWriteTimeout).
+	WriteTimeouts uint64
+
+	// Broker is the broker's Health as it last notified the hub (its
+	// current state): Up, with no parts, for a broker that is not a
+	// Monitor.
 	Broker Health
 }
 
@@ -371,10 +395,8 @@ func (h *Hub) Stats() Stats {
 	s.Oversized = h.oversized.Load()
 	s.Slow = h.slow.Load()
 	s.Malformed = h.malformed.Load()
-	s.Broker = Health{Up: true}
-	if h.mon != nil {
-		s.Broker = h.mon.Health()
-	}
+	s.WriteTimeouts = h.writeTimeouts.Load()
+	s.Broker = h.brokerHealthNow()
 	return s
 }
 
@@ -398,7 +420,7 @@ func (h *Hub) CloseCutOff(code websocket.StatusCode, reason string) {
 		return
 	}
 	all, parts := false, map[string]bool{}
-	for _, p := range h.mon.Health().Parts {
+	for _, p := range h.brokerHealthNow().Parts {
 		switch {
 		case p.Up || p.Kind == PartPeer:
 		case p.Kind == PartTopics:
@@ -435,10 +457,10 @@ func (h *Hub) closeAll(cause error, code websocket.StatusCode, reason string) {
 // the server's shutdown (the sockets' Context causes match
 // chiws.ErrShuttingDown, and their close logs say closedBy "shutdown"),
 // releases the broker subscriptions and waits for the members' writers,
-// or until ctx is done. Then it cancels the writes under way, which
-// aborts their sockets, and returns ctx.Err(); a writer still in a close
-// handshake ends within the middleware's Options.CloseTimeout, and a
-// later Shutdown call waits for it. Join and Publish fail with
+// or until ctx is done. Then it aborts the sockets of the members left,
+// whatever they were doing (a write, a close handshake), and returns
+// ctx.Err(); a later Shutdown call waits for their writers. Join and
+// Publish fail with
 // ErrHubClosed from the start of Shutdown. It may be called more than
 // once. It does not close the broker.
 //

@@ -377,13 +377,14 @@ func (b *monitored) set(up ...bool) {
 		broadcast.PartHealth{Name: "partition 1", Kind: broadcast.PartTopics, Up: up[1]})
 }
 
+// setParts notifies with its lock held, as the Monitor contract allows:
+// a callback that called Health would deadlock.
 func (b *monitored) setParts(parts ...broadcast.PartHealth) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.health = broadcast.HealthOf(parts)
-	f, h := b.notify, b.health
-	b.mu.Unlock()
-	if f != nil {
-		f(h)
+	if b.notify != nil {
+		b.notify(b.health)
 	}
 }
 
@@ -401,8 +402,11 @@ func TestBrokerStateFromTheStart(t *testing.T) {
 	calls := make(chan call, 8)
 	hub := broadcast.NewHub(b, broadcast.Options{OnBrokerState: func(h *broadcast.Hub, up bool) {
 		calls <- call{h, up}
+		if !up && h.Stats().Broker.Up { // the broker's lock is held: Stats must not call it
+			t.Error("Stats().Broker up in OnBrokerState(false)")
+		}
 		if !up {
-			h.CloseAll(websocket.StatusTryAgainLater, "broker unavailable")
+			h.CloseCutOff(websocket.StatusTryAgainLater, "broker unavailable")
 		}
 	}})
 	defer func() { _ = hub.Shutdown(context.Background()) }()

@@ -332,7 +332,12 @@ func (m *Member) run() {
 // writeTimedOut is the write timer's: it aborts the socket, which ends
 // the write, and tells the writer.
 func (m *Member) writeTimedOut() {
-	_ = m.c.CloseNow()
+	if m.c.CloseNowWith(ErrWriteTimeout) == nil {
+		m.h.writeTimeouts.Add(1)
+		// Debug: a client that stops reading chooses this.
+		m.h.log.Debug("aborted a member whose write timed out", zap.String("member", m.id),
+			zap.Duration("writeTimeout", m.h.opts.WriteTimeout))
+	}
 	m.timedOut <- struct{}{}
 }
 

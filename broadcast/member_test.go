@@ -273,11 +273,11 @@ func TestWriteTimeout(t *testing.T) {
 		t.Fatal("the member's socket is still open after its write timed out")
 	}
 	cause := context.Cause(m.Conn().Context())
-	if !errors.Is(cause, chiws.ErrClosedByServer) || websocket.CloseStatus(cause) != -1 {
-		t.Fatalf("cause %v, want ErrClosedByServer without a close frame (1006)", cause)
+	if !errors.Is(cause, broadcast.ErrWriteTimeout) || !errors.Is(cause, chiws.ErrClosedByServer) || websocket.CloseStatus(cause) != -1 {
+		t.Fatalf("cause %v, want ErrWriteTimeout and ErrClosedByServer without a close frame (1006)", cause)
 	}
 	wstest.WaitFor(t, fleettest.Timeout, "the member to leave", func() bool { return hub.Len("room") == 0 })
-	if st := hub.Stats(); st.Slow != 0 {
-		t.Fatalf("Slow = %d, want 0: the write timed out, the queue never overflowed", st.Slow)
+	if st := hub.Stats(); st.Slow != 0 || st.WriteTimeouts != 1 {
+		t.Fatalf("Slow = %d, WriteTimeouts = %d; want 0 and 1: the write timed out, the queue never overflowed", st.Slow, st.WriteTimeouts)
 	}
 }

@@ -3,6 +3,7 @@ package redisbroker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -44,6 +45,14 @@ func TestExpiredSubscribeKeepsPartition(t *testing.T) {
 	defer cancel()
 	if _, err := b.Subscribe(expired, "b", func([]byte) {}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Subscribe with an expired context = %v, want DeadlineExceeded", err)
+	}
+	// Deadlines that end during the write itself: 0 to 79 µs.
+	for i := range 400 {
+		dctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%80)*time.Microsecond)
+		if s, err := b.Subscribe(dctx, fmt.Sprintf("c%d", i), func([]byte) {}); err == nil {
+			_ = s.Unsubscribe()
+		}
+		cancel()
 	}
 	if err := b.Publish(ctx, "a", []byte("still")); err != nil {
 		t.Fatal(err)

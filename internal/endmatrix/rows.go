@@ -246,6 +246,18 @@ var Rows = []Row{
 		Done:   Done{Call: "c.CloseNow"},
 	},
 	{
+		// An abort with a cause of the handler's own (a hub's write
+		// timeout): no close frame, and the cause is in the log.
+		Name: "the handler calls CloseNowWith(cause)",
+		Handler: func(e *Env, c *chiws.Conn) {
+			_ = c.CloseNowWith(errTooSlow)
+			e.Ended("c.CloseNowWith")
+		},
+		Client: drain,
+		Want:   []Outcome{{Cause: chiws.ErrClosedByServer, By: errTooSlow, Code: None, Wire: None, ClosedBy: "server", LogCode: 1006}},
+		Done:   Done{Call: "c.CloseNowWith"},
+	},
+	{
 		// coder/websocket closes the connection when a read's context
 		// ends while it waits: the handler's doing, not an early return.
 		// The read is waiting once the client has its pong (a cancel while
