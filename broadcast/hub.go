@@ -109,11 +109,11 @@ type Hub struct {
 	writers   sync.WaitGroup
 	stopState func()
 
-	published atomic.Uint64
-	received  atomic.Uint64
-	delivered atomic.Uint64
-	dropped   atomic.Uint64
-	oversized atomic.Uint64
+	published     atomic.Uint64
+	received      atomic.Uint64
+	delivered     atomic.Uint64
+	dropped       atomic.Uint64
+	oversized     atomic.Uint64
 	slow          atomic.Uint64
 	writeTimeouts atomic.Uint64
 	malformed     atomic.Uint64
