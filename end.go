@@ -202,8 +202,7 @@ func (c *Conn) shut(by error, code websocket.StatusCode, reason string) error {
 	return err
 }
 
-// closeFrame, under fmu: coder/websocket's close goes first, and a broken
-// connection takes none.
+// closeFrame, under fmu: coder's close goes first; a broken connection takes none.
 func (c *Conn) closeFrame(by error, code websocket.StatusCode, reason string) error {
 	c.end.mu.Lock()
 	if p := c.end.coder; p.by != nil {
@@ -227,18 +226,16 @@ func (c *Conn) abort(by error, reason string) error {
 	return c.Conn.CloseNow()
 }
 
-// Close performs the close handshake (after the frame being written;
-// aborted past Options.CloseTimeout), recording ErrClosedByServer with the
-// code sent: 1011 for a code that may not be sent or a reason over 123 bytes.
+// Close performs the close handshake after the frame being written (aborted past
+// CloseTimeout), recording ErrClosedByServer and the code sent: 1011 for a bad code or reason.
 func (c *Conn) Close(code websocket.StatusCode, reason string) error {
 	return c.shut(ErrClosedByServer, code, reason)
 }
 
-// CloseWith closes as Close does, with cause as why the socket ended (an
-// expired credential, a hub's "too slow"): context.Cause(c.Context()) then
-// matches cause and ErrClosedByServer, carries the code sent, and the close
-// log says closedBy "server" with cause's text. ErrShuttingDown, the one
-// sentinel it takes, marks a close as part of a shutdown (a hub's 1001).
+// CloseWith closes as Close does, with cause as why the socket ended (an expired
+// credential, a hub's "too slow"): context.Cause(c.Context()) matches cause and
+// ErrClosedByServer with the code sent; the close log says closedBy "server" and
+// cause's text. ErrShuttingDown, the one sentinel it takes, marks a shutdown's close.
 func (c *Conn) CloseWith(cause error, code websocket.StatusCode, reason string) error {
 	return c.shut(cmp.Or(cause, ErrClosedByServer), code, reason)
 }
