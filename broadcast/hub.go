@@ -171,9 +171,9 @@ func NewHub(b Broker, opts Options) *Hub {
 	h.health = Health{Up: true}
 	if mon, ok := b.(Monitor); ok {
 		h.mon = mon
-		report := h.brokerHealth(mon.Health())
-		h.stopState = mon.NotifyHealth(report)
-		report(mon.Health()) // a change between the two calls was not notified
+		notified, read := h.brokerHealth(mon.Health())
+		h.stopState = mon.NotifyHealth(notified)
+		read(mon.Health()) // a change between the two calls was not notified
 	}
 	return h
 }
@@ -186,24 +186,26 @@ func newHubID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// brokerHealthNow returns the broker's Health as last notified.
+// brokerHealthNow returns the broker's Health as last notified, with
+// parts of the caller's own.
 func (h *Hub) brokerHealthNow() Health {
 	h.healthMu.Lock()
 	defer h.healthMu.Unlock()
-	return h.health
+	hl := h.health
+	hl.Parts = slices.Clone(hl.Parts)
+	return hl
 }
 
 // brokerHealth returns the Monitor callback, starting from the Health at
 // construction: it records the Health, and logs and reports Up going up,
-// going down, and another part going down while down. It may also be
-// called with a Health read since: one it has seen changes nothing.
-func (h *Hub) brokerHealth(start Health) func(Health) {
+// going down, and another part going down while down. read takes a Health
+// that NewHub read after registering the callback, unless the broker has
+// notified one since, which is as new or newer.
+func (h *Hub) brokerHealth(start Health) (notified, read func(Health)) {
 	var mu sync.Mutex // NewHub and the broker may call at once
-	down := start.Down()
+	down, seen := start.Down(), false
 	h.health = start
-	return func(hl Health) {
-		mu.Lock()
-		defer mu.Unlock()
+	apply := func(hl Health) {
 		h.healthMu.Lock()
 		h.health = hl
 		h.healthMu.Unlock()
@@ -223,6 +225,20 @@ func (h *Hub) brokerHealth(start Health) func(Health) {
 			h.opts.OnBrokerState(h, back)
 		}
 	}
+	notified = func(hl Health) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = true
+		apply(hl)
+	}
+	read = func(hl Health) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !seen {
+			apply(hl)
+		}
+	}
+	return notified, read
 }
 
 func (o *Options) validate() error {
@@ -377,9 +393,9 @@ type Stats struct {
 	// than WriteTimeout (ErrWriteTimeout).
 	WriteTimeouts uint64
 
-	// Broker is the broker's Health as it last notified the hub (its
-	// current state): Up, with no parts, for a broker that is not a
-	// Monitor.
+	// Broker is the broker's Health as it last notified the hub, which
+	// is its current state until Shutdown stops the notifications: Up,
+	// with no parts, for a broker that is not a Monitor.
 	Broker Health
 }
 
@@ -477,7 +493,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	h.closeAll(chiws.ErrShuttingDown, websocket.StatusGoingAway, "server shutting down")
 
 	done := make(chan struct{})
-	go func() { // owned by Shutdown's caller: ends with the last writer, which coder's close timeouts bound
+	go func() { // owned by Shutdown's caller: ends with the last writer, which CloseTimeout and the abort below bound
 		h.writers.Wait()
 		close(done)
 	}()
@@ -490,7 +506,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		members := slices.Collect(maps.Keys(h.members))
 		h.mu.RUnlock()
 		for _, m := range members {
-			_ = m.c.CloseNow() // ends the write under way; a close handshake ends within CloseTimeout
+			_ = m.c.CloseNow() // ends the write or the close handshake under way
 		}
 		return ctx.Err()
 	}

@@ -542,3 +542,37 @@ func TestCloseCutOff(t *testing.T) {
 		t.Fatalf("b's member closed with %v, want 1013: the connection is down", code)
 	}
 }
+
+// racing is a broker whose state changes while NewHub reads it a second
+// time: Health returns the old state after the change was notified.
+type racing struct {
+	broadcast.Broker
+	calls  int
+	notify func(broadcast.Health)
+}
+
+func (b *racing) PartOf(string) string { return "" }
+
+func (b *racing) NotifyHealth(f func(broadcast.Health)) func() {
+	b.notify = f
+	return func() {}
+}
+
+func (b *racing) Health() broadcast.Health {
+	up := broadcast.HealthOf([]broadcast.PartHealth{{Name: "connection", Up: true}})
+	if b.calls++; b.calls == 2 && b.notify != nil {
+		b.notify(broadcast.HealthOf([]broadcast.PartHealth{{Name: "connection"}})) // down, notified
+	}
+	return up // read before the change
+}
+
+// TestHealthReadDoesNotOverwriteANotification: NewHub's second read of the
+// Health is older than a notification that arrived meanwhile, and must not
+// replace it.
+func TestHealthReadDoesNotOverwriteANotification(t *testing.T) {
+	hub := broadcast.NewHub(&racing{Broker: broadcast.NewMemory()}, broadcast.Options{})
+	defer func() { _ = hub.Shutdown(context.Background()) }()
+	if st := hub.Stats(); st.Broker.Up {
+		t.Fatalf("Stats().Broker = %+v, want the notified down", st.Broker)
+	}
+}

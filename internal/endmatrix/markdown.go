@@ -54,13 +54,13 @@ func alternatives(os []Outcome, cell func(Outcome) string) string {
 }
 
 // apiNames are the names of chiws's API in row names, set in code.
-var apiNames = regexp.MustCompile(`\b(Close\(\d+\)|CloseWith\([^)]*\)|CloseNow|CloseRead|ReadLimit|ReadJSON|Read|Writer|Write|Wait|Shutdown|panic\(http\.ErrAbortHandler\))`)
+var apiNames = regexp.MustCompile(`\b(Close\(\d+\)|CloseWith\([^)]*\)|CloseNowWith\([^)]*\)|CloseNow|CloseRead|ReadLimit|ReadJSON|Read|Writer|Write|Wait|Shutdown|panic\(http\.ErrAbortHandler\))`)
 
-// causeCell renders the cause: its sentinel, CloseWith's cause, the code.
+// causeCell renders the cause: its sentinel, the handler's own, the code.
 func causeCell(o Outcome) string {
 	by := ""
 	if o.By != nil {
-		by = " and `CloseWith`'s cause"
+		by = " and the handler's cause"
 	}
 	return fmt.Sprintf("`%s`%s, %s", sentinelName(o.Cause), by, codeCell(o.Code))
 }
