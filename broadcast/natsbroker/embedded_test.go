@@ -174,9 +174,9 @@ func TestRoutePing(t *testing.T) {
 	const ping = 200 * time.Millisecond
 	oa := natsbroker.EmbeddedOptions{Name: "A", ClusterAddr: "127.0.0.1:0", RoutePingInterval: ping, RouteMaxPingsOut: 2}
 	ea := startServer(t, oa)
-	px := newGateProxy(t, strings.TrimPrefix(ea.ClusterURL(), "nats://"))
+	px := newProxy(t, strings.TrimPrefix(ea.ClusterURL(), "nats://"))
 	ob := oa
-	ob.Name, ob.Routes = "B", []string{px.URL()}
+	ob.Name, ob.Routes = "B", []string{natsURL(px)}
 	eb := startServer(t, ob)
 	waitRoutes(t, 1, ea, eb)
 	a := connectTo(t, ea, fast("alpha"))
@@ -185,14 +185,14 @@ func TestRoutePing(t *testing.T) {
 	waitHealth(t, b, "beta sees alpha", seesUp(a))
 
 	cut := time.Now()
-	px.Pause()
+	px.Pause(wstest.Both)
 	waitRoutes(t, 0, ea, eb)
 	t.Logf("stale route closed after %v (ping %v, %d pings out)", time.Since(cut).Round(time.Millisecond), ping, oa.RouteMaxPingsOut)
 	waitHealth(t, a, "alpha reports beta down", seesDown(b))
 	waitHealth(t, b, "beta reports alpha down", seesDown(a))
 
 	healed := time.Now()
-	px.Resume()
+	px.Resume(wstest.Both)
 	waitRoutes(t, 1, ea, eb)
 	waitHealth(t, a, "alpha sees beta again", seesUp(b))
 	waitHealth(t, b, "beta sees alpha again", seesUp(a))

@@ -14,6 +14,7 @@ import (
 	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/broadcast/internal/fleettest"
 	"github.com/chiws/chiws/broadcast/natsbroker"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -80,8 +81,8 @@ func TestHealthAtStart(t *testing.T) {
 // the cut heals, both are up again and messages flow.
 func TestRouteCut(t *testing.T) {
 	eA := startServer(t, natsbroker.EmbeddedOptions{Name: "A", ClusterAddr: "127.0.0.1:0"})
-	px := newGateProxy(t, strings.TrimPrefix(eA.ClusterURL(), "nats://"))
-	eB := startServer(t, natsbroker.EmbeddedOptions{Name: "B", ClusterAddr: "127.0.0.1:0", Routes: []string{px.URL()}})
+	px := newProxy(t, strings.TrimPrefix(eA.ClusterURL(), "nats://"))
+	eB := startServer(t, natsbroker.EmbeddedOptions{Name: "B", ClusterAddr: "127.0.0.1:0", Routes: []string{natsURL(px)}})
 	waitRoutes(t, 1, eA, eB)
 	a := connectTo(t, eA, fast("alpha"))
 	b := connectTo(t, eB, fast("beta"))
@@ -89,7 +90,7 @@ func TestRouteCut(t *testing.T) {
 	waitHealth(t, b, "beta sees alpha", seesUp(a))
 
 	cut := time.Now()
-	px.Pause()
+	px.Pause(wstest.Both)
 	var wg sync.WaitGroup
 	var hA, hB broadcast.Health
 	var dA, dB time.Duration
@@ -133,7 +134,7 @@ func TestRouteCut(t *testing.T) {
 	}
 
 	healed := time.Now()
-	px.Resume()
+	px.Resume(wstest.Both)
 	waitHealth(t, a, "alpha sees beta again", seesUp(b))
 	waitHealth(t, b, "beta sees alpha again", seesUp(a))
 	t.Logf("up again %v after the cut healed", time.Since(healed).Round(time.Millisecond))
@@ -148,8 +149,8 @@ func TestRouteCut(t *testing.T) {
 // up again when the cut heals.
 func TestOneWayCut(t *testing.T) {
 	eA := startServer(t, natsbroker.EmbeddedOptions{Name: "A", ClusterAddr: "127.0.0.1:0"})
-	px := newGateProxy(t, strings.TrimPrefix(eA.ClusterURL(), "nats://"))
-	eB := startServer(t, natsbroker.EmbeddedOptions{Name: "B", ClusterAddr: "127.0.0.1:0", Routes: []string{px.URL()}})
+	px := newProxy(t, strings.TrimPrefix(eA.ClusterURL(), "nats://"))
+	eB := startServer(t, natsbroker.EmbeddedOptions{Name: "B", ClusterAddr: "127.0.0.1:0", Routes: []string{natsURL(px)}})
 	waitRoutes(t, 1, eA, eB)
 	a := connectTo(t, eA, fast("alpha"))
 	b := connectTo(t, eB, fast("beta"))
@@ -157,7 +158,7 @@ func TestOneWayCut(t *testing.T) {
 	waitHealth(t, b, "beta sees alpha", seesUp(a))
 
 	cut := time.Now()
-	px.PauseUp() // beta's server to alpha's
+	px.Pause(wstest.Up) // beta's server to alpha's
 	var wg sync.WaitGroup
 	var hA, hB broadcast.Health
 	var dA, dB time.Duration
@@ -191,7 +192,7 @@ func TestOneWayCut(t *testing.T) {
 			t.Errorf("down parts %v, want only the peer: connection and probe work", got)
 		}
 	}
-	px.Resume()
+	px.Resume(wstest.Both)
 	waitHealth(t, a, "alpha sees beta again", seesUp(b))
 	waitHealth(t, b, "beta sees alpha again", seesUp(a))
 	expectDelivery(t, a, b, "after.cut")
@@ -331,8 +332,8 @@ func TestPeerCrash(t *testing.T) {
 // connection part stays up, and up again when traffic flows.
 func TestProbe(t *testing.T) {
 	e := startServer(t, natsbroker.EmbeddedOptions{ClientAddr: "127.0.0.1:0"})
-	px := newGateProxy(t, e.Server().Addr().String())
-	b, err := natsbroker.Connect(px.URL(), fast("alpha"))
+	px := newProxy(t, e.Server().Addr().String())
+	b, err := natsbroker.Connect(natsURL(px), fast("alpha"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,13 +342,13 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("at start: %s", describe(h))
 	}
 	cut := time.Now()
-	px.Pause()
+	px.Pause(wstest.Both)
 	h := waitHealth(t, b, "probe down", func(h broadcast.Health) bool { return !h.Up })
 	t.Logf("black hole seen after %v", time.Since(cut).Round(time.Millisecond))
 	if got := h.Down(); !slices.Equal(got, []string{natsbroker.PartProbe}) {
 		t.Fatalf("down parts %v, want only the probe: %s", got, describe(h))
 	}
-	px.Resume()
+	px.Resume(wstest.Both)
 	waitHealth(t, b, "up again", func(h broadcast.Health) bool { return h.Up })
 }
 

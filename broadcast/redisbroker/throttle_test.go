@@ -3,121 +3,16 @@ package redisbroker_test
 import (
 	"bytes"
 	"fmt"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/broadcast/internal/fleettest"
 	"github.com/chiws/chiws/broadcast/redisbroker"
+	"github.com/chiws/chiws/internal/wstest"
 	"github.com/redis/go-redis/v9"
 )
-
-// throttleProxy is a loopback TCP proxy that forwards client→server at
-// full speed and server→client at about rate bytes per second: a slow
-// link, over which a large pub/sub reply takes many reads to arrive.
-type throttleProxy struct {
-	ln     net.Listener
-	target string
-	rate   int // bytes per second, server→client
-
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  []net.Conn
-	closed bool
-}
-
-// newThrottleProxy starts a proxy to target; the test's cleanup closes it
-// and waits for its goroutines.
-func newThrottleProxy(t *testing.T, target string, rate int) *throttleProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &throttleProxy{ln: ln, target: target, rate: rate}
-	p.wg.Add(1)
-	go p.serve() // owned by p: close stops it and waits
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *throttleProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *throttleProxy) close() {
-	_ = p.ln.Close()
-	p.mu.Lock()
-	p.closed = true
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
-
-func (p *throttleProxy) track(cs ...net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		for _, c := range cs {
-			_ = c.Close()
-		}
-		return false
-	}
-	p.conns = append(p.conns, cs...)
-	return true
-}
-
-func (p *throttleProxy) serve() {
-	defer p.wg.Done()
-	for {
-		client, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		server, err := net.Dial("tcp", p.target)
-		if err != nil {
-			_ = client.Close()
-			continue
-		}
-		if !p.track(client, server) {
-			continue
-		}
-		p.wg.Add(2)
-		go func() { // owned by p: ends when close closes both ends
-			defer p.wg.Done()
-			_, _ = io.Copy(server, client)
-			_ = server.Close()
-		}()
-		go p.slow(client, server) // likewise
-	}
-}
-
-// slow copies src to dst at about p.rate bytes per second: at most one
-// tick's share per tick (pacing, not synchronisation).
-func (p *throttleProxy) slow(dst, src net.Conn) {
-	defer p.wg.Done()
-	defer dst.Close()
-	const tick = 5 * time.Millisecond
-	buf := make([]byte, max(p.rate/int(time.Second/tick), 1))
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-		<-t.C
-	}
-}
 
 // throttledBroker returns a broker with one partition whose client reaches
 // a new redis-server through a proxy that throttles Redis→client to
@@ -125,8 +20,13 @@ func (p *throttleProxy) slow(dst, src net.Conn) {
 func throttledBroker(t *testing.T, opts redisbroker.Options) (*redisbroker.Broker, *healthRecord) {
 	t.Helper()
 	s := startRedis(t)
-	proxy := newThrottleProxy(t, s.addr(), 4<<20)
-	c := redis.NewClient(&redis.Options{Addr: proxy.addr(), MaxRetries: -1})
+	proxy, err := wstest.NewProxy(s.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	proxy.Throttle(wstest.Down, 4<<20) // before the client dials: every read is paced
+	c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1})
 	t.Cleanup(func() { _ = c.Close() })
 	opts.Partitions = 1
 	b, err := redisbroker.New(c, opts)
