@@ -576,3 +576,28 @@ func TestHealthReadDoesNotOverwriteANotification(t *testing.T) {
 		t.Fatalf("Stats().Broker = %+v, want the notified down", st.Broker)
 	}
 }
+
+// silent is a broker whose state changes between NewHub's two reads
+// without a notification (it changed before NotifyHealth registered).
+type silent struct {
+	broadcast.Broker
+	calls int
+}
+
+func (b *silent) PartOf(string) string                       { return "" }
+func (b *silent) NotifyHealth(func(broadcast.Health)) func() { return func() {} }
+func (b *silent) Health() broadcast.Health {
+	b.calls++
+	return broadcast.HealthOf([]broadcast.PartHealth{{Name: "connection", Up: b.calls == 1}})
+}
+
+// TestHealthChangeBeforeRegistration: a change between NewHub's first read
+// and its registration, which no notification reports, is taken from the
+// second read.
+func TestHealthChangeBeforeRegistration(t *testing.T) {
+	hub := broadcast.NewHub(&silent{Broker: broadcast.NewMemory()}, broadcast.Options{})
+	defer func() { _ = hub.Shutdown(context.Background()) }()
+	if st := hub.Stats(); st.Broker.Up {
+		t.Fatalf("Stats().Broker = %+v, want the down of the second read", st.Broker)
+	}
+}
