@@ -30,6 +30,10 @@ var (
 	// context.Cause(c.Context()) matches it and chiws.ErrClosedByServer.
 	ErrWriteTimeout = errors.New("member write timed out")
 
+	// ErrForbidden means Options.Authorize refused a member a topic: Join
+	// and Subscribe fail with an error wrapping it and the refusal.
+	ErrForbidden = errors.New("topic forbidden")
+
 	// ErrMemberLeft means the member has left the hub: its socket closed,
 	// or it was dropped for being too slow.
 	ErrMemberLeft = errors.New("member has left")

@@ -56,6 +56,19 @@ type Options struct {
 	// Brokers have limits of their own (NATS: 1 MiB by default).
 	MaxMessageBytes int
 
+	// Authorize, when not nil, decides whether a member may read a topic:
+	// Join, JoinWith and Member.Subscribe call it with the member (its ID
+	// and Meta, the identity its credentials gave) and each topic, and
+	// fail with an error wrapping ErrForbidden and its error when it
+	// returns one. Member.Reauthorize calls it again for every topic of
+	// the member. It runs on the caller's goroutine: keep it quick.
+	Authorize func(m *Member, topic string) error
+
+	// OnRevoked, when not nil, is called when Member.Reauthorize has
+	// removed a member from a topic Authorize now refuses, with the
+	// refusal: the application decides what to tell the client.
+	OnRevoked func(m *Member, topic string, err error)
+
 	// Backpressure, when not nil, chooses the policy of each topic's
 	// messages in a member's full queue; it is called once per topic
 	// subscription. Nil means CloseSlow for every topic.
@@ -115,6 +128,8 @@ type Hub struct {
 	dropped       atomic.Uint64
 	oversized     atomic.Uint64
 	slow          atomic.Uint64
+	forbidden     atomic.Uint64
+	revoked       atomic.Uint64
 	writeTimeouts atomic.Uint64
 	malformed     atomic.Uint64
 
@@ -288,11 +303,17 @@ func (h *Hub) JoinWith(c *chiws.Conn, o JoinOptions, topics ...string) (*Member,
 		c:        c,
 		key:      h.id + "." + strconv.FormatUint(h.seq.Add(1), 36),
 		id:       o.ID,
-		meta:     bytes.Clone(o.Meta),
 		topics:   make(map[string]*topic),
 		paused:   o.Paused,
 		wake:     make(chan struct{}, 1),
 		timedOut: make(chan struct{}, 1),
+	}
+	meta := bytes.Clone(o.Meta)
+	m.meta.Store(&meta)
+	for _, t := range topics {
+		if err := h.authorize(m, t); err != nil {
+			return nil, fmt.Errorf("broadcast: join: %w", err)
+		}
 	}
 	h.mu.Lock()
 	if h.closed.Load() {
@@ -320,6 +341,21 @@ func (h *Hub) JoinWith(c *chiws.Conn, o JoinOptions, topics ...string) (*Member,
 	// waits for it (writers).
 	go m.run()
 	return m, nil
+}
+
+// authorize asks Options.Authorize whether m may read topic; a refusal is
+// counted and logged at Debug, since a client can cause it at will.
+func (h *Hub) authorize(m *Member, topic string) error {
+	if h.opts.Authorize == nil {
+		return nil
+	}
+	err := h.opts.Authorize(m, topic)
+	if err == nil {
+		return nil
+	}
+	h.forbidden.Add(1)
+	h.log.Debug("topic refused", zap.String("member", m.id), zap.String("topic", topic), zap.Error(err))
+	return fmt.Errorf("%w: %q: %w", ErrForbidden, topic, err)
 }
 
 // Publish sends a message of type typ (text or binary) to every member of
@@ -393,6 +429,11 @@ type Stats struct {
 	// than WriteTimeout (ErrWriteTimeout).
 	WriteTimeouts uint64
 
+	// Forbidden counts the topics Authorize refused at Join or Subscribe,
+	// Revoked those Reauthorize took from members.
+	Forbidden uint64
+	Revoked   uint64
+
 	// Broker is the broker's Health as it last notified the hub, which
 	// is its current state until Shutdown stops the notifications: Up,
 	// with no parts, for a broker that is not a Monitor.
@@ -412,6 +453,8 @@ func (h *Hub) Stats() Stats {
 	s.Slow = h.slow.Load()
 	s.Malformed = h.malformed.Load()
 	s.WriteTimeouts = h.writeTimeouts.Load()
+	s.Forbidden = h.forbidden.Load()
+	s.Revoked = h.revoked.Load()
 	s.Broker = h.brokerHealthNow()
 	return s
 }

@@ -1,9 +1,13 @@
 package broadcast
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -57,7 +61,7 @@ type Member struct {
 	c    *chiws.Conn
 	key  string
 	id   string
-	meta []byte
+	meta atomic.Pointer[[]byte] // replaced by Reauthorize
 
 	// subMu serialises the member's Subscribe, Unsubscribe and leave, so
 	// that its adds to and removals from a topic's list, made outside
@@ -95,8 +99,51 @@ func (m *Member) Key() string { return m.key }
 // ID returns JoinOptions.ID.
 func (m *Member) ID() string { return m.id }
 
-// Meta returns JoinOptions.Meta; do not modify it.
-func (m *Member) Meta() []byte { return m.meta }
+// Meta returns JoinOptions.Meta, or the Meta of the last Reauthorize; do
+// not modify it.
+func (m *Member) Meta() []byte {
+	if p := m.meta.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Reauthorize replaces the member's Meta (the identity of credentials the
+// application refreshed; at most MaxMetaLen bytes) and runs
+// Options.Authorize again for every topic of the member. It leaves, at
+// once, the topics Authorize now refuses, calls Options.OnRevoked for each,
+// and returns them.
+func (m *Member) Reauthorize(meta []byte) ([]string, error) {
+	if len(meta) > MaxMetaLen {
+		return nil, fmt.Errorf("broadcast: reauthorize: member Meta of %d bytes, limit %d", len(meta), MaxMetaLen)
+	}
+	meta = bytes.Clone(meta)
+	m.meta.Store(&meta)
+	h := m.h
+	if h.opts.Authorize == nil {
+		return nil, nil
+	}
+	h.mu.RLock()
+	names := slices.Sorted(maps.Keys(m.topics))
+	h.mu.RUnlock()
+	var left []string
+	for _, name := range names {
+		err := h.opts.Authorize(m, name)
+		if err == nil {
+			continue
+		}
+		if uerr := m.Unsubscribe(name); uerr != nil {
+			h.log.Warn("leaving a revoked topic", zap.String("topic", name), zap.Error(uerr))
+		}
+		h.revoked.Add(1)
+		h.log.Debug("topic revoked", zap.String("member", m.id), zap.String("topic", name), zap.Error(err))
+		if h.opts.OnRevoked != nil {
+			h.opts.OnRevoked(m, name, err)
+		}
+		left = append(left, name)
+	}
+	return left, nil
+}
 
 // Subscribe adds the member to topic; it is a no-op when the member is
 // already there. The first member of a topic in this hub makes the hub
@@ -108,6 +155,9 @@ func (m *Member) Subscribe(name string) error {
 		return fmt.Errorf("broadcast: subscribe: %w", err)
 	}
 	h := m.h
+	if err := h.authorize(m, name); err != nil {
+		return fmt.Errorf("broadcast: subscribe: %w", err)
+	}
 	m.subMu.Lock()
 	defer m.subMu.Unlock()
 	h.mu.Lock()

@@ -281,3 +281,71 @@ func TestWriteTimeout(t *testing.T) {
 		t.Fatalf("Slow = %d, WriteTimeouts = %d; want 0 and 1: the write timed out, the queue never overflowed", st.Slow, st.WriteTimeouts)
 	}
 }
+
+// TestAuthorize: Authorize refuses a topic at Join and at Subscribe, with
+// ErrForbidden, counted; Reauthorize with a member's refreshed identity
+// leaves the topics it may no longer read, at once, and tells OnRevoked.
+func TestAuthorize(t *testing.T) {
+	type revocation struct {
+		m     *broadcast.Member
+		topic string
+	}
+	revoked := make(chan revocation, 4)
+	opts := broadcast.Options{
+		Authorize: func(m *broadcast.Member, topic string) error {
+			if topic == "admin" && string(m.Meta()) != "admin" {
+				return errors.New("admins only")
+			}
+			return nil
+		},
+		OnRevoked: func(m *broadcast.Member, topic string, err error) { revoked <- revocation{m, topic} },
+	}
+	hub, dial, joined := room(t, opts, nil, func(h *broadcast.Hub, c *chiws.Conn, r *http.Request) (*broadcast.Member, error) {
+		q := r.URL.Query()
+		return h.JoinWith(c, broadcast.JoinOptions{ID: q.Get("id"), Meta: []byte(q.Get("role"))}, strings.Split(q.Get("topics"), ",")...)
+	})
+
+	// A user may not join admin: the handler closes with the error.
+	c := dial("id=bob&role=user&topics=room,admin")
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusInternalError || !strings.Contains(err.Error(), "topic forbidden") {
+		t.Fatalf("bob's join: %v, want the handler's 1011 with the refusal", err)
+	}
+
+	admin := dial("id=alice&role=admin&topics=room,admin")
+	alice := <-joined
+	if err := alice.Subscribe("admin"); err != nil {
+		t.Fatal(err) // already there, and allowed
+	}
+	publish(t, hub, "admin", "for admins")
+	if got := read(t, admin); got != "for admins" {
+		t.Fatalf("got %q", got)
+	}
+
+	// Alice's refreshed credentials say she is a user now.
+	left, err := alice.Reauthorize([]byte("user"))
+	if err != nil || len(left) != 1 || left[0] != "admin" {
+		t.Fatalf("Reauthorize = %v, %v; want [admin]", left, err)
+	}
+	if r := <-revoked; r.m != alice || r.topic != "admin" {
+		t.Fatalf("OnRevoked(%v, %q)", r.m, r.topic)
+	}
+	if n := hub.Len("admin"); n != 0 {
+		t.Fatalf("Len(admin) = %d after the revocation", n)
+	}
+	publish(t, hub, "admin", "secret")
+	publish(t, hub, "room", "for everyone")
+	if got := read(t, admin); got != "for everyone" {
+		t.Fatalf("got %q, want only the room's message after the revocation", got)
+	}
+	if err := alice.Subscribe("admin"); !errors.Is(err, broadcast.ErrForbidden) {
+		t.Fatalf("Subscribe(admin) after the revocation = %v, want ErrForbidden", err)
+	}
+	if _, err := alice.Reauthorize(make([]byte, broadcast.MaxMetaLen+1)); err == nil {
+		t.Fatal("Reauthorize with an oversized Meta did not fail")
+	}
+	if st := hub.Stats(); st.Forbidden != 2 || st.Revoked != 1 {
+		t.Fatalf("Forbidden %d, Revoked %d; want 2 (bob's join, alice's Subscribe) and 1", st.Forbidden, st.Revoked)
+	}
+}
