@@ -1,6 +1,9 @@
 package broadcast
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Each is wrapped with a short context ("broadcast:
 // publish: ..."), so compare with errors.Is.
@@ -31,7 +34,7 @@ var (
 	ErrWriteTimeout = errors.New("member write timed out")
 
 	// ErrForbidden means Options.Authorize refused a member a topic: Join
-	// and Subscribe fail with an error wrapping it and the refusal.
+	// and Subscribe fail with a *ForbiddenError, which matches it.
 	ErrForbidden = errors.New("topic forbidden")
 
 	// ErrMemberLeft means the member has left the hub: its socket closed,
@@ -50,3 +53,17 @@ var (
 	// ErrMessageTooBig means a message larger than Options.MaxMessageBytes.
 	ErrMessageTooBig = errors.New("message too big")
 )
+
+// ForbiddenError is Options.Authorize's refusal of Topic to a member:
+// errors.Is matches ErrForbidden and Err, errors.As finds the topic.
+type ForbiddenError struct {
+	Topic string
+	Err   error // Authorize's
+}
+
+func (e *ForbiddenError) Error() string {
+	return fmt.Sprintf("%v: %q: %v", ErrForbidden, e.Topic, e.Err)
+}
+
+// Unwrap returns ErrForbidden and Authorize's error.
+func (e *ForbiddenError) Unwrap() []error { return []error{ErrForbidden, e.Err} }

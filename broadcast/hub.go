@@ -59,8 +59,7 @@ type Options struct {
 	// Authorize, when not nil, decides whether a member may read a topic:
 	// Join, JoinWith and Member.Subscribe call it with the member (its ID
 	// and Meta, the identity its credentials gave) and each topic, and
-	// fail with an error wrapping ErrForbidden and its error when it
-	// returns one. Member.Reauthorize calls it again for every topic of
+	// fail with a *ForbiddenError carrying its error when it returns one. Member.Reauthorize calls it again for every topic of
 	// the member. It runs on the caller's goroutine: keep it quick.
 	Authorize func(m *Member, topic string) error
 
@@ -355,7 +354,7 @@ func (h *Hub) authorize(m *Member, topic string) error {
 	}
 	h.forbidden.Add(1)
 	h.log.Debug("topic refused", zap.String("member", m.id), zap.String("topic", topic), zap.Error(err))
-	return fmt.Errorf("%w: %q: %w", ErrForbidden, topic, err)
+	return &ForbiddenError{Topic: topic, Err: err}
 }
 
 // Publish sends a message of type typ (text or binary) to every member of

@@ -339,8 +339,10 @@ func TestAuthorize(t *testing.T) {
 	if got := read(t, admin); got != "for everyone" {
 		t.Fatalf("got %q, want only the room's message after the revocation", got)
 	}
-	if err := alice.Subscribe("admin"); !errors.Is(err, broadcast.ErrForbidden) {
-		t.Fatalf("Subscribe(admin) after the revocation = %v, want ErrForbidden", err)
+	err = alice.Subscribe("admin")
+	var fe *broadcast.ForbiddenError
+	if !errors.Is(err, broadcast.ErrForbidden) || !errors.As(err, &fe) || fe.Topic != "admin" || fe.Err.Error() != "admins only" {
+		t.Fatalf("Subscribe(admin) after the revocation = %v, want a ForbiddenError for admin", err)
 	}
 	if _, err := alice.Reauthorize(make([]byte, broadcast.MaxMetaLen+1)); err == nil {
 		t.Fatal("Reauthorize with an oversized Meta did not fail")
