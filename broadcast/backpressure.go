@@ -64,26 +64,24 @@ func (q *queue) admit(d *delivery, maxMessages, maxBytes int) admitted {
 		return admitted{queued: true}
 	}
 	// The topic's queued messages, oldest first: how many must go?
-	var drop []int
-	for i := q.head + q.direct; i < len(q.items); i++ {
-		if policy == KeepLatest && len(drop) == 1 {
+	drop := 0
+	for _, it := range q.items[q.head+q.direct:] {
+		if policy == KeepLatest && drop == 1 {
 			break // KeepLatest holds at most one
 		}
-		if q.items[i].topic != d.topic {
+		if it.topic != d.topic {
 			continue
 		}
 		if policy == DropOldest && fits(n, bytes) {
 			break
 		}
-		drop = append(drop, i)
-		n, bytes = n-1, bytes-len(q.items[i].data)
+		drop++
+		n, bytes = n-1, bytes-len(it.data)
 	}
 	if !fits(n, bytes) {
 		return admitted{dropped: 1} // the new one: the queue is full of others
 	}
-	for i := len(drop) - 1; i >= 0; i-- {
-		q.remove(drop[i])
-	}
+	q.dropOldest(d.topic, drop)
 	q.push(d)
-	return admitted{queued: true, dropped: len(drop)}
+	return admitted{queued: true, dropped: drop}
 }

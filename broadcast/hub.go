@@ -492,10 +492,14 @@ func (h *Hub) CloseCutOff(code websocket.StatusCode, reason string) {
 	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	lost := make(map[string]bool) // the topics of a part down, each looked up once
+	for name := range h.topics {
+		lost[name] = parts[h.mon.PartOf(name)]
+	}
 	for m := range h.members {
 		cut := all
 		for name := range m.topics {
-			cut = cut || parts[h.mon.PartOf(name)]
+			cut = cut || lost[name]
 		}
 		if cut {
 			m.close(nil, code, reason)

@@ -48,6 +48,9 @@ func TestPublishRejectsBadInput(t *testing.T) {
 		{"too big", "room", websocket.MessageBinary, make([]byte, 9), broadcast.ErrMessageTooBig},
 		{"ok", "room.a:b/c-d_e", websocket.MessageBinary, make([]byte, 8), nil},
 	}
+	if err := hub.PublishExcept(context.Background(), "room", nil, websocket.MessageText, nil); err == nil {
+		t.Error("PublishExcept without a member to leave out did not fail")
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			err := hub.Publish(context.Background(), tt.topic, tt.typ, tt.give)
@@ -298,6 +301,9 @@ func TestDeliveredCounts(t *testing.T) {
 	}
 	// Counted after the queueing, which the clients may outrun.
 	wstest.WaitFor(t, fleettest.Timeout, "Delivered to reach 6", func() bool { return s.Hub.Stats().Delivered == 6 })
+	if st := s.Hub.Stats(); st.Published != 2 || st.Received != 2 {
+		t.Fatalf("Published %d, Received %d; want 2 and 2 (once per message, not per member)", st.Published, st.Received)
+	}
 }
 
 // TestOversizedBrokerMessage: a broker message larger than QueueBytes fits

@@ -72,22 +72,24 @@ func (q *queue) pop(direct bool) *delivery {
 	return d
 }
 
-// oldest returns the index of t's first queued delivery, or -1.
-func (q *queue) oldest(t *topic) int {
-	for i := q.head + q.direct; i < len(q.items); i++ {
-		if q.items[i].topic == t {
-			return i
-		}
+// dropOldest deletes t's k oldest deliveries after the direct part, in
+// one pass that keeps the others in order.
+func (q *queue) dropOldest(t *topic, k int) {
+	if k == 0 {
+		return
 	}
-	return -1
-}
-
-// remove deletes the delivery at index i.
-func (q *queue) remove(i int) {
-	q.bytes -= len(q.items[i].data)
-	copy(q.items[i:], q.items[i+1:])
-	q.items[len(q.items)-1] = nil
-	q.items = q.items[:len(q.items)-1]
+	w := q.head + q.direct
+	for _, d := range q.items[w:] {
+		if k > 0 && d.topic == t {
+			q.bytes -= len(d.data)
+			k--
+			continue
+		}
+		q.items[w] = d
+		w++
+	}
+	clear(q.items[w:])
+	q.items = q.items[:w]
 }
 
 // reset drops everything and lets the backing array go.

@@ -91,24 +91,7 @@ func TestRouteCut(t *testing.T) {
 
 	cut := time.Now()
 	px.Pause(wstest.Both)
-	var wg sync.WaitGroup
-	var hA, hB broadcast.Health
-	var dA, dB time.Duration
-	wg.Add(2)
-	go func() { // owned by the test: waited for below
-		defer wg.Done()
-		hA = waitHealth(t, a, "alpha reports beta down", seesDown(b))
-		dA = time.Since(cut)
-	}()
-	go func() { // likewise
-		defer wg.Done()
-		hB = waitHealth(t, b, "beta reports alpha down", seesDown(a))
-		dB = time.Since(cut)
-	}()
-	wg.Wait()
-	if t.Failed() {
-		return
-	}
+	hA, hB, dA, dB := bothSeeDown(t, a, b, cut)
 	t.Logf("route cut seen after %v (alpha) and %v (beta); bound %v", dA.Round(time.Millisecond), dB.Round(time.Millisecond), testTimeout+testInterval)
 	for _, c := range []struct {
 		h    broadcast.Health
@@ -159,24 +142,7 @@ func TestOneWayCut(t *testing.T) {
 
 	cut := time.Now()
 	px.Pause(wstest.Up) // beta's server to alpha's
-	var wg sync.WaitGroup
-	var hA, hB broadcast.Health
-	var dA, dB time.Duration
-	wg.Add(2)
-	go func() { // owned by the test: waited for below
-		defer wg.Done()
-		hA = waitHealth(t, a, "alpha reports beta down", seesDown(b))
-		dA = time.Since(cut)
-	}()
-	go func() { // likewise
-		defer wg.Done()
-		hB = waitHealth(t, b, "beta reports alpha down", seesDown(a))
-		dB = time.Since(cut)
-	}()
-	wg.Wait()
-	if t.Failed() {
-		return
-	}
+	hA, hB, dA, dB := bothSeeDown(t, a, b, cut)
 	t.Logf("one-way cut seen after %v (alpha, which no longer hears beta) and %v (beta, which is no longer heard)",
 		dA.Round(time.Millisecond), dB.Round(time.Millisecond))
 	for _, c := range []struct {

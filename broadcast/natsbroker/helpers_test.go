@@ -1,8 +1,10 @@
 package natsbroker_test
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,6 +81,16 @@ func waitRoutes(t *testing.T, n int, es ...*natsbroker.Embedded) {
 // notifications, and returns that Health.
 func waitHealth(t *testing.T, b *natsbroker.Broker, what string, cond func(broadcast.Health) bool) broadcast.Health {
 	t.Helper()
+	h, err := awaitHealth(b, what, cond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// awaitHealth is waitHealth for any goroutine: it returns an error at the
+// deadline.
+func awaitHealth(b *natsbroker.Broker, what string, cond func(broadcast.Health) bool) (broadcast.Health, error) {
 	changed := make(chan struct{}, 1)
 	stop := b.NotifyHealth(func(broadcast.Health) {
 		select {
@@ -93,12 +105,12 @@ func waitHealth(t *testing.T, b *natsbroker.Broker, what string, cond func(broad
 		// Registered before this read: a change after it wakes us.
 		h := b.Health()
 		if cond(h) {
-			return h
+			return h, nil
 		}
 		select {
 		case <-changed:
 		case <-deadline.C:
-			t.Fatalf("%s: timed out; health is %s", what, describe(h))
+			return h, fmt.Errorf("%s: timed out; health is %s", what, describe(h))
 		}
 	}
 }
@@ -155,4 +167,29 @@ func peerCount(h broadcast.Health) int {
 		}
 	}
 	return n
+}
+
+// bothSeeDown waits, on both at once, until alpha (a) reports beta (b)
+// down and beta reports alpha down, and returns what each reported and
+// how long after cut.
+func bothSeeDown(t *testing.T, a, b *natsbroker.Broker, cut time.Time) (hA, hB broadcast.Health, dA, dB time.Duration) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var errA, errB error
+	wg.Add(2)
+	go func() { // owned by bothSeeDown: waited for below
+		defer wg.Done()
+		hA, errA = awaitHealth(a, "alpha reports beta down", seesDown(b))
+		dA = time.Since(cut)
+	}()
+	go func() { // likewise
+		defer wg.Done()
+		hB, errB = awaitHealth(b, "beta reports alpha down", seesDown(a))
+		dB = time.Since(cut)
+	}()
+	wg.Wait()
+	if err := errors.Join(errA, errB); err != nil {
+		t.Fatal(err)
+	}
+	return hA, hB, dA, dB
 }

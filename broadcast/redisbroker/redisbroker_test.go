@@ -426,3 +426,16 @@ func TestStalledServerKeepsSubscription(t *testing.T) {
 		t.Errorf("pub/sub clients %q after the stall, %q before: the subscription was replaced", after, before)
 	}
 }
+
+// brokerClient returns a client of s built as the docs say, from
+// ClientOptions, closed when the test ends.
+func brokerClient(t *testing.T, s *redisServer) *redis.Client {
+	t.Helper()
+	o, err := redisbroker.ClientOptions("redis://" + s.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(o)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}

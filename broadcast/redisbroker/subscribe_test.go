@@ -11,7 +11,6 @@ import (
 	"github.com/chiws/chiws/broadcast"
 	"github.com/chiws/chiws/broadcast/internal/fleettest"
 	"github.com/chiws/chiws/broadcast/redisbroker"
-	"github.com/redis/go-redis/v9"
 )
 
 // TestExpiredSubscribeKeepsPartition: a Subscribe whose context has ended
@@ -20,12 +19,7 @@ import (
 // is neither broken nor replaced, and the partition stays up.
 func TestExpiredSubscribeKeepsPartition(t *testing.T) {
 	s := startRedis(t)
-	o, err := redisbroker.ClientOptions("redis://" + s.addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(o)
-	t.Cleanup(func() { _ = c.Close() })
+	c := brokerClient(t, s)
 	const interval = 50 * time.Millisecond
 	b, err := redisbroker.New(c, redisbroker.Options{Partitions: 1, HealthInterval: interval, HealthTimeout: 4 * interval})
 	if err != nil {
@@ -72,12 +66,7 @@ func TestExpiredSubscribeKeepsPartition(t *testing.T) {
 // Redis's confirmation, with ErrBrokerClosed.
 func TestCloseWakesSubscribe(t *testing.T) {
 	s := startRedis(t)
-	o, err := redisbroker.ClientOptions("redis://" + s.addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(o)
-	t.Cleanup(func() { _ = c.Close() })
+	c := brokerClient(t, s)
 	const interval = 100 * time.Millisecond
 	b, err := redisbroker.New(c, redisbroker.Options{Partitions: 1, HealthInterval: interval, HealthTimeout: interval})
 	if err != nil {
